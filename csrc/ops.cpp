@@ -1,0 +1,58 @@
+// Every op schema of tlkernels, in one place. The emulator namespace (tlkernels_emu) carries the
+// same schemas for the ops whose CUDA device code it runs.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#include "common.h"
+
+extern "C" {
+// `import tlkernels._C` loads this library, which runs the TORCH_LIBRARY registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace tlk {
+namespace {
+
+constexpr const char* kGradReverseBackward =
+    "grad_reverse_backward(Tensor grad, float lam, Tensor? lam_tensor=None) -> Tensor";
+constexpr const char* kGradReverseBranchBackward =
+    "grad_reverse_branch_backward(Tensor grad_task, Tensor grad_adv, float lam, "
+    "Tensor? lam_tensor=None) -> Tensor";
+
+std::string build_info() {
+  std::string s = "{\"torch\": \"" TLK_TORCH_VERSION "\", \"cuda\": ";
+  s += TLK_WITH_CUDA ? "true" : "false";
+  s += ", \"emu\": ";
+  s += TLK_WITH_EMU ? "true" : "false";
+  s += ", \"cuda_archs\": \"" TLK_CUDA_ARCHS "\", \"compiler\": \"";
+#if defined(__clang__)
+  s += "clang " __clang_version__;
+#elif defined(__GNUC__)
+  s += "gcc " __VERSION__;
+#endif
+  s += "\"}";
+  return s;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(tlkernels, m) {
+  m.def("_build_info() -> str", &build_info);
+  m.def("_set_poison_outputs(bool enabled) -> ()", &set_poison_outputs);
+  m.def(kGradReverseBackward);
+  m.def(kGradReverseBranchBackward);
+}
+
+#if TLK_WITH_EMU
+TORCH_LIBRARY(tlkernels_emu, m) {
+  m.def(kGradReverseBackward);
+  m.def(kGradReverseBranchBackward);
+}
+#endif
+
+}  // namespace tlk
