@@ -1,0 +1,47 @@
+"""Shared benchmark helpers: median timing after warm-up, machine description, JSON + PNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+def median_time(fn: Callable[[], object], repeats: int = 15, warmup: int = 3, min_seconds: float = 0.0) -> float:
+    """Median wall time of fn() in seconds over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    while len(times) < repeats or sum(times) < min_seconds:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def write_results(path_json: str, payload: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path_json)), exist_ok=True)
+    with open(path_json, "w") as f:
+        json.dump(payload, f, indent=2)
+    print(f"wrote {path_json}")
