@@ -15,6 +15,8 @@ __all__ = [
     "grad_reverse_branch_backward",
     "grad_reverse",
     "grad_reverse_branch",
+    "kmeans_assign",
+    "kmeans_update",
 ]
 
 
@@ -50,3 +52,58 @@ def grad_reverse_branch(x: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     """The DANN fork as plain autograd: (x, grad_reverse(x, lam)); autograd sums the two branch
     gradients itself.  x: (*) -> ((*), (*))."""
     return x, grad_reverse(x, lam)
+
+
+def _as_problems(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """(P, N, D) and (P, K, D) views of the k-means inputs; 2-D X or C is shared by every problem.
+    The flag says whether the outputs keep a leading P dimension."""
+    batched = X.dim() == 3 or C.dim() == 3
+    P = X.shape[0] if X.dim() == 3 else (C.shape[0] if C.dim() == 3 else 1)
+    Xp = X if X.dim() == 3 else X.unsqueeze(0).expand(P, *X.shape)
+    Cp = C if C.dim() == 3 else C.unsqueeze(0).expand(P, *C.shape)
+    return Xp, Cp, batched
+
+
+def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest centroid and its squared distance, from exact differences (x - c)^2.
+
+    X: (P, N, D) or (N, D) (shared by every problem); C: (P, K, D) or (K, D).
+    Returns labels (P, N) int64 and dist2 (P, N) in X's dtype ((N,) each when both are 2-D).
+    Ties go to the lowest index (torch.argmin returns the first minimum). Materialises the
+    (P, N, K, D) difference tensor: for small reference problems only.
+    """
+    Xp, Cp, batched = _as_problems(X, C)
+    if Cp.shape[1] == 0:
+        raise ValueError("C must hold at least one centroid")
+    d2 = (Xp.unsqueeze(2) - Cp.unsqueeze(1)).square().sum(-1)  # (P, N, K)
+    dist2, labels = d2.min(-1)
+    labels = d2.argmin(-1)  # documented to return the first minimum
+    if not batched:
+        labels, dist2 = labels[0], dist2[0]
+    return labels, dist2
+
+
+def kmeans_update(X: Tensor, labels: Tensor, K: int, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-cluster weighted sums and total weights (counts when weights is None).
+
+    X: (P, N, D) or (N, D) (shared by every problem); labels: (P, N) or (N,) in [0, K);
+    weights: (P, N), (N,) (shared) or None. Returns sums (P, K, D) and counts (P, K) in X's
+    dtype ((K, D) and (K,) when X and labels are both unbatched), summed in float64.
+    """
+    batched = X.dim() == 3 or labels.dim() == 2
+    P = X.shape[0] if X.dim() == 3 else (labels.shape[0] if labels.dim() == 2 else 1)
+    N, D = X.shape[-2], X.shape[-1]
+    Xp = (X if X.dim() == 3 else X.unsqueeze(0).expand(P, N, D)).to(torch.float64)
+    Lp = labels if labels.dim() == 2 else labels.unsqueeze(0).expand(P, N)
+    if weights is None:
+        Wp = torch.ones(P, N, dtype=torch.float64, device=X.device)
+    else:
+        Wp = (weights if weights.dim() == 2 else weights.unsqueeze(0).expand(P, N)).to(torch.float64)
+    sums = torch.zeros(P, K, D, dtype=torch.float64, device=X.device)
+    counts = torch.zeros(P, K, dtype=torch.float64, device=X.device)
+    sums.scatter_add_(1, Lp.unsqueeze(-1).expand(P, N, D), Xp * Wp.unsqueeze(-1))
+    counts.scatter_add_(1, Lp, Wp)
+    sums, counts = sums.to(X.dtype), counts.to(X.dtype)
+    if not batched:
+        sums, counts = sums[0], counts[0]
+    return sums, counts
