@@ -23,6 +23,9 @@ constexpr const char* kGradReverseBackward =
 constexpr const char* kGradReverseBranchBackward =
     "grad_reverse_branch_backward(Tensor grad_task, Tensor grad_adv, float lam, "
     "Tensor? lam_tensor=None) -> Tensor";
+constexpr const char* kKMeansAssign = "kmeans_assign(Tensor X, Tensor C) -> (Tensor labels, Tensor dist2)";
+constexpr const char* kKMeansUpdate =
+    "kmeans_update(Tensor X, Tensor labels, int K, Tensor? weights=None) -> (Tensor sums, Tensor counts)";
 
 std::string build_info() {
   std::string s = "{\"torch\": \"" TLK_TORCH_VERSION "\", \"cuda\": ";
@@ -46,12 +49,16 @@ TORCH_LIBRARY(tlkernels, m) {
   m.def("_set_poison_outputs(bool enabled) -> ()", &set_poison_outputs);
   m.def(kGradReverseBackward);
   m.def(kGradReverseBranchBackward);
+  m.def(kKMeansAssign);
+  m.def(kKMeansUpdate);
 }
 
 #if TLK_WITH_EMU
 TORCH_LIBRARY(tlkernels_emu, m) {
   m.def(kGradReverseBackward);
   m.def(kGradReverseBranchBackward);
+  m.def(kKMeansAssign);
+  m.def(kKMeansUpdate);
 }
 #endif
 

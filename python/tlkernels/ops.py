@@ -22,6 +22,8 @@ __all__ = [
     "grad_reverse_branch",
     "grad_reverse_backward",
     "grad_reverse_branch_backward",
+    "kmeans_assign",
+    "kmeans_update",
     "BACKEND_NAMESPACES",
 ]
 
@@ -114,6 +116,51 @@ def _register(namespace: str) -> None:
 
 for _ns in BACKEND_NAMESPACES:
     _register(_ns)
+
+
+# ---------------------------------------------------------------------------------------------
+# k-means (DESIGN.md §3.3): no autograd (labels are integers, the update is a partition sum)
+# ---------------------------------------------------------------------------------------------
+def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of every point and its exact squared distance, without an N×K matrix.
+
+    X: (P, N, D) or (N, D); a 2-D X (or one expanded with stride 0 over P) is shared by all P
+    problems and read once for all of them. C: (P, K, D) or (K, D), same dtype (float32 or
+    float64) and device. Returns labels (P, N) int64 and dist2 (P, N) in X's dtype ((N,) each
+    when X and C are both 2-D). Ties go to the lowest index; dist2 is Σ (x − c)² for the winner.
+    Raises ValueError for NaN / inf in X or C.
+    """
+    return torch.ops.tlkernels.kmeans_assign(X, C)
+
+
+def kmeans_update(X: Tensor, labels: Tensor, K: int, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-cluster sums and total weights, summed in float64 in a fixed order (deterministic).
+
+    X: (P, N, D) or (N, D) (shared); labels: (P, N) or (N,) int64 in [0, K); weights: (P, N),
+    (N,) (shared) or None (all ones), non-negative. Returns sums (P, K, D) and counts (P, K) in
+    X's dtype ((K, D) and (K,) when X and labels are both unbatched).
+    """
+    return torch.ops.tlkernels.kmeans_update(X, labels, K, weights)
+
+
+def _register_kmeans(namespace: str) -> None:
+    @torch.library.register_fake(f"{namespace}::kmeans_assign")
+    def _(X, C):
+        batched = X.dim() == 3 or C.dim() == 3
+        P = X.shape[0] if X.dim() == 3 else (C.shape[0] if C.dim() == 3 else 1)
+        shape = (P, X.shape[-2]) if batched else (X.shape[-2],)
+        return X.new_empty(shape, dtype=torch.long), X.new_empty(shape)
+
+    @torch.library.register_fake(f"{namespace}::kmeans_update")
+    def _(X, labels, K, weights=None):
+        batched = X.dim() == 3 or labels.dim() == 2
+        P = X.shape[0] if X.dim() == 3 else (labels.shape[0] if labels.dim() == 2 else 1)
+        lead = (P,) if batched else ()
+        return X.new_empty(lead + (K, X.shape[-1])), X.new_empty(lead + (K,))
+
+
+for _ns in BACKEND_NAMESPACES:
+    _register_kmeans(_ns)
 
 
 # ---------------------------------------------------------------------------------------------

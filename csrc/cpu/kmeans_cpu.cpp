@@ -1,0 +1,250 @@
+// CPU backend of batched k-means (DESIGN.md §3.3).
+//
+// Assignment: the rows of X are cut into chunks that fit in L2; per chunk one at::mm gives
+// G = X_chunk · (-2 C)ᵀ (chunk × K, never N × K), and a fused epilogue forms the scores
+// ‖c‖² − 2x·c, takes the first minimum (ties → lowest index) and recomputes the winner's distance
+// exactly as Σ (x − c)², so float32 cancellation never shows in dist2 (nor in the inertia).
+// When X is shared by P problems (n_init runs, k-means++ candidates), one GEMM per chunk serves
+// all of them (P·K columns): X is read once.
+//
+// Update: rows are cut into ranges whose number depends only on the shapes (not on the thread
+// count); each range sums into its own float64 partials in row order, and the partials are
+// reduced in range order. No atomics: bit-identical results run to run, for any thread count.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cpu/kmeans_simd.h"
+#include "kmeans.h"
+
+namespace tlk {
+namespace {
+
+using kmeans_cpu::argmin_scores;
+using kmeans_cpu::sqdist;
+
+constexpr int64_t kChunkBytes = 1 << 20;  // the G block of one chunk stays in L2
+constexpr int64_t kMaxChunkRows = 2048;
+constexpr int64_t kMinChunkRows = 16;
+
+bool use_avx2() {
+#if TLK_KMEANS_X86
+  return kmeans_cpu::has_avx2();
+#else
+  return false;
+#endif
+}
+
+// Keeps the smallest value stored (the first offending element in a fixed numbering), so that
+// error messages do not depend on thread timing.
+void record_min(std::atomic<int64_t>& slot, int64_t value) {
+  int64_t cur = slot.load(std::memory_order_relaxed);
+  while (value < cur && !slot.compare_exchange_weak(cur, value, std::memory_order_relaxed)) {
+  }
+}
+
+template <typename T>
+void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
+  const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
+  const bool avx2 = use_avx2();
+  // Both inputs shared (an expand over P): every problem is the same, solve one and copy.
+  const bool identical = a.x_shared && a.c_shared;
+  const int64_t P_eff = identical ? 1 : P;
+  // One group per problem, or one group for all problems when they share X.
+  const bool fuse_problems = a.x_shared && !a.c_shared;
+  const int64_t groups = fuse_problems ? 1 : P_eff;
+  const int64_t per_group = fuse_problems ? P_eff : 1;
+  const int64_t cols = per_group * K;
+
+  const at::Tensor Cm2 = a.C * -2;                      // exact scaling by a power of two
+  const at::Tensor cn = a.C.square().sum(-1).contiguous();  // (K,) or (P, K)
+  const T* C = a.C.const_data_ptr<T>();
+  const T* cnp = cn.const_data_ptr<T>();
+  const T* X = a.X.const_data_ptr<T>();
+
+  int64_t chunk = kChunkBytes / std::max<int64_t>(1, cols * static_cast<int64_t>(sizeof(T)));
+  chunk = std::clamp<int64_t>(chunk / kMinChunkRows * kMinChunkRows, kMinChunkRows, kMaxChunkRows);
+  const int64_t n_chunks = (N + chunk - 1) / chunk;
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+
+  at::parallel_for(0, groups * n_chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
+    const auto opts = a.X.options();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / n_chunks;
+      const int64_t r0 = (task % n_chunks) * chunk;
+      const int64_t rows = std::min(chunk, N - r0);
+      const T* Xg = a.x_shared ? X : X + g * N * D;
+      at::Tensor Cg = a.c_shared ? Cm2 : (fuse_problems ? Cm2.view({P * K, D}) : Cm2.select(0, g));
+      at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
+      at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
+      at::mm_out(out, xs, Cg.t());
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t n = r0 + i;
+        const T* x = Xg + n * D;
+        for (int64_t q = 0; q < per_group; ++q) {
+          const int64_t p = fuse_problems ? q : g;
+          const int64_t cp = a.c_shared ? 0 : p;
+          const int64_t idx = argmin_scores(buf.data() + i * cols + q * K, cnp + cp * K, K, avx2);
+          const T d2 = sqdist(x, C + (cp * K + idx) * D, D, avx2);
+          labels[p * N + n] = idx;
+          dist2[p * N + n] = d2;
+          if (!std::isfinite(d2)) record_min(first_bad, p * N + n);
+        }
+      }
+    }
+  });
+  const int64_t bad = first_bad.load();
+  TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::max(),
+                    "X must be finite: the distance of row ", bad % std::max<int64_t>(N, 1),
+                    " (problem ", bad / std::max<int64_t>(N, 1),
+                    ") to its centroid is not finite (NaN or inf in X, or values too large)");
+  for (int64_t p = 1; identical && p < P; ++p) {
+    std::copy(labels, labels + N, labels + p * N);
+    std::copy(dist2, dist2 + N, dist2 + p * N);
+  }
+}
+
+// How many row ranges the update uses: a function of the shapes only (determinism for any
+// thread count), enough for load balance, and partials bounded to ~64 MiB.
+int64_t update_ranges(int64_t N, int64_t P, int64_t K, int64_t D) {
+  const int64_t by_rows = (N + 2047) / 2048;
+  const int64_t per_range_bytes = P * K * (D + 1) * static_cast<int64_t>(sizeof(double));
+  const int64_t by_memory = std::max<int64_t>(1, (int64_t{64} << 20) / std::max<int64_t>(1, per_range_bytes));
+  return std::max<int64_t>(1, std::min({by_rows, int64_t{64}, by_memory}));
+}
+
+// acc (D,) += w * x (D,) in float64.
+template <typename T, bool WEIGHTED>
+inline void accumulate_row(double* __restrict acc, const T* __restrict x, double w, int64_t D) {
+  for (int64_t d = 0; d < D; ++d) {
+    if constexpr (WEIGHTED) {
+      acc[d] += w * static_cast<double>(x[d]);
+    } else {
+      acc[d] += static_cast<double>(x[d]);
+    }
+  }
+}
+
+template <typename T, bool WEIGHTED>
+void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
+  const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
+  const int64_t R = update_ranges(N, P, K, D);
+  const int64_t rows_per_range = (N + R - 1) / R;
+  std::vector<double> psum(static_cast<size_t>(R * P * K * D), 0.0);
+  std::vector<double> pcnt(static_cast<size_t>(R * P * K), 0.0);
+  const T* X = a.X.const_data_ptr<T>();
+  const int64_t* L = a.labels.const_data_ptr<int64_t>();
+  const T* W = WEIGHTED ? a.weights.const_data_ptr<T>() : nullptr;
+  std::atomic<int64_t> bad_label{std::numeric_limits<int64_t>::max()};
+  std::atomic<int64_t> bad_weight{std::numeric_limits<int64_t>::max()};
+
+  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n0 = r * rows_per_range, n1 = std::min(N, n0 + rows_per_range);
+      double* ps = psum.data() + r * P * K * D;
+      double* pc = pcnt.data() + r * P * K;
+      // Shared X: one pass over the rows serves every problem. Otherwise problem by problem.
+      auto body = [&](int64_t p, int64_t n) {
+        const int64_t k = L[p * N + n];
+        if (k < 0 || k >= K) {
+          record_min(bad_label, p * N + n);
+          return;
+        }
+        double w = 1.0;
+        if constexpr (WEIGHTED) {
+          const T wt = W[a.w_shared ? n : p * N + n];
+          if (!(wt >= 0) || !std::isfinite(wt)) {
+            record_min(bad_weight, p * N + n);
+            return;
+          }
+          w = static_cast<double>(wt);
+        }
+        const T* x = X + (a.x_shared ? n : p * N + n) * D;
+        accumulate_row<T, WEIGHTED>(ps + (p * K + k) * D, x, w, D);
+        pc[p * K + k] += w;
+      };
+      if (a.x_shared) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t p = 0; p < P; ++p) body(p, n);
+      } else {
+        for (int64_t p = 0; p < P; ++p)
+          for (int64_t n = n0; n < n1; ++n) body(p, n);
+      }
+    }
+  });
+  const int64_t bl = bad_label.load();
+  if (bl != std::numeric_limits<int64_t>::max()) {
+    TORCH_CHECK_VALUE(false, "labels must lie in [0, K) = [0, ", K, "), got ", L[bl], " at row ", bl % N,
+                      " (problem ", bl / N, ")");
+  }
+  const int64_t bw = bad_weight.load();
+  if (bw != std::numeric_limits<int64_t>::max()) {
+    TORCH_CHECK_VALUE(false, "weights must be finite and non-negative, got ",
+                      static_cast<double>(W[a.w_shared ? bw % N : bw]), " at row ", bw % N);
+  }
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, P * K, 64, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(static_cast<size_t>(D));
+    for (int64_t pk = begin; pk < end; ++pk) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double c = 0.0;
+      for (int64_t r = 0; r < R; ++r) {
+        const double* ps = psum.data() + (r * P * K + pk) * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += ps[d];
+        c += pcnt[r * P * K + pk];
+      }
+      bool ok = true;
+      for (int64_t d = 0; d < D; ++d) {
+        sums[pk * D + d] = static_cast<T>(acc[d]);
+        ok = ok && std::isfinite(sums[pk * D + d]);
+      }
+      counts[pk] = static_cast<T>(c);
+      if (!ok) finite.store(false, std::memory_order_relaxed);
+    }
+  });
+  TORCH_CHECK_VALUE(finite.load(), "X must be finite: the cluster sums hold NaN or inf (NaN or inf in X, "
+                    "or values too large)");
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& X, const at::Tensor& C) {
+  KMeansAssignArgs a = check_kmeans_assign(X, C);
+  at::Tensor labels = new_output(a.out_sizes(), a.X.options().dtype(at::kLong));
+  at::Tensor dist2 = new_output(a.out_sizes(), a.X.options());
+  if (a.N == 0 || a.P == 0) return {labels, dist2};
+  AT_DISPATCH_FLOATING_TYPES(a.X.scalar_type(), "kmeans_assign_cpu", [&] {
+    assign_impl<scalar_t>(a, labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>());
+  });
+  return {labels, dist2};
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& X, const at::Tensor& labels,
+                                                     int64_t K, const c10::optional<at::Tensor>& weights) {
+  KMeansUpdateArgs a = check_kmeans_update(X, labels, K, weights);
+  at::Tensor sums = new_output(a.sums_sizes(), a.X.options());
+  at::Tensor counts = new_output(a.counts_sizes(), a.X.options());
+  if (a.P == 0) return {sums, counts};
+  AT_DISPATCH_FLOATING_TYPES(a.X.scalar_type(), "kmeans_update_cpu", [&] {
+    if (a.weights.defined()) {
+      update_impl<scalar_t, true>(a, sums.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>());
+    } else {
+      update_impl<scalar_t, false>(a, sums.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>());
+    }
+  });
+  return {sums, counts};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tlkernels, CPU, m) {
+  m.impl("kmeans_assign", &kmeans_assign_cpu);
+  m.impl("kmeans_update", &kmeans_update_cpu);
+}
+
+}  // namespace tlk
