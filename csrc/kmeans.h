@@ -4,35 +4,42 @@
 //   kmeans_assign(X, C)                    -> labels (P, N) int64, dist2 (P, N)
 //   kmeans_update(X, labels, K, weights)   -> sums (P, K, D), counts (P, K)
 //
-// X is (P, N, D) or (N, D); a 2-D X (or a 3-D X expanded with stride 0 over P) is one data set
-// shared by every problem, read once for all of them. C is (P, K, D) or (K, D) (shared likewise).
-// When neither input has a P dimension the outputs have none either: (N,), (K, D), (K,).
+// X holds Px data sets, (Px, N, D) or (N, D) (Px = 1); P problems (C is (P, K, D), labels
+// (P, N)) with P a multiple of Px: problem p reads data set p / (P / Px). So n_init runs, or the
+// candidates of a k-means++ step, are extra problems over one data set that is read once for
+// all of them (never copied). A 3-D input expanded with stride 0 over its first dimension counts
+// as one shared matrix. C may be (K, D): the same centroids for every problem. When no input has
+// a P dimension the outputs have none either: (N,), (K, D), (K,).
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <vector>
 
 #include "common.h"
 
 namespace tlk {
 
 struct KMeansAssignArgs {
-  at::Tensor X;   // contiguous (N, D) when x_shared, else (P, N, D)
+  at::Tensor X;   // contiguous (Px, N, D)
   at::Tensor C;   // contiguous (K, D) when c_shared, else (P, K, D)
-  int64_t P, N, K, D;
-  bool x_shared, c_shared;
+  int64_t P, Px, N, K, D;
+  bool c_shared;
   bool batched;   // the outputs keep the P dimension
+  int64_t per_x() const { return P / Px; }  // problems per data set
   std::vector<int64_t> out_sizes() const {
     return batched ? std::vector<int64_t>{P, N} : std::vector<int64_t>{N};
   }
 };
 
 struct KMeansUpdateArgs {
-  at::Tensor X;        // contiguous (N, D) when x_shared, else (P, N, D)
-  at::Tensor labels;   // contiguous (P, N) int64 (expanded when a 1-D labels is shared)
-  at::Tensor weights;  // contiguous (N,) when w_shared, (P, N), or undefined (all ones)
-  int64_t P, N, K, D;
-  bool x_shared, w_shared;
+  at::Tensor X;        // contiguous (Px, N, D)
+  at::Tensor labels;   // contiguous (P, N) int64
+  at::Tensor weights;  // contiguous (Pw, N) with Pw in {1, Px, P}, or undefined (all ones)
+  int64_t P, Px, Pw, N, K, D;
   bool batched;
+  int64_t per_x() const { return P / Px; }
+  int64_t per_w() const { return P / Pw; }
   std::vector<int64_t> sums_sizes() const {
     return batched ? std::vector<int64_t>{P, K, D} : std::vector<int64_t>{K, D};
   }
@@ -51,14 +58,10 @@ inline void check_kmeans_float(const at::Tensor& t, const char* name) {
                     "data first), got ", st);
 }
 
-// A 3-D tensor whose first dimension has stride 0 (an expand) is the same matrix for every
-// problem: drop that dimension so that it is read once and never copied.
-inline at::Tensor drop_broadcast_problem_dim(const at::Tensor& t, bool& shared) {
-  if (t.dim() == 3 && t.size(0) > 0 && t.stride(0) == 0) {
-    shared = true;
-    return t.select(0, 0);
-  }
-  shared = t.dim() == 2;
+// A tensor whose first dimension (of `dims`) has stride 0 (an expand) is the same matrix for
+// every problem: keep one copy of it, never materialise the expansion.
+inline at::Tensor drop_broadcast_problem_dim(const at::Tensor& t, int64_t dims) {
+  if (t.dim() == dims && t.size(0) > 1 && t.stride(0) == 0) return t.narrow(0, 0, 1);
   return t;
 }
 
@@ -75,11 +78,6 @@ inline KMeansAssignArgs check_kmeans_assign(const at::Tensor& X, const at::Tenso
   check_device(C, "C", X.device(), "X");
   KMeansAssignArgs a;
   a.batched = X.dim() == 3 || C.dim() == 3;
-  if (X.dim() == 3 && C.dim() == 3) {
-    TORCH_CHECK_VALUE(X.size(0) == C.size(0), "C must have as many problems as X (P = ", X.size(0),
-                      "), got C of shape ", C.sizes());
-  }
-  a.P = X.dim() == 3 ? X.size(0) : (C.dim() == 3 ? C.size(0) : 1);
   a.N = X.size(-2);
   a.D = X.size(-1);
   a.K = C.size(-2);
@@ -87,8 +85,19 @@ inline KMeansAssignArgs check_kmeans_assign(const at::Tensor& X, const at::Tenso
                     "), got C of shape ", C.sizes());
   TORCH_CHECK_VALUE(a.K >= 1, "C must hold at least one centroid (K >= 1), got C of shape ",
                     C.sizes());
-  a.X = detail::drop_broadcast_problem_dim(X, a.x_shared).contiguous();
-  a.C = detail::drop_broadcast_problem_dim(C, a.c_shared).contiguous();
+  at::Tensor x3 = detail::drop_broadcast_problem_dim(X.dim() == 3 ? X : X.unsqueeze(0), 3);
+  at::Tensor c = detail::drop_broadcast_problem_dim(C, 3);
+  const int64_t px_given = X.dim() == 3 ? X.size(0) : 1;
+  a.P = C.dim() == 3 ? C.size(0) : px_given;
+  TORCH_CHECK_VALUE(a.P % px_given == 0,
+                    "C must hold a multiple of X's number of data sets (problem p reads X[p / (P / Px)]): "
+                    "X has Px = ", px_given, ", C has P = ", a.P);
+  a.Px = x3.size(0);
+  if (c.dim() == 3 && c.size(0) == 1 && a.P > 1) c = c.select(0, 0);  // expanded C: shared
+  a.c_shared = c.dim() == 2;
+  if (a.P == 0) a.Px = 0;
+  a.X = x3.contiguous();
+  a.C = c.contiguous();
   if (a.C.numel() > 0) {
     // C is small (P * K * D): checking it costs nothing next to the assignment.
     TORCH_CHECK_VALUE(at::isfinite(a.C).all().item<bool>(),
@@ -114,28 +123,28 @@ inline KMeansUpdateArgs check_kmeans_update(const at::Tensor& X, const at::Tenso
   a.N = X.size(-2);
   a.D = X.size(-1);
   a.batched = X.dim() == 3 || labels.dim() == 2;
-  if (X.dim() == 3 && labels.dim() == 2) {
-    TORCH_CHECK_VALUE(labels.size(0) == X.size(0), "labels must have as many problems as X (P = ",
-                      X.size(0), "), got labels of shape ", labels.sizes());
-  }
-  a.P = X.dim() == 3 ? X.size(0) : (labels.dim() == 2 ? labels.size(0) : 1);
+  const int64_t px_given = X.dim() == 3 ? X.size(0) : 1;
+  a.P = labels.dim() == 2 ? labels.size(0) : px_given;
+  TORCH_CHECK_VALUE(a.P % px_given == 0,
+                    "labels must hold a multiple of X's number of data sets (problem p reads X[p / (P / Px)]): "
+                    "X has Px = ", px_given, ", labels has P = ", a.P);
   TORCH_CHECK_VALUE(labels.size(-1) == a.N, "labels must have one entry per row of X (N = ", a.N,
                     "), got labels of shape ", labels.sizes());
-  a.X = detail::drop_broadcast_problem_dim(X, a.x_shared).contiguous();
+  a.X = detail::drop_broadcast_problem_dim(X.dim() == 3 ? X : X.unsqueeze(0), 3).contiguous();
+  a.Px = a.P == 0 ? 0 : a.X.size(0);
   a.labels = (labels.dim() == 1 ? labels.unsqueeze(0) : labels).expand({a.P, a.N}).to(at::kLong).contiguous();
-  a.w_shared = false;
+  a.Pw = 0;
   if (weights.has_value() && weights->defined()) {
     const at::Tensor& w = *weights;
     check_dtype(w, "weights", X.scalar_type(), "X");
     check_device(w, "weights", X.device(), "X");
-    TORCH_CHECK_VALUE(w.dim() == 1 || w.dim() == 2, "weights must have shape (N,) or (P, N), got ",
-                      w.sizes());
-    TORCH_CHECK_VALUE(w.size(-1) == a.N && (w.dim() == 1 || w.size(0) == a.P),
-                      "weights must have shape (N,) or (P, N) = (", a.P, ", ", a.N, "), got ", w.sizes());
-    at::Tensor wt = w;
-    if (wt.dim() == 2 && wt.size(0) > 0 && wt.stride(0) == 0) wt = wt.select(0, 0);  // expanded
-    a.w_shared = wt.dim() == 1;
-    a.weights = wt.contiguous();
+    const int64_t rows = w.dim() == 2 ? w.size(0) : 1;
+    TORCH_CHECK_VALUE((w.dim() == 1 || w.dim() == 2) && w.size(-1) == a.N &&
+                          (rows == 1 || rows == px_given || rows == a.P),
+                      "weights must have shape (N,), (Px, N) or (P, N) with N = ", a.N, ", Px = ",
+                      px_given, ", P = ", a.P, ", got ", w.sizes());
+    a.weights = detail::drop_broadcast_problem_dim(w.dim() == 2 ? w : w.unsqueeze(0), 2).contiguous();
+    a.Pw = a.P == 0 ? 0 : a.weights.size(0);
   }
   return a;
 }

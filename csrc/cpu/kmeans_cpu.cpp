@@ -53,17 +53,16 @@ template <typename T>
 void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
   const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
   const bool avx2 = use_avx2();
-  // Both inputs shared (an expand over P): every problem is the same, solve one and copy.
-  const bool identical = a.x_shared && a.c_shared;
-  const int64_t P_eff = identical ? 1 : P;
-  // One group per problem, or one group for all problems when they share X.
-  const bool fuse_problems = a.x_shared && !a.c_shared;
-  const int64_t groups = fuse_problems ? 1 : P_eff;
-  const int64_t per_group = fuse_problems ? P_eff : 1;
-  const int64_t cols = per_group * K;
+  // One data set shared by problems that also share C: all identical, solve one and copy.
+  const bool identical = a.c_shared && a.per_x() > 1;
+  // A group is one data set with the M problems reading it: one GEMM serves all M (M·K columns).
+  const int64_t groups = a.Px;
+  const int64_t M = identical ? 1 : a.per_x();
+  const int64_t cols = M * K;
 
-  const at::Tensor Cm2 = a.C * -2;                      // exact scaling by a power of two
+  const at::Tensor Cm2 = a.C * -2;                          // exact scaling by a power of two
   const at::Tensor cn = a.C.square().sum(-1).contiguous();  // (K,) or (P, K)
+  const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
   const T* C = a.C.const_data_ptr<T>();
   const T* cnp = cn.const_data_ptr<T>();
   const T* X = a.X.const_data_ptr<T>();
@@ -80,16 +79,16 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
       const int64_t g = task / n_chunks;
       const int64_t r0 = (task % n_chunks) * chunk;
       const int64_t rows = std::min(chunk, N - r0);
-      const T* Xg = a.x_shared ? X : X + g * N * D;
-      at::Tensor Cg = a.c_shared ? Cm2 : (fuse_problems ? Cm2.view({P * K, D}) : Cm2.select(0, g));
+      const T* Xg = X + g * N * D;
+      const at::Tensor Cg = a.c_shared ? Cm2_flat : Cm2_flat.narrow(0, g * M * K, M * K);
       at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
       at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
       at::mm_out(out, xs, Cg.t());
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t n = r0 + i;
         const T* x = Xg + n * D;
-        for (int64_t q = 0; q < per_group; ++q) {
-          const int64_t p = fuse_problems ? q : g;
+        for (int64_t q = 0; q < M; ++q) {
+          const int64_t p = g * M + q;
           const int64_t cp = a.c_shared ? 0 : p;
           const int64_t idx = argmin_scores(buf.data() + i * cols + q * K, cnp + cp * K, K, avx2);
           const T d2 = sqdist(x, C + (cp * K + idx) * D, D, avx2);
@@ -144,38 +143,38 @@ void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
   const T* W = WEIGHTED ? a.weights.const_data_ptr<T>() : nullptr;
   std::atomic<int64_t> bad_label{std::numeric_limits<int64_t>::max()};
   std::atomic<int64_t> bad_weight{std::numeric_limits<int64_t>::max()};
+  const int64_t M = a.per_x();
+  const int64_t MW = WEIGHTED ? a.per_w() : 1;
 
   at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n0 = r * rows_per_range, n1 = std::min(N, n0 + rows_per_range);
       double* ps = psum.data() + r * P * K * D;
       double* pc = pcnt.data() + r * P * K;
-      // Shared X: one pass over the rows serves every problem. Otherwise problem by problem.
-      auto body = [&](int64_t p, int64_t n) {
-        const int64_t k = L[p * N + n];
-        if (k < 0 || k >= K) {
-          record_min(bad_label, p * N + n);
-          return;
-        }
-        double w = 1.0;
-        if constexpr (WEIGHTED) {
-          const T wt = W[a.w_shared ? n : p * N + n];
-          if (!(wt >= 0) || !std::isfinite(wt)) {
-            record_min(bad_weight, p * N + n);
-            return;
+      // The M problems of a data set are served by one pass over its rows.
+      for (int64_t g = 0; g < a.Px; ++g) {
+        for (int64_t n = n0; n < n1; ++n) {
+          const T* x = X + (g * N + n) * D;
+          for (int64_t q = 0; q < M; ++q) {
+            const int64_t p = g * M + q;
+            const int64_t k = L[p * N + n];
+            if (k < 0 || k >= K) {
+              record_min(bad_label, p * N + n);
+              continue;
+            }
+            double w = 1.0;
+            if constexpr (WEIGHTED) {
+              const T wt = W[(p / MW) * N + n];
+              if (!(wt >= 0) || !std::isfinite(wt)) {
+                record_min(bad_weight, p * N + n);
+                continue;
+              }
+              w = static_cast<double>(wt);
+            }
+            accumulate_row<T, WEIGHTED>(ps + (p * K + k) * D, x, w, D);
+            pc[p * K + k] += w;
           }
-          w = static_cast<double>(wt);
         }
-        const T* x = X + (a.x_shared ? n : p * N + n) * D;
-        accumulate_row<T, WEIGHTED>(ps + (p * K + k) * D, x, w, D);
-        pc[p * K + k] += w;
-      };
-      if (a.x_shared) {
-        for (int64_t n = n0; n < n1; ++n)
-          for (int64_t p = 0; p < P; ++p) body(p, n);
-      } else {
-        for (int64_t p = 0; p < P; ++p)
-          for (int64_t n = n0; n < n1; ++n) body(p, n);
       }
     }
   });
@@ -187,7 +186,7 @@ void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
   const int64_t bw = bad_weight.load();
   if (bw != std::numeric_limits<int64_t>::max()) {
     TORCH_CHECK_VALUE(false, "weights must be finite and non-negative, got ",
-                      static_cast<double>(W[a.w_shared ? bw % N : bw]), " at row ", bw % N);
+                      static_cast<double>(W[(bw / N / MW) * N + bw % N]), " at row ", bw % N);
   }
   std::atomic<bool> finite{true};
   at::parallel_for(0, P * K, 64, [&](int64_t begin, int64_t end) {

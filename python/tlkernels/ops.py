@@ -124,9 +124,10 @@ for _ns in BACKEND_NAMESPACES:
 def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """Nearest centroid of every point and its exact squared distance, without an N×K matrix.
 
-    X: (P, N, D) or (N, D); a 2-D X (or one expanded with stride 0 over P) is shared by all P
-    problems and read once for all of them. C: (P, K, D) or (K, D), same dtype (float32 or
-    float64) and device. Returns labels (P, N) int64 and dist2 (P, N) in X's dtype ((N,) each
+    X: (Px, N, D) or (N, D) data sets; C: (P, K, D) or (K, D) (shared by all problems), same
+    dtype (float32 or float64) and device, P a multiple of Px: problem p reads X[p // (P // Px)],
+    so n_init runs over one data set are extra problems that read it once (a 2-D X, or one
+    expanded with stride 0, is never copied). Returns labels (P, N) int64 and dist2 (P, N) in X's dtype ((N,) each
     when X and C are both 2-D). Ties go to the lowest index; dist2 is Σ (x − c)² for the winner.
     Raises ValueError for NaN / inf in X or C.
     """
@@ -136,8 +137,9 @@ def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 def kmeans_update(X: Tensor, labels: Tensor, K: int, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-cluster sums and total weights, summed in float64 in a fixed order (deterministic).
 
-    X: (P, N, D) or (N, D) (shared); labels: (P, N) or (N,) int64 in [0, K); weights: (P, N),
-    (N,) (shared) or None (all ones), non-negative. Returns sums (P, K, D) and counts (P, K) in
+    X: (Px, N, D) or (N, D) data sets; labels: (P, N) or (N,) int64 in [0, K), P a multiple of
+    Px (problem p reads X[p // (P // Px)]); weights: (P, N), (Px, N), (N,) or None (all ones),
+    finite and non-negative. Returns sums (P, K, D) and counts (P, K) in
     X's dtype ((K, D) and (K,) when X and labels are both unbatched).
     """
     return torch.ops.tlkernels.kmeans_update(X, labels, K, weights)
@@ -147,14 +149,14 @@ def _register_kmeans(namespace: str) -> None:
     @torch.library.register_fake(f"{namespace}::kmeans_assign")
     def _(X, C):
         batched = X.dim() == 3 or C.dim() == 3
-        P = X.shape[0] if X.dim() == 3 else (C.shape[0] if C.dim() == 3 else 1)
+        P = C.shape[0] if C.dim() == 3 else (X.shape[0] if X.dim() == 3 else 1)
         shape = (P, X.shape[-2]) if batched else (X.shape[-2],)
         return X.new_empty(shape, dtype=torch.long), X.new_empty(shape)
 
     @torch.library.register_fake(f"{namespace}::kmeans_update")
     def _(X, labels, K, weights=None):
         batched = X.dim() == 3 or labels.dim() == 2
-        P = X.shape[0] if X.dim() == 3 else (labels.shape[0] if labels.dim() == 2 else 1)
+        P = labels.shape[0] if labels.dim() == 2 else (X.shape[0] if X.dim() == 3 else 1)
         lead = (P,) if batched else ()
         return X.new_empty(lead + (K, X.shape[-1])), X.new_empty(lead + (K,))
 

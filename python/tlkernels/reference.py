@@ -54,20 +54,27 @@ def grad_reverse_branch(x: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     return x, grad_reverse(x, lam)
 
 
+def _expand_rows(T: Tensor | None, P: int) -> Tensor | None:
+    """(P, ...) view of a per-data-set tensor with Pt rows (Pt divides P): row p is T[p // (P // Pt)]."""
+    if T is None:
+        return None
+    return T.repeat_interleave(P // T.shape[0], dim=0) if T.shape[0] != P else T
+
+
 def _as_problems(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """(P, N, D) and (P, K, D) views of the k-means inputs; 2-D X or C is shared by every problem.
-    The flag says whether the outputs keep a leading P dimension."""
+    """(P, N, D) and (P, K, D) views of the k-means inputs; problem p reads X[p // (P // Px)], a
+    2-D C is shared by every problem. The flag says whether the outputs keep a P dimension."""
     batched = X.dim() == 3 or C.dim() == 3
-    P = X.shape[0] if X.dim() == 3 else (C.shape[0] if C.dim() == 3 else 1)
-    Xp = X if X.dim() == 3 else X.unsqueeze(0).expand(P, *X.shape)
+    X3 = X if X.dim() == 3 else X.unsqueeze(0)
+    P = C.shape[0] if C.dim() == 3 else X3.shape[0]
     Cp = C if C.dim() == 3 else C.unsqueeze(0).expand(P, *C.shape)
-    return Xp, Cp, batched
+    return _expand_rows(X3, P), Cp, batched
 
 
 def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """Nearest centroid and its squared distance, from exact differences (x - c)^2.
 
-    X: (P, N, D) or (N, D) (shared by every problem); C: (P, K, D) or (K, D).
+    X: (Px, N, D) or (N, D); C: (P, K, D) or (K, D) (shared); problem p reads X[p // (P // Px)].
     Returns labels (P, N) int64 and dist2 (P, N) in X's dtype ((N,) each when both are 2-D).
     Ties go to the lowest index (torch.argmin returns the first minimum). Materialises the
     (P, N, K, D) difference tensor: for small reference problems only.
@@ -76,8 +83,8 @@ def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     if Cp.shape[1] == 0:
         raise ValueError("C must hold at least one centroid")
     d2 = (Xp.unsqueeze(2) - Cp.unsqueeze(1)).square().sum(-1)  # (P, N, K)
-    dist2, labels = d2.min(-1)
     labels = d2.argmin(-1)  # documented to return the first minimum
+    dist2 = d2.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     if not batched:
         labels, dist2 = labels[0], dist2[0]
     return labels, dist2
@@ -86,19 +93,20 @@ def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 def kmeans_update(X: Tensor, labels: Tensor, K: int, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-cluster weighted sums and total weights (counts when weights is None).
 
-    X: (P, N, D) or (N, D) (shared by every problem); labels: (P, N) or (N,) in [0, K);
-    weights: (P, N), (N,) (shared) or None. Returns sums (P, K, D) and counts (P, K) in X's
+    X: (Px, N, D) or (N, D); labels: (P, N) or (N,) in [0, K), problem p reads
+    X[p // (P // Px)]; weights: (P, N), (Px, N), (N,) or None. Returns sums (P, K, D) and counts (P, K) in X's
     dtype ((K, D) and (K,) when X and labels are both unbatched), summed in float64.
     """
     batched = X.dim() == 3 or labels.dim() == 2
-    P = X.shape[0] if X.dim() == 3 else (labels.shape[0] if labels.dim() == 2 else 1)
+    X3 = X if X.dim() == 3 else X.unsqueeze(0)
+    P = labels.shape[0] if labels.dim() == 2 else X3.shape[0]
     N, D = X.shape[-2], X.shape[-1]
-    Xp = (X if X.dim() == 3 else X.unsqueeze(0).expand(P, N, D)).to(torch.float64)
-    Lp = labels if labels.dim() == 2 else labels.unsqueeze(0).expand(P, N)
+    Xp = _expand_rows(X3, P).to(torch.float64)
+    Lp = labels.long() if labels.dim() == 2 else labels.long().unsqueeze(0).expand(P, N)
     if weights is None:
         Wp = torch.ones(P, N, dtype=torch.float64, device=X.device)
     else:
-        Wp = (weights if weights.dim() == 2 else weights.unsqueeze(0).expand(P, N)).to(torch.float64)
+        Wp = _expand_rows(weights if weights.dim() == 2 else weights.unsqueeze(0), P).to(torch.float64)
     sums = torch.zeros(P, K, D, dtype=torch.float64, device=X.device)
     counts = torch.zeros(P, K, dtype=torch.float64, device=X.device)
     sums.scatter_add_(1, Lp.unsqueeze(-1).expand(P, N, D), Xp * Wp.unsqueeze(-1))
