@@ -106,6 +106,26 @@ inline KMeansAssignArgs check_kmeans_assign(const at::Tensor& X, const at::Tenso
   return a;
 }
 
+// Scores for the argmin, robust to float32 cancellation: with m the mean of a problem's
+// centroids and c' = c − m, ‖x − c‖² = ‖x − m‖² + ‖c'‖² − 2 (x − m)·c', so the argmin over k of
+//   score_k = b_k − 2 x·c'_k,   b_k = ‖c'_k‖² + 2 m·c'_k
+// is the nearest centroid. The GEMM then multiplies x by the small c' instead of c: the rounding
+// error is eps·‖x‖·‖c'‖ rather than eps·‖x‖·‖c‖ (data far from the origin keeps its digits).
+// b is computed in float64 from the rounded c'. Identical centroids get identical scores.
+struct ShiftedCentroids {
+  at::Tensor Cs;  // (K, D) or (P, K, D) contiguous, dtype of C: c − m
+  at::Tensor b;   // (K,) or (P, K) contiguous, dtype of C
+};
+
+inline ShiftedCentroids shift_centroids(const at::Tensor& C) {
+  const at::Tensor Cd = C.to(at::kDouble);
+  const at::Tensor m = Cd.mean(-2, /*keepdim=*/true);
+  const at::Tensor Cs = (Cd - m).to(C.scalar_type()).contiguous();
+  const at::Tensor Csd = Cs.to(at::kDouble);
+  const at::Tensor b = (Csd.square().sum(-1) + 2.0 * (Csd * m).sum(-1)).to(C.scalar_type()).contiguous();
+  return {Cs, b};
+}
+
 inline KMeansUpdateArgs check_kmeans_update(const at::Tensor& X, const at::Tensor& labels, int64_t K,
                                             const c10::optional<at::Tensor>& weights) {
   detail::check_kmeans_float(X, "X");

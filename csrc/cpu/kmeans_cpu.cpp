@@ -1,8 +1,8 @@
 // CPU backend of batched k-means (DESIGN.md §3.3).
 //
 // Assignment: the rows of X are cut into chunks that fit in L2; per chunk one at::mm gives
-// G = X_chunk · (-2 C)ᵀ (chunk × K, never N × K), and a fused epilogue forms the scores
-// ‖c‖² − 2x·c, takes the first minimum (ties → lowest index) and recomputes the winner's distance
+// G = X_chunk · (−2 C')ᵀ (chunk × K, never N × K; C' the centroids minus their mean, see
+// shift_centroids), and a fused epilogue forms the scores b − 2x·c', takes the first minimum (ties → lowest index) and recomputes the winner's distance
 // exactly as Σ (x − c)², so float32 cancellation never shows in dist2 (nor in the inertia).
 // When X is shared by P problems (n_init runs, k-means++ candidates), one GEMM per chunk serves
 // all of them (P·K columns): X is read once.
@@ -60,8 +60,9 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
   const int64_t M = identical ? 1 : a.per_x();
   const int64_t cols = M * K;
 
-  const at::Tensor Cm2 = a.C * -2;                          // exact scaling by a power of two
-  const at::Tensor cn = a.C.square().sum(-1).contiguous();  // (K,) or (P, K)
+  const ShiftedCentroids sc = shift_centroids(a.C);
+  const at::Tensor Cm2 = sc.Cs * -2;  // exact scaling by a power of two: G = −2 x·c'
+  const at::Tensor& cn = sc.b;        // (K,) or (P, K)
   const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
   const T* C = a.C.const_data_ptr<T>();
   const T* cnp = cn.const_data_ptr<T>();
