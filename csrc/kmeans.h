@@ -112,9 +112,16 @@ inline KMeansAssignArgs check_kmeans_assign(const at::Tensor& X, const at::Tenso
 // is the nearest centroid. The GEMM then multiplies x by the small c' instead of c: the rounding
 // error is eps·‖x‖·‖c'‖ rather than eps·‖x‖·‖c‖ (data far from the origin keeps its digits).
 // b is computed in float64 from the rounded c'. Identical centroids get identical scores.
+//
+// Rounding band: a computed score is within band = band_base + band_slope·‖x‖ of the exact one
+// (|b| rounding plus the dot-product bound D·eps·‖x‖·‖c'‖, with a safety factor of 8). The
+// backends compare exact distances Σ (x − c)² between the centroids whose scores fall within
+// the band of the best, so the label is the truly nearest centroid, exact ties to the lowest index.
 struct ShiftedCentroids {
-  at::Tensor Cs;  // (K, D) or (P, K, D) contiguous, dtype of C: c − m
-  at::Tensor b;   // (K,) or (P, K) contiguous, dtype of C
+  at::Tensor Cs;          // (K, D) or (P, K, D) contiguous, dtype of C: c − m
+  at::Tensor b;           // (K,) or (P, K) contiguous, dtype of C
+  at::Tensor band_base;   // (1,) or (P,) contiguous, dtype of C
+  at::Tensor band_slope;  // (1,) or (P,) contiguous, dtype of C
 };
 
 inline ShiftedCentroids shift_centroids(const at::Tensor& C) {
@@ -122,8 +129,13 @@ inline ShiftedCentroids shift_centroids(const at::Tensor& C) {
   const at::Tensor m = Cd.mean(-2, /*keepdim=*/true);
   const at::Tensor Cs = (Cd - m).to(C.scalar_type()).contiguous();
   const at::Tensor Csd = Cs.to(at::kDouble);
-  const at::Tensor b = (Csd.square().sum(-1) + 2.0 * (Csd * m).sum(-1)).to(C.scalar_type()).contiguous();
-  return {Cs, b};
+  const at::Tensor bd = Csd.square().sum(-1) + 2.0 * (Csd * m).sum(-1);
+  const double eps = C.scalar_type() == at::kFloat ? 1.1920928955078125e-07 : 2.220446049250313e-16;
+  const double f = 8.0 * static_cast<double>(C.size(-1) + 2) * eps;
+  const auto st = C.scalar_type();
+  at::Tensor base = (bd.abs().amax(-1) * f).reshape({-1}).to(st).contiguous();
+  at::Tensor slope = (Csd.square().sum(-1).sqrt().amax(-1) * (2.0 * f)).reshape({-1}).to(st).contiguous();
+  return {Cs, bd.to(st).contiguous(), base, slope};
 }
 
 inline KMeansUpdateArgs check_kmeans_update(const at::Tensor& X, const at::Tensor& labels, int64_t K,

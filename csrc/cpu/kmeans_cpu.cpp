@@ -2,8 +2,10 @@
 //
 // Assignment: the rows of X are cut into chunks that fit in L2; per chunk one at::mm gives
 // G = X_chunk · (−2 C')ᵀ (chunk × K, never N × K; C' the centroids minus their mean, see
-// shift_centroids), and a fused epilogue forms the scores b − 2x·c', takes the first minimum (ties → lowest index) and recomputes the winner's distance
-// exactly as Σ (x − c)², so float32 cancellation never shows in dist2 (nor in the inertia).
+// shift_centroids), and a fused epilogue forms the scores b − 2x·c', takes their minimum, and
+// decides between the centroids within the rounding band of it by exact distances Σ (x − c)²
+// (ties → lowest index); the winner's exact distance is dist2, so float32 cancellation shows
+// neither in the labels nor in dist2 (nor in the inertia).
 // When X is shared by P problems (n_init runs, k-means++ candidates), one GEMM per chunk serves
 // all of them (P·K columns): X is read once.
 //
@@ -26,7 +28,7 @@
 namespace tlk {
 namespace {
 
-using kmeans_cpu::argmin_scores;
+using kmeans_cpu::assign_row;
 using kmeans_cpu::sqdist;
 
 constexpr int64_t kChunkBytes = 1 << 20;  // the G block of one chunk stays in L2
@@ -66,6 +68,8 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
   const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
   const T* C = a.C.const_data_ptr<T>();
   const T* cnp = cn.const_data_ptr<T>();
+  const T* band_base = sc.band_base.const_data_ptr<T>();
+  const T* band_slope = sc.band_slope.const_data_ptr<T>();
   const T* X = a.X.const_data_ptr<T>();
 
   int64_t chunk = kChunkBytes / std::max<int64_t>(1, cols * static_cast<int64_t>(sizeof(T)));
@@ -75,6 +79,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
 
   at::parallel_for(0, groups * n_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
+    const std::vector<T> zeros(static_cast<size_t>(D), T(0));
     const auto opts = a.X.options();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / n_chunks;
@@ -88,12 +93,14 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t n = r0 + i;
         const T* x = Xg + n * D;
+        const T xnorm = std::sqrt(sqdist(x, zeros.data(), D, avx2));
         for (int64_t q = 0; q < M; ++q) {
           const int64_t p = g * M + q;
           const int64_t cp = a.c_shared ? 0 : p;
-          const int64_t idx = argmin_scores(buf.data() + i * cols + q * K, cnp + cp * K, K, avx2);
-          const T d2 = sqdist(x, C + (cp * K + idx) * D, D, avx2);
-          labels[p * N + n] = idx;
+          const T band = band_base[cp] + band_slope[cp] * xnorm;
+          const auto r = assign_row(buf.data() + i * cols + q * K, cnp + cp * K, K, x, C + cp * K * D, D, band, avx2);
+          const T d2 = static_cast<T>(r.dist2);
+          labels[p * N + n] = r.label;
           dist2[p * N + n] = d2;
           if (!std::isfinite(d2)) record_min(first_bad, p * N + n);
         }

@@ -15,22 +15,6 @@
 
 namespace tlk::kmeans_cpu {
 
-// Scores s[k] = cn[k] + g[k] written back into g, and the lowest k of the minimum score.
-// A row whose scores are all NaN returns 0 (its exact distance is then NaN: the caller raises).
-template <typename T>
-inline int64_t argmin_scores_scalar(T* g, const T* cn, int64_t K) {
-  T best = std::numeric_limits<T>::infinity();
-  int64_t idx = 0;
-  for (int64_t k = 0; k < K; ++k) {
-    const T s = cn[k] + g[k];
-    if (s < best) {
-      best = s;
-      idx = k;
-    }
-  }
-  return idx;
-}
-
 // sum_d (x[d] - c[d])^2, sequential.
 template <typename T>
 inline T sqdist_scalar(const T* x, const T* c, int64_t D) {
@@ -43,61 +27,6 @@ inline T sqdist_scalar(const T* x, const T* c, int64_t D) {
 }
 
 #if TLK_KMEANS_X86
-__attribute__((target("avx2"))) inline int64_t argmin_scores_avx2(float* g, const float* cn, int64_t K) {
-  __m256 vmin = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 s = _mm256_add_ps(_mm256_loadu_ps(cn + k), _mm256_loadu_ps(g + k));
-    _mm256_storeu_ps(g + k, s);
-    vmin = _mm256_min_ps(vmin, s);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmin);
-  float m = lanes[0];
-  for (int i = 1; i < 8; ++i) m = lanes[i] < m ? lanes[i] : m;
-  for (int64_t j = k; j < K; ++j) {
-    g[j] = cn[j] + g[j];
-    m = g[j] < m ? g[j] : m;
-  }
-  // The first k holding the minimum: ties go to the lowest index.
-  const __m256 vm = _mm256_set1_ps(m);
-  for (k = 0; k + 8 <= K; k += 8) {
-    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(g + k), vm, _CMP_EQ_OQ));
-    if (mask != 0) return k + __builtin_ctz(static_cast<unsigned>(mask));
-  }
-  for (; k < K; ++k) {
-    if (g[k] == m) return k;
-  }
-  return 0;
-}
-
-__attribute__((target("avx2"))) inline int64_t argmin_scores_avx2(double* g, const double* cn, int64_t K) {
-  __m256d vmin = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-  int64_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    const __m256d s = _mm256_add_pd(_mm256_loadu_pd(cn + k), _mm256_loadu_pd(g + k));
-    _mm256_storeu_pd(g + k, s);
-    vmin = _mm256_min_pd(vmin, s);
-  }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, vmin);
-  double m = lanes[0];
-  for (int i = 1; i < 4; ++i) m = lanes[i] < m ? lanes[i] : m;
-  for (int64_t j = k; j < K; ++j) {
-    g[j] = cn[j] + g[j];
-    m = g[j] < m ? g[j] : m;
-  }
-  const __m256d vm = _mm256_set1_pd(m);
-  for (k = 0; k + 4 <= K; k += 4) {
-    const int mask = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(g + k), vm, _CMP_EQ_OQ));
-    if (mask != 0) return k + __builtin_ctz(static_cast<unsigned>(mask));
-  }
-  for (; k < K; ++k) {
-    if (g[k] == m) return k;
-  }
-  return 0;
-}
-
 // Eight (four) running lanes, then a fixed-order horizontal sum and a sequential tail.
 __attribute__((target("avx2"))) inline float sqdist_avx2(const float* x, const float* c, int64_t D) {
   __m256 acc = _mm256_setzero_ps();
@@ -140,19 +69,121 @@ inline bool has_avx2() {
 #endif
 
 template <typename T>
-inline int64_t argmin_scores(T* g, const T* cn, int64_t K, bool avx2) {
-#if TLK_KMEANS_X86
-  if (avx2) return argmin_scores_avx2(g, cn, K);
-#endif
-  return argmin_scores_scalar(g, cn, K);
-}
-
-template <typename T>
 inline T sqdist(const T* x, const T* c, int64_t D, bool avx2) {
 #if TLK_KMEANS_X86
   if (avx2) return sqdist_avx2(x, c, D);
 #endif
   return sqdist_scalar(x, c, D);
+}
+
+// Minimum of s[k] = b[k] + g[k] over k, written back into g (scalar and AVX2 versions).
+template <typename T>
+inline T min_scores_scalar(T* g, const T* b, int64_t K) {
+  T m = std::numeric_limits<T>::infinity();
+  for (int64_t k = 0; k < K; ++k) {
+    g[k] = b[k] + g[k];
+    m = g[k] < m ? g[k] : m;
+  }
+  return m;
+}
+
+#if TLK_KMEANS_X86
+__attribute__((target("avx2"))) inline float min_scores_avx2(float* g, const float* b, int64_t K) {
+  __m256 vmin = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 s = _mm256_add_ps(_mm256_loadu_ps(b + k), _mm256_loadu_ps(g + k));
+    _mm256_storeu_ps(g + k, s);
+    vmin = _mm256_min_ps(vmin, s);
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmin);
+  float m = lanes[0];
+  for (int i = 1; i < 8; ++i) m = lanes[i] < m ? lanes[i] : m;
+  for (; k < K; ++k) {
+    g[k] = b[k] + g[k];
+    m = g[k] < m ? g[k] : m;
+  }
+  return m;
+}
+
+__attribute__((target("avx2"))) inline double min_scores_avx2(double* g, const double* b, int64_t K) {
+  __m256d vmin = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  int64_t k = 0;
+  for (; k + 4 <= K; k += 4) {
+    const __m256d s = _mm256_add_pd(_mm256_loadu_pd(b + k), _mm256_loadu_pd(g + k));
+    _mm256_storeu_pd(g + k, s);
+    vmin = _mm256_min_pd(vmin, s);
+  }
+  alignas(32) double lanes[4];
+  _mm256_store_pd(lanes, vmin);
+  double m = lanes[0];
+  for (int i = 1; i < 4; ++i) m = lanes[i] < m ? lanes[i] : m;
+  for (; k < K; ++k) {
+    g[k] = b[k] + g[k];
+    m = g[k] < m ? g[k] : m;
+  }
+  return m;
+}
+
+// Bit mask of the lanes of g[k0 .. k0 + lanes) that are <= thr.
+__attribute__((target("avx2"))) inline unsigned band_mask_avx2(const float* g, float thr) {
+  return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(g), _mm256_set1_ps(thr), _CMP_LE_OQ)));
+}
+__attribute__((target("avx2"))) inline unsigned band_mask_avx2(const double* g, double thr) {
+  return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(g), _mm256_set1_pd(thr), _CMP_LE_OQ)));
+}
+#endif
+
+struct RowResult {
+  int64_t label;
+  double dist2;
+};
+
+// The nearest centroid of one row x (D,), given its GEMM row g (K,) = −2 x·c'_k.
+// Scores s_k = b_k + g_k carry a rounding error below `band`; every k with s_k <= min + band is a
+// candidate and the candidate of least exact distance Σ (x − c_k)² wins, ties to the lowest
+// index. So the label is the truly nearest centroid (exact ties: the lowest index) whatever the
+// rounding of the GEMM. Usually there is one candidate, whose exact distance is needed anyway.
+template <typename T>
+inline RowResult assign_row(T* g, const T* b, int64_t K, const T* x, const T* C, int64_t D, T band, bool avx2) {
+  T m;
+#if TLK_KMEANS_X86
+  m = avx2 ? min_scores_avx2(g, b, K) : min_scores_scalar(g, b, K);
+#else
+  m = min_scores_scalar(g, b, K);
+#endif
+  const T thr = m + band;
+  int64_t best = -1;
+  T best_d = std::numeric_limits<T>::infinity();
+  auto consider = [&](int64_t k) {
+    const T d = sqdist(x, C + k * D, D, avx2);
+    if (best < 0 || d < best_d) {
+      best = k;
+      best_d = d;
+    }
+  };
+  int64_t k = 0;
+#if TLK_KMEANS_X86
+  if (avx2) {
+    constexpr int64_t W = 32 / sizeof(T);
+    for (; k + W <= K; k += W) {
+      unsigned mask = band_mask_avx2(g + k, thr);
+      while (mask != 0) {
+        consider(k + __builtin_ctz(mask));
+        mask &= mask - 1;
+      }
+    }
+  }
+#endif
+  for (; k < K; ++k) {
+    if (g[k] <= thr) consider(k);
+  }
+  if (best < 0) {  // NaN scores (NaN / inf in x): report label 0 and its (non-finite) distance
+    best = 0;
+    best_d = sqdist(x, C, D, avx2);
+  }
+  return {best, static_cast<double>(best_d)};
 }
 
 }  // namespace tlk::kmeans_cpu
