@@ -31,7 +31,7 @@ namespace {
 using kmeans_cpu::assign_row;
 using kmeans_cpu::sqdist;
 
-constexpr int64_t kChunkBytes = 1 << 20;  // the G block of one chunk stays in L2
+constexpr int64_t kChunkBytes = 1 << 18;  // the G block of one chunk stays in L2
 constexpr int64_t kMaxChunkRows = 2048;
 constexpr int64_t kMinChunkRows = 16;
 
@@ -79,7 +79,6 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
 
   at::parallel_for(0, groups * n_chunks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
-    const std::vector<T> zeros(static_cast<size_t>(D), T(0));
     const auto opts = a.X.options();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / n_chunks;
@@ -93,7 +92,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t n = r0 + i;
         const T* x = Xg + n * D;
-        const T xnorm = std::sqrt(sqdist(x, zeros.data(), D, avx2));
+        const T xnorm = std::sqrt(kmeans_cpu::sqnorm(x, D, avx2));
         for (int64_t q = 0; q < M; ++q) {
           const int64_t p = g * M + q;
           const int64_t cp = a.c_shared ? 0 : p;
@@ -129,7 +128,8 @@ int64_t update_ranges(int64_t N, int64_t P, int64_t K, int64_t D) {
 
 // acc (D,) += w * x (D,) in float64.
 template <typename T, bool WEIGHTED>
-inline void accumulate_row(double* __restrict acc, const T* __restrict x, double w, int64_t D) {
+__attribute__((always_inline)) inline void accumulate_row(double* __restrict acc, const T* __restrict x, double w,
+                                                          int64_t D) {
   for (int64_t d = 0; d < D; ++d) {
     if constexpr (WEIGHTED) {
       acc[d] += w * static_cast<double>(x[d]);
@@ -138,6 +138,61 @@ inline void accumulate_row(double* __restrict acc, const T* __restrict x, double
     }
   }
 }
+
+// One row range [n0, n1) of every problem into its partials ps (P, K, D) / pc (P, K), rows in
+// order. Returns the first bad label / weight (linear index p * N + n) through the two slots.
+template <typename T, bool WEIGHTED>
+struct RangeArgs {
+  const T* X;        // (Px, N, D)
+  const int64_t* L;  // (P, N)
+  const T* W;        // (Pw, N) or nullptr
+  int64_t Px, M, MW, N, K, D, n0, n1;
+  double* ps;
+  double* pc;
+};
+
+template <typename T, bool WEIGHTED>
+__attribute__((always_inline)) inline void update_range_body(const RangeArgs<T, WEIGHTED>& r, int64_t& bad_label,
+                                                             int64_t& bad_weight) {
+  const int64_t N = r.N, K = r.K, D = r.D, M = r.M;
+  // The M problems of a data set are served by one pass over its rows.
+  for (int64_t g = 0; g < r.Px; ++g) {
+    for (int64_t n = r.n0; n < r.n1; ++n) {
+      const T* x = r.X + (g * N + n) * D;
+      for (int64_t q = 0; q < M; ++q) {
+        const int64_t p = g * M + q;
+        const int64_t k = r.L[p * N + n];
+        if (k < 0 || k >= K) {
+          bad_label = std::min(bad_label, p * N + n);
+          continue;
+        }
+        double w = 1.0;
+        if constexpr (WEIGHTED) {
+          const T wt = r.W[(p / r.MW) * N + n];
+          if (!(wt >= 0) || !std::isfinite(wt)) {
+            bad_weight = std::min(bad_weight, p * N + n);
+            continue;
+          }
+          w = static_cast<double>(wt);
+        }
+        accumulate_row<T, WEIGHTED>(r.ps + (p * K + k) * D, x, w, D);
+        r.pc[p * K + k] += w;
+      }
+    }
+  }
+}
+
+template <typename T, bool WEIGHTED>
+void update_range_plain(const RangeArgs<T, WEIGHTED>& r, int64_t& bl, int64_t& bw) {
+  update_range_body<T, WEIGHTED>(r, bl, bw);
+}
+
+#if TLK_KMEANS_X86
+template <typename T, bool WEIGHTED>
+__attribute__((target("avx2"))) void update_range_avx2(const RangeArgs<T, WEIGHTED>& r, int64_t& bl, int64_t& bw) {
+  update_range_body<T, WEIGHTED>(r, bl, bw);
+}
+#endif
 
 template <typename T, bool WEIGHTED>
 void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
@@ -153,37 +208,25 @@ void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
   std::atomic<int64_t> bad_weight{std::numeric_limits<int64_t>::max()};
   const int64_t M = a.per_x();
   const int64_t MW = WEIGHTED ? a.per_w() : 1;
+  const bool avx2 = use_avx2();
 
   at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n0 = r * rows_per_range, n1 = std::min(N, n0 + rows_per_range);
-      double* ps = psum.data() + r * P * K * D;
-      double* pc = pcnt.data() + r * P * K;
-      // The M problems of a data set are served by one pass over its rows.
-      for (int64_t g = 0; g < a.Px; ++g) {
-        for (int64_t n = n0; n < n1; ++n) {
-          const T* x = X + (g * N + n) * D;
-          for (int64_t q = 0; q < M; ++q) {
-            const int64_t p = g * M + q;
-            const int64_t k = L[p * N + n];
-            if (k < 0 || k >= K) {
-              record_min(bad_label, p * N + n);
-              continue;
-            }
-            double w = 1.0;
-            if constexpr (WEIGHTED) {
-              const T wt = W[(p / MW) * N + n];
-              if (!(wt >= 0) || !std::isfinite(wt)) {
-                record_min(bad_weight, p * N + n);
-                continue;
-              }
-              w = static_cast<double>(wt);
-            }
-            accumulate_row<T, WEIGHTED>(ps + (p * K + k) * D, x, w, D);
-            pc[p * K + k] += w;
-          }
-        }
+      RangeArgs<T, WEIGHTED> ra{X, L, W, a.Px, M, MW, N, K, D, n0, n1,
+                                psum.data() + r * P * K * D, pcnt.data() + r * P * K};
+      int64_t bl = std::numeric_limits<int64_t>::max(), bw = std::numeric_limits<int64_t>::max();
+#if TLK_KMEANS_X86
+      if (avx2) {
+        update_range_avx2<T, WEIGHTED>(ra, bl, bw);
+      } else {
+        update_range_plain<T, WEIGHTED>(ra, bl, bw);
       }
+#else
+      update_range_plain<T, WEIGHTED>(ra, bl, bw);
+#endif
+      record_min(bad_label, bl);
+      record_min(bad_weight, bw);
     }
   });
   const int64_t bl = bad_label.load();
