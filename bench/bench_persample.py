@@ -88,7 +88,7 @@ def method_fn(method: str, model, batch, vec):
     if method == "tlkernels":
         return lambda: persample.grad_dot(model, loss_fn, batch, vec)
     if method == "torch.func":
-        from tlkernels.reference import per_sample_grads
+        from tlkernels.reference import model_per_sample_grads as per_sample_grads
 
         def run():
             g = per_sample_grads(model, loss_fn, batch)

@@ -23,6 +23,14 @@ constexpr const char* kGradReverseBackward =
 constexpr const char* kGradReverseBranchBackward =
     "grad_reverse_branch_backward(Tensor grad_task, Tensor grad_adv, float lam, "
     "Tensor? lam_tensor=None) -> Tensor";
+// Per-sample gradient products (DESIGN.md §3.1, csrc/ghost.h).
+constexpr const char* kGhostDot = "ghost_dot(Tensor A, Tensor D, Tensor G) -> Tensor";
+constexpr const char* kGhostGram = "ghost_gram(Tensor A1, Tensor D1, Tensor A2, Tensor D2) -> Tensor";
+constexpr const char* kGhostNorm = "ghost_norm(Tensor A, Tensor D) -> Tensor";
+// Mutates alpha and returns nothing: torch.compile / functionalization refuse custom ops whose
+// outputs alias an input (`-> Tensor(a!)`); the Python wrapper returns alpha.
+constexpr const char* kClipUpdate =
+    "clip_update_(Tensor(a!) alpha, Tensor index, Tensor s, float lr) -> ()";
 
 std::string build_info() {
   std::string s = "{\"torch\": \"" TLK_TORCH_VERSION "\", \"cuda\": ";
@@ -46,12 +54,20 @@ TORCH_LIBRARY(tlkernels, m) {
   m.def("_set_poison_outputs(bool enabled) -> ()", &set_poison_outputs);
   m.def(kGradReverseBackward);
   m.def(kGradReverseBranchBackward);
+  m.def(kGhostDot);
+  m.def(kGhostGram);
+  m.def(kGhostNorm);
+  m.def(kClipUpdate);
 }
 
 #if TLK_WITH_EMU
 TORCH_LIBRARY(tlkernels_emu, m) {
   m.def(kGradReverseBackward);
   m.def(kGradReverseBranchBackward);
+  m.def(kGhostDot);
+  m.def(kGhostGram);
+  m.def(kGhostNorm);
+  m.def(kClipUpdate);
 }
 #endif
 

@@ -160,7 +160,7 @@ def flat(grads: dict, names) -> torch.Tensor:
 def test_products_match_torch_func(case, cost_rule):
     gen = torch.Generator().manual_seed(CASES.index(case))
     model, loss, batch = make_case(case, 5, gen)
-    ref = reference.per_sample_grads(model, loss, batch)
+    ref = reference.model_per_sample_grads(model, loss, batch)
     names = list(ref)
     cap = persample.capture(model, loss, batch)
     assert set(cap.params) == set(names)
@@ -178,7 +178,7 @@ def test_products_match_torch_func(case, cost_rule):
     torch.testing.assert_close(cap.norms(), flat(ref, names).pow(2).sum(1), rtol=1e-10, atol=1e-12)
 
     model2_batch = make_case(case, 3, torch.Generator().manual_seed(100 + CASES.index(case)))[2]
-    ref2 = reference.per_sample_grads(model, loss, model2_batch)
+    ref2 = reference.model_per_sample_grads(model, loss, model2_batch)
     cap2 = persample.capture(model, loss, model2_batch)
     torch.testing.assert_close(cap.gram(cap2), flat(ref, names) @ flat(ref2, names).T, rtol=1e-10, atol=1e-12)
 
@@ -206,7 +206,7 @@ def test_accumulate_grad_equals_weighted_backward(case):
 def test_float32_and_functional_api():
     gen = torch.Generator().manual_seed(3)
     model, loss, batch = make_case("seq_mean", 4, gen, dtype=torch.float32)
-    ref = reference.per_sample_grads(model.double(), loss, tuple(t.double() if t.is_floating_point() else t
+    ref = reference.model_per_sample_grads(model.double(), loss, tuple(t.double() if t.is_floating_point() else t
                                                                   for t in batch))
     model.float()
     names = list(ref)
@@ -224,7 +224,7 @@ def test_float32_and_functional_api():
 def test_dot_over_a_subset_of_parameters():
     gen = torch.Generator().manual_seed(4)
     model, loss, batch = make_case("mlp", 5, gen)
-    ref = reference.per_sample_grads(model, loss, batch)
+    ref = reference.model_per_sample_grads(model, loss, batch)
     v = torch.randn(model.fc2.weight.shape, dtype=torch.float64, generator=gen)
     s = persample.grad_dot(model, loss, batch, {"fc2.weight": v})
     torch.testing.assert_close(s, ref["fc2.weight"].flatten(1) @ v.flatten(), rtol=1e-10, atol=1e-12)

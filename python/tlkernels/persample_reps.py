@@ -24,24 +24,6 @@ from . import ops
 
 __all__ = ["LinearRep", "EmbeddingRep", "ConvRep", "DenseRep", "gram", "ghost_is_cheaper"]
 
-def _ghost_dot(a: Tensor, d: Tensor, g: Tensor) -> Tensor:
-    if hasattr(ops, "ghost_dot"):
-        return ops.ghost_dot(a, d, g)
-    return torch.einsum("bto,voi,bti->bv", d, g, a)  # until the fused op lands
-
-
-def _ghost_norm(a: Tensor, d: Tensor) -> Tensor:
-    if hasattr(ops, "ghost_norm"):
-        return ops.ghost_norm(a, d)
-    return (torch.einsum("bti,bsi->bts", a, a) * torch.einsum("bto,bso->bts", d, d)).sum((1, 2))
-
-
-def _ghost_gram(a1: Tensor, d1: Tensor, a2: Tensor, d2: Tensor) -> Tensor:
-    if hasattr(ops, "ghost_gram"):
-        return ops.ghost_gram(a1, d1, a2, d2)
-    return (torch.einsum("btk,csk->bcts", a1, a2) * torch.einsum("bto,cso->bcts", d1, d2)).sum((2, 3))
-
-
 # Bound on the elements of any temporary the ghost formulations build (chunks are sized by it).
 _CHUNK_ELEMENTS = 1 << 24
 
@@ -107,12 +89,12 @@ class LinearRep:
     def dot(self, v: Tensor) -> Tensor:
         shape = torch.Size((self.d.shape[2], self.a.shape[2]))
         vv, many = _flat_vectors(v, shape)
-        return _finish(_ghost_dot(self.a, self.d, vv), many)
+        return _finish(ops.ghost_dot(self.a, self.d, vv), many)
 
     def norms(self) -> Tensor:
         t, n_in, n_out = self.a.shape[1], self.a.shape[2], self.d.shape[2]
         if ghost_is_cheaper(t, t, n_in, n_out):
-            return _ghost_norm(self.a, self.d)
+            return ops.ghost_norm(self.a, self.d)
         return self.dense().flatten(1).pow(2).sum(1)
 
     def weighted(self, w: Tensor) -> Tensor:
@@ -240,7 +222,7 @@ def gram(r1, r2) -> Tensor:
     if isinstance(r1, LinearRep) and isinstance(r2, LinearRep):
         t1, t2 = r1.a.shape[1], r2.a.shape[1]
         if ghost_is_cheaper(t1, t2, r1.a.shape[2], r1.d.shape[2]):
-            return _ghost_gram(r1.a, r1.d, r2.a, r2.d)
+            return ops.ghost_gram(r1.a, r1.d, r2.a, r2.d)
     if isinstance(r1, EmbeddingRep) and isinstance(r2, EmbeddingRep):
         e = r1.d.shape[2]
         if r1.idx.shape[1] * r2.idx.shape[1] < r1.num_rows * e:
