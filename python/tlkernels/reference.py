@@ -16,6 +16,7 @@ __all__ = [
     "grad_reverse",
     "grad_reverse_branch",
     "per_sample_grads",
+    "model_per_sample_grads",
     "ghost_dot",
     "ghost_gram",
     "ghost_norm",
@@ -57,6 +58,32 @@ def grad_reverse_branch(x: Tensor, lam: float) -> tuple[Tensor, Tensor]:
     return x, grad_reverse(x, lam)
 
 
+class _FunctionalModel:
+    """Calls `model` with substituted parameters (torch.func.functional_call)."""
+
+    def __init__(self, model, params, buffers):
+        self.model, self.params, self.buffers = model, params, buffers
+
+    def __call__(self, *args, **kwargs):
+        return torch.func.functional_call(self.model, (self.params, self.buffers), args, kwargs)
+
+
+def model_per_sample_grads(model: torch.nn.Module, loss_fn, batch) -> dict[str, Tensor]:
+    """Per-sample gradients by torch.func (vmap over grad of functional_call): the materialising
+    reference of ``tlkernels.persample``. loss_fn(model, batch) -> (B,) per-sample losses, where
+    `batch` is a tensor or a tuple of tensors with the batch first.
+
+    Returns {name: (B, *param.shape)} for every trainable parameter.
+    """
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def one(p, sample):
+        b1 = torch.utils._pytree.tree_map(lambda t: t.unsqueeze(0), sample)
+        return loss_fn(_FunctionalModel(model, {**p, **frozen}, buffers), b1)[0]
+
+    return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))(params, batch)
 # ---------------------------------------------------------------------------------------------
 # per-sample gradient products (DESIGN.md §3.1): the materialising formulation
 # ---------------------------------------------------------------------------------------------
