@@ -76,10 +76,23 @@ def test_ghost_dot_matches_reference(backend, dtype, shape, layout, V):
     assert_within_bound(got, ref, absref, I + O + T, dtype)
 
 
+def test_ghost_dot_blocks_walking_several_output_tiles(backend):
+    """Many targets (V = 130) make enough blocks that the device kernel splits O = 130 (3 tiles of
+    64) in 2, so one block walks tiles 0 and 2: the loop the small shapes above never take."""
+    gen = _seed("split-loop")
+    A = torch.randn(5, 3, 3, dtype=torch.float64, generator=gen).to(backend.device)
+    D = torch.randn(5, 3, 130, dtype=torch.float64, generator=gen).to(backend.device)
+    G = torch.randn(130, 130, 3, dtype=torch.float64, generator=gen).to(backend.device)
+    got = backend.op("ghost_dot")(A, D, G)
+    A64, D64, G64 = A.cpu(), D.cpu(), G.cpu()
+    assert_within_bound(got, reference.ghost_dot(A64, D64, G64),
+                        reference.ghost_dot(A64.abs(), D64.abs(), G64.abs()), 3 + 130 + 3, torch.float64)
+
+
 # ------------------------------------------------------------------------------ ghost_gram
 GRAM_SHAPES = [  # (B1, T, B2, T', I, O)
     (1, 1, 1, 1, 1, 1), (7, 1, 5, 1, 13, 3), (3, 4, 2, 7, 11, 17), (2, 66, 1, 65, 5, 3),
-    (3, 1, 2, 3, 70, 67), (0, 3, 4, 2, 3, 5), (3, 2, 0, 2, 3, 5), (2, 0, 3, 2, 4, 5)]
+    (3, 1, 2, 3, 70, 67), (40, 3, 23, 5, 6, 7), (0, 3, 4, 2, 3, 5), (3, 2, 0, 2, 3, 5), (2, 0, 3, 2, 4, 5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -100,8 +113,9 @@ def test_ghost_gram_matches_reference(backend, dtype, shape, layout):
 
 # ------------------------------------------------------------------------------ ghost_norm
 # T(I+O) <= I·O: from the T×T tiles; T(I+O) > I·O: one Q_i at a time (both paths covered).
+# (2, 65, 140, 140): T > 64 from the tiles; (70, 2, 9, 8): samples packed 32 per tile, 3 tiles.
 NORM_SHAPES = [(1, 1, 1, 1), (7, 1, 13, 5), (5, 3, 17, 11), (3, 41, 5, 6), (2, 67, 70, 9),
-               (2, 7, 65, 66), (0, 3, 4, 5), (3, 0, 4, 5)]
+               (2, 7, 65, 66), (2, 65, 140, 140), (70, 2, 9, 8), (0, 3, 4, 5), (3, 0, 4, 5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
