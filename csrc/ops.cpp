@@ -26,6 +26,14 @@ constexpr const char* kGradReverseBranchBackward =
 constexpr const char* kKMeansAssign = "kmeans_assign(Tensor X, Tensor C) -> (Tensor labels, Tensor dist2)";
 constexpr const char* kKMeansUpdate =
     "kmeans_update(Tensor X, Tensor labels, int K, Tensor? weights=None) -> (Tensor sums, Tensor counts)";
+// Per-sample gradient products (DESIGN.md §3.1, csrc/ghost.h).
+constexpr const char* kGhostDot = "ghost_dot(Tensor A, Tensor D, Tensor G) -> Tensor";
+constexpr const char* kGhostGram = "ghost_gram(Tensor A1, Tensor D1, Tensor A2, Tensor D2) -> Tensor";
+constexpr const char* kGhostNorm = "ghost_norm(Tensor A, Tensor D) -> Tensor";
+// Mutates alpha and returns nothing: torch.compile / functionalization refuse custom ops whose
+// outputs alias an input (`-> Tensor(a!)`); the Python wrapper returns alpha.
+constexpr const char* kClipUpdate =
+    "clip_update_(Tensor(a!) alpha, Tensor index, Tensor s, float lr) -> ()";
 
 std::string build_info() {
   std::string s = "{\"torch\": \"" TLK_TORCH_VERSION "\", \"cuda\": ";
@@ -51,6 +59,10 @@ TORCH_LIBRARY(tlkernels, m) {
   m.def(kGradReverseBranchBackward);
   m.def(kKMeansAssign);
   m.def(kKMeansUpdate);
+  m.def(kGhostDot);
+  m.def(kGhostGram);
+  m.def(kGhostNorm);
+  m.def(kClipUpdate);
 }
 
 #if TLK_WITH_EMU
@@ -59,6 +71,10 @@ TORCH_LIBRARY(tlkernels_emu, m) {
   m.def(kGradReverseBranchBackward);
   m.def(kKMeansAssign);
   m.def(kKMeansUpdate);
+  m.def(kGhostDot);
+  m.def(kGhostGram);
+  m.def(kGhostNorm);
+  m.def(kClipUpdate);
 }
 #endif
 

@@ -14,4 +14,20 @@ template <typename T>
 cudaError_t grad_reverse_combine(T* out, const T* task, const T* adv, int64_t n, T lam,
                                  const T* lam_ptr, cudaStream_t stream);
 
+// Per-sample gradient products (kernels/ghost.cuh; shapes as there). part: (V, splits, B·Tn)
+// scratch with splits = ghost_dot_splits(B·Tn, O, V).
+int ghost_dot_splits(int64_t rows, int64_t O, int64_t V);
+template <typename T>
+cudaError_t ghost_dot(const T* A, const T* D, const T* G, T* part, T* out, int64_t B, int64_t Tn, int64_t I,
+                      int64_t O, int64_t V, cudaStream_t stream);
+template <typename T>
+cudaError_t ghost_gram(const T* A1, const T* D1, const T* A2, const T* D2, T* out, int64_t B1, int64_t T1,
+                       int64_t B2, int64_t T2, int64_t I, int64_t O, cudaStream_t stream);
+template <typename T>
+cudaError_t ghost_norm_tiles(const T* A, const T* D, T* out, int64_t B, int64_t Tn, int64_t I, int64_t O,
+                             cudaStream_t stream);
+template <typename T>
+cudaError_t clip_update(T* alpha, int64_t stride, const int64_t* sorted, const int64_t* order, const T* s,
+                        int64_t B, T lr, cudaStream_t stream);
+
 }  // namespace tlk::cuda

@@ -52,10 +52,10 @@ grad_reverse_combine_kernel(T* __restrict__ out,            // (n,)
     V r;
     if constexpr (HAS_TASK) {
       const V t = reinterpret_cast<const V*>(task)[i];
-#pragma unroll
+      TLK_UNROLL
       for (int k = 0; k < VEC; ++k) r.v[k] = t.v[k] - mul_rn(l, a.v[k]);
     } else {
-#pragma unroll
+      TLK_UNROLL
       for (int k = 0; k < VEC; ++k) r.v[k] = -mul_rn(l, a.v[k]);
     }
     reinterpret_cast<V*>(out)[i] = r;

@@ -67,6 +67,46 @@ def _check_grad_reverse_branch(ns: str, device: str, gen: torch.Generator) -> fl
     return (got - reference.grad_reverse_branch_backward(a, b, 0.7)).abs().max().item()
 
 
+@_check("ghost_dot")
+def _check_ghost_dot(ns: str, device: str, gen: torch.Generator) -> float:
+    A = torch.randn(5, 3, 67, dtype=torch.float64, generator=gen).to(device)
+    D = torch.randn(5, 3, 13, dtype=torch.float64, generator=gen).to(device)
+    G = torch.randn(2, 13, 67, dtype=torch.float64, generator=gen).to(device)
+    got = getattr(torch.ops, ns).ghost_dot(A, D, G)
+    return (got - reference.ghost_dot(A, D, G)).abs().max().item()
+
+
+@_check("ghost_gram")
+def _check_ghost_gram(ns: str, device: str, gen: torch.Generator) -> float:
+    A1 = torch.randn(3, 5, 17, dtype=torch.float64, generator=gen).to(device)
+    D1 = torch.randn(3, 5, 7, dtype=torch.float64, generator=gen).to(device)
+    A2 = torch.randn(4, 2, 17, dtype=torch.float64, generator=gen).to(device)
+    D2 = torch.randn(4, 2, 7, dtype=torch.float64, generator=gen).to(device)
+    got = getattr(torch.ops, ns).ghost_gram(A1, D1, A2, D2)
+    return (got - reference.ghost_gram(A1, D1, A2, D2)).abs().max().item()
+
+
+@_check("ghost_norm")
+def _check_ghost_norm(ns: str, device: str, gen: torch.Generator) -> float:
+    err = 0.0
+    for T in (1, 4, 40):  # plain rows, T×T tiles, one Q_i at a time
+        A = torch.randn(3, T, 11, dtype=torch.float64, generator=gen).to(device)
+        D = torch.randn(3, T, 9, dtype=torch.float64, generator=gen).to(device)
+        got = getattr(torch.ops, ns).ghost_norm(A, D)
+        err = max(err, (got - reference.ghost_norm(A, D)).abs().max().item())
+    return err
+
+
+@_check("clip_update_")
+def _check_clip_update(ns: str, device: str, gen: torch.Generator) -> float:
+    alpha = torch.rand(17, dtype=torch.float64, generator=gen).to(device)
+    index = torch.tensor([3, 0, 3, 16, 5], device=device)
+    s = torch.randn(5, dtype=torch.float64, generator=gen).to(device)
+    want = reference.clip_update_(alpha.clone(), index, s, 0.7)
+    getattr(torch.ops, ns).clip_update_(alpha, index, s, 0.7)
+    return (alpha - want).abs().max().item()
+
+
 def self_check(tol: float = 1e-10) -> list[dict]:
     """Runs every op on every available backend against ``tlkernels.reference`` in float64.
 

@@ -1,0 +1,1 @@
+"""Experiments reproducing the seeds on offline data (CLI subcommands)."""

@@ -1,0 +1,300 @@
+"""SOSELETO (Litany & Freedman): SOurce SELEction for Target Optimization.
+
+Every source example j gets a weight alpha_j in [0, 1]. A shared representation theta (with a
+source head phi_s) is trained on the alpha-weighted source loss; the weights are moved so that
+the theta step lowers the target loss (a one-step bilevel approximation):
+
+    theta_{m+1} = theta_m - lr_p * Q alpha_m                          (seed eq. 1)
+    alpha_{m+1} = clip_[0,1](alpha_m + lr_alpha * lr_p * Q^T dL_t/dtheta)   (seed eq. 2)
+
+where column j of Q is d l_j / d theta / B for the source batch of size B. Q^T g is computed by
+``tlkernels.persample`` without per-sample gradients, the alpha step by the fused
+``clip_update_`` op, and the weighted theta gradient by bookkeeping (no second backward).
+
+Choices made here (documented, with their reasons):
+- The theta step uses alpha AFTER its update: an example whose weight just dropped to 0 does not
+  pull theta in that step.
+- ``alpha_step='normalized'`` (default): s is divided by its root mean square over the batch
+  before the step, so lr_alpha is the typical change of a weight per visit whatever the scale of
+  the gradients (the raw scale of Q^T g varies by orders of magnitude between models and during
+  training: a fixed raw step either freezes alpha or slams it to the clip). ``'raw'`` is the
+  seed's eq. 2 with lr_alpha * lr_p.
+- Shared-head mode (``source_head is target_head``): the classifier belongs to theta, the target
+  only moves alpha. This is the mode for noisy labels (same label space). With separate heads
+  (disjoint label sets), phi_t trains on the target loss and theta = the backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import ops, persample
+
+__all__ = ["Soseleto"]
+
+
+def _as_xy(data, name: str) -> tuple[Tensor, Tensor]:
+    if hasattr(data, "X") and hasattr(data, "y"):
+        X, y = data.X, data.y
+    elif isinstance(data, (tuple, list)) and len(data) == 2:
+        X, y = data
+    else:
+        raise TypeError(f"{name} must be (X, y) or a tlkernels.data.Dataset, got {type(data).__name__}")
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X)
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
+    if X.shape[0] != y.shape[0]:
+        raise ValueError(f"{name}: X has {X.shape[0]} examples but y has {y.shape[0]}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty")
+    if X.is_floating_point() and not torch.isfinite(X).all():
+        raise ValueError(f"{name}: X contains NaN or infinite values")
+    return X, y
+
+
+class _Net(nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+class Soseleto:
+    """Bilevel source-example weighting.
+
+    Args:
+        backbone: the shared representation theta (any nn.Module mapping inputs to features).
+        source_head, target_head: classifiers on the features; pass the same module for the
+            shared-head mode (noisy labels).
+        n_source: number of source examples (the length of alpha).
+        groups: optional (n_source,) int group ids: one weight per group (e.g. k-means clusters or
+            source-dataset ids); the steps of a group's members are summed.
+        alpha_init: initial weights (1.0).
+        lr: learning rate of theta / phi_s (and phi_t); lr_alpha: step of alpha (see alpha_step).
+        alpha_step: 'normalized' (default) or 'raw' (seed eq. 2).
+        optimizer: 'sgd' (momentum 0.9, the default) or 'adam'; weight_decay.
+        schedule: None or 'cosine': learning rates follow 0.5 (1 + cos(pi step / max_steps)),
+            with max_steps given explicitly (so a resumed run follows the same schedule).
+        batch_size, target_batch_size: per step.
+        device, random_state, verbose (a tqdm progress bar).
+
+    Attributes after fit: ``alpha_`` (n_source,) float32, ``history_`` (per epoch: source and
+    target loss, mean alpha), ``step_``.
+    """
+
+    def __init__(self, backbone: nn.Module, source_head: nn.Module, target_head: nn.Module, n_source: int, *,
+                 groups=None, alpha_init: float = 1.0, lr: float = 0.05, lr_alpha: float = 0.05,
+                 alpha_step: str = "normalized", optimizer: str = "sgd", weight_decay: float = 0.0,
+                 schedule: str | None = None, max_steps: int | None = None, batch_size: int = 64, target_batch_size: int = 32,
+                 device=None, random_state=None, verbose: bool = False):
+        if alpha_step not in ("normalized", "raw"):
+            raise ValueError(f"alpha_step must be 'normalized' or 'raw', got {alpha_step!r}")
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+        if schedule not in (None, "cosine"):
+            raise ValueError(f"schedule must be None or 'cosine', got {schedule!r}")
+        if schedule == "cosine" and not (isinstance(max_steps, int) and max_steps > 0):
+            raise ValueError(f"schedule='cosine' needs max_steps (a positive int), got {max_steps!r}")
+        if not (isinstance(n_source, int) and n_source > 0):
+            raise ValueError(f"n_source must be a positive int, got {n_source!r}")
+        if not 0.0 <= alpha_init <= 1.0:
+            raise ValueError(f"alpha_init must be in [0, 1], got {alpha_init}")
+        for name, v in (("lr", lr), ("lr_alpha", lr_alpha), ("batch_size", batch_size),
+                        ("target_batch_size", target_batch_size)):
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be positive, got {v}")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.shared_head = source_head is target_head
+        self.backbone, self.source_head, self.target_head = backbone, source_head, target_head
+        self.source_net = _Net(backbone, source_head).to(self.device)
+        self.target_net = _Net(backbone, target_head).to(self.device)
+        self.n_source = n_source
+        if groups is not None:
+            groups = torch.as_tensor(groups, dtype=torch.long)
+            if groups.shape != (n_source,) or groups.min() < 0:
+                raise ValueError(f"groups must be (n_source,) = ({n_source},) non-negative ints, got {tuple(groups.shape)}")
+            self.groups = groups.to(self.device)
+            n_alpha = int(groups.max()) + 1
+        else:
+            self.groups, n_alpha = None, n_source
+        self.alpha_ = torch.full((n_alpha,), float(alpha_init), dtype=torch.float32, device=self.device)
+        self.lr, self.lr_alpha, self.alpha_step = lr, lr_alpha, alpha_step
+        self.optimizer, self.weight_decay, self.schedule, self.max_steps = optimizer, weight_decay, schedule, max_steps
+        self.batch_size, self.target_batch_size = batch_size, target_batch_size
+        self.random_state, self.verbose = random_state, verbose
+        # theta = backbone (+ the head in shared mode); phi_s steps with theta on the source
+        self._theta = dict(self.backbone.named_parameters(prefix="backbone"))
+        if self.shared_head:
+            self._theta.update(self.source_head.named_parameters(prefix="head"))
+        self._opt_source = self._make_opt(list(self.source_net.parameters()))
+        self._opt_target = None if self.shared_head else self._make_opt(list(self.target_head.parameters()))
+        self.step_ = 0
+        self.history_: list[dict] = []
+        self._gen = torch.Generator().manual_seed(0 if random_state is None else int(random_state))
+        self._perm: Tensor | None = None
+        self._pos = 0
+        self._tperm: Tensor | None = None
+        self._tpos = 0
+
+    # -- public ------------------------------------------------------------------------------------
+    @property
+    def example_alpha_(self) -> Tensor:
+        """(n_source,) the weight of every source example (its group's weight in group mode)."""
+        return self.alpha_ if self.groups is None else self.alpha_[self.groups]
+
+    def fit(self, source, target, epochs: int = 10, source_index=None) -> "Soseleto":
+        """Trains for `epochs` passes over the source. source, target: (X, y) or Datasets;
+        X (N, ...) float, y (N,) int. Calling fit again continues where it stopped."""
+        Xs, ys = _as_xy(source, "source")
+        Xt, yt = _as_xy(target, "target")
+        if Xs.shape[0] != self.n_source:
+            raise ValueError(f"source has {Xs.shape[0]} examples but n_source={self.n_source}")
+        if not (isinstance(epochs, int) and epochs > 0):
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
+        Xs, ys, Xt, yt = (t.to(self.device) for t in (Xs, ys, Xt, yt))
+        steps_per_epoch = math.ceil(self.n_source / self.batch_size)
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=epochs * steps_per_epoch, desc="SOSELETO", unit="step")
+        for _ in range(epochs):
+            ls, lt, n = 0.0, 0.0, 0
+            while True:
+                idx = self._next_source_batch()
+                tidx = self._next_target_batch(Xt.shape[0])
+                src_loss, tgt_loss = self.step((Xs[idx], ys[idx]), (Xt[tidx], yt[tidx]), idx.to(self.device))
+                ls, lt, n = ls + src_loss, lt + tgt_loss, n + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(source=f"{src_loss:.3f}", target=f"{tgt_loss:.3f}",
+                                    alpha=f"{self.alpha_.mean().item():.2f}")
+                if self._perm is None:  # epoch finished
+                    break
+            self.history_.append({"step": self.step_, "source_loss": ls / n, "target_loss": lt / n,
+                                  "alpha_mean": self.alpha_.mean().item()})
+        if bar is not None:
+            bar.close()
+        return self
+
+    def step(self, source_batch, target_batch, index: Tensor) -> tuple[float, float]:
+        """One SOSELETO step. source_batch: (X (B, ...), y (B,)); target_batch: (X, y);
+        index: (B,) positions of the source examples in the source set. Returns the mean
+        unweighted source loss and the target loss."""
+        self.source_net.train()
+        self.target_net.train()
+        lr_scale = self._lr_scale()
+        for opt in (self._opt_source, self._opt_target):
+            if opt is not None:
+                for g in opt.param_groups:
+                    g["lr"] = self.lr * lr_scale
+        # 1. unweighted per-sample source losses, captured
+        cap = persample.capture(self.source_net, _ce_per_sample, source_batch)
+        b = cap.batch_size
+        # 2. target loss; g = dL_t/dtheta; phi_t steps on L_t
+        xt, yt = target_batch
+        lt = F.cross_entropy(self.target_net(xt), yt)
+        tparams = list(self._theta.values()) + ([] if self.shared_head else list(self.target_head.parameters()))
+        grads = torch.autograd.grad(lt, tparams, allow_unused=True)
+        g_theta = {n: (gr if gr is not None else torch.zeros_like(p))
+                   for (n, p), gr in zip(self._theta.items(), grads[: len(self._theta)])}
+        if not self.shared_head:
+            self._opt_target.zero_grad(set_to_none=True)
+            for p, gr in zip(self.target_head.parameters(), grads[len(self._theta):]):
+                p.grad = gr
+            self._opt_target.step()
+        # 3. s = Q^T g with column j of Q = dl_j/dtheta / B; alpha step fused with the clip
+        s = cap.dot(g_theta) / b
+        if self.alpha_step == "normalized":
+            rms = s.pow(2).mean().sqrt()
+            s = s / rms if rms > 0 else s
+            lr_a = self.lr_alpha
+        else:
+            lr_a = self.lr_alpha * self.lr * lr_scale
+        aidx = index if self.groups is None else self.groups[index]
+        ops.clip_update_(self.alpha_, aidx, s.float(), float(lr_a))
+        # 4. theta and phi_s step on sum_j alpha_j dl_j/dtheta / B (bookkeeping, no second backward)
+        self._opt_source.zero_grad(set_to_none=True)
+        cap.accumulate_grad(self.alpha_[aidx].to(cap.losses.dtype) / b)
+        self._opt_source.step()
+        self.step_ += 1
+        return cap.losses.mean().item(), lt.item()
+
+    @torch.no_grad()
+    def predict_proba(self, X) -> Tensor:
+        """(N, C) class probabilities of the target head."""
+        X = torch.as_tensor(X).to(self.device)
+        self.target_net.eval()
+        return torch.softmax(self.target_net(X), 1)
+
+    def predict(self, X) -> Tensor:
+        """(N,) target-head predictions."""
+        return self.predict_proba(X).argmax(1)
+
+    def score(self, X, y) -> float:
+        """Target-head accuracy on (X, y)."""
+        y = torch.as_tensor(y).to(self.device)
+        return (self.predict(X) == y).float().mean().item()
+
+    # -- state ---------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly: modules, optimisers, alpha, step, and
+        the batch order (generator state, current permutations and positions)."""
+        return {
+            "source_net": self.source_net.state_dict(), "target_net": self.target_net.state_dict(),
+            "opt_source": self._opt_source.state_dict(),
+            "opt_target": None if self._opt_target is None else self._opt_target.state_dict(),
+            "alpha": self.alpha_.clone(), "step": self.step_, "history": copy.deepcopy(self.history_),
+            "gen": self._gen.get_state(), "perm": self._perm, "pos": self._pos, "tperm": self._tperm,
+            "tpos": self._tpos,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.source_net.load_state_dict(state["source_net"])
+        self.target_net.load_state_dict(state["target_net"])
+        self._opt_source.load_state_dict(state["opt_source"])
+        if self._opt_target is not None:
+            self._opt_target.load_state_dict(state["opt_target"])
+        self.alpha_.copy_(state["alpha"])
+        self.step_, self.history_ = state["step"], copy.deepcopy(state["history"])
+        self._gen.set_state(state["gen"])
+        self._perm, self._pos, self._tperm, self._tpos = state["perm"], state["pos"], state["tperm"], state["tpos"]
+
+    # -- internals -----------------------------------------------------------------------------------
+    def _make_opt(self, params):
+        if self.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+        return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _lr_scale(self) -> float:
+        if self.schedule != "cosine":
+            return 1.0
+        return 0.5 * (1 + math.cos(math.pi * min(self.step_, self.max_steps) / self.max_steps))
+
+    def _next_source_batch(self) -> Tensor:
+        if self._perm is None:
+            self._perm, self._pos = torch.randperm(self.n_source, generator=self._gen), 0
+        idx = self._perm[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        if self._pos >= self.n_source:
+            self._perm = None
+        return idx
+
+    def _next_target_batch(self, n: int) -> Tensor:
+        if self._tperm is None or self._tpos >= n:
+            self._tperm, self._tpos = torch.randperm(n, generator=self._gen), 0
+        idx = self._tperm[self._tpos:self._tpos + self.target_batch_size]
+        self._tpos += self.target_batch_size
+        return idx
+
+
+def _ce_per_sample(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
