@@ -84,6 +84,19 @@ def test_ties_go_to_the_lowest_index(backend):
         assert dist2.tolist() == [1.0, 0.0, 0.0, 29.0]
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exact_ties_in_integer_data(backend, dtype):
+    """Integer data (like digits) has many exactly equidistant centroids: whatever the rounding
+    of the scores, the lowest index among the truly nearest wins, as in the exact reference."""
+    gen = torch.Generator().manual_seed(12)
+    X = torch.randint(-3, 4, (600, 5), generator=gen).to(dtype).to(backend.device)
+    C = torch.randint(-3, 4, (40, 5), generator=gen).to(dtype).to(backend.device)
+    labels, dist2 = backend.op("kmeans_assign")(X, C)
+    ref_labels, ref_d2 = reference.kmeans_assign(X.double().cpu(), C.double().cpu())
+    assert torch.equal(labels.cpu(), ref_labels)
+    assert torch.equal(dist2.double().cpu(), ref_d2)
+
+
 def test_float32_cancellation_is_not_visible(backend):
     """Far from the origin, ‖x‖² − 2x·c + ‖c‖² in float32 loses every digit; the reported
     distance is recomputed from differences (non-negative, exact where x == c)."""

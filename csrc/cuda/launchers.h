@@ -30,4 +30,15 @@ template <typename T>
 cudaError_t clip_update(T* alpha, int64_t stride, const int64_t* sorted, const int64_t* order, const T* s,
                         int64_t B, T lr, cudaStream_t stream);
 
+// Batched k-means (kernels/kmeans.cuh; shapes as there). part: (P, R, K, D + 1) float64
+// scratch with R = kmeans_update_ranges(N, P, K, D).
+int64_t kmeans_update_ranges(int64_t N, int64_t P, int64_t K, int64_t D);
+template <typename T>
+cudaError_t kmeans_assign(const T* X, const T* Cs, const T* b, const T* C, const T* band_base, const T* band_slope,
+                          int64_t* labels, T* dist2, int64_t P, int64_t N, int64_t K, int64_t D, int64_t M,
+                          bool c_shared, cudaStream_t stream);
+template <typename T>
+cudaError_t kmeans_update(const T* X, const int64_t* L, const T* W, double* part, T* sums, T* counts, int64_t P,
+                          int64_t N, int64_t K, int64_t D, int64_t R, int64_t M, int64_t MW, cudaStream_t stream);
+
 }  // namespace tlk::cuda

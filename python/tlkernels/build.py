@@ -107,6 +107,25 @@ def _check_clip_update(ns: str, device: str, gen: torch.Generator) -> float:
     return (alpha - want).abs().max().item()
 
 
+@_check("kmeans_assign")
+def _check_kmeans_assign(ns: str, device: str, gen: torch.Generator) -> float:
+    X = torch.randn(2, 97, 13, dtype=torch.float64, generator=gen).to(device)
+    C = torch.randn(4, 37, 13, dtype=torch.float64, generator=gen).to(device)
+    labels, dist2 = getattr(torch.ops, ns).kmeans_assign(X, C)
+    ref_labels, ref_dist2 = reference.kmeans_assign(X.cpu(), C.cpu())
+    return max(float((labels.cpu() != ref_labels).sum()), (dist2.cpu() - ref_dist2).abs().max().item())
+
+
+@_check("kmeans_update")
+def _check_kmeans_update(ns: str, device: str, gen: torch.Generator) -> float:
+    X = torch.randn(2, 97, 13, dtype=torch.float64, generator=gen)
+    labels = torch.randint(0, 7, (4, 97), generator=gen)
+    w = torch.rand(97, dtype=torch.float64, generator=gen)
+    sums, counts = getattr(torch.ops, ns).kmeans_update(X.to(device), labels.to(device), 7, w.to(device))
+    ref_sums, ref_counts = reference.kmeans_update(X, labels, 7, w)
+    return max((sums.cpu() - ref_sums).abs().max().item(), (counts.cpu() - ref_counts).abs().max().item())
+
+
 def self_check(tol: float = 1e-10) -> list[dict]:
     """Runs every op on every available backend against ``tlkernels.reference`` in float64.
 

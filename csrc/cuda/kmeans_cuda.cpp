@@ -1,0 +1,57 @@
+// CUDA backend of batched k-means (host side): the shared host path of kmeans_device.h with a
+// runner that calls the torch-free launchers of kmeans_cuda.cu on the current stream.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "cuda/launchers.h"
+#include "kmeans_device.h"
+
+namespace tlk {
+namespace {
+
+struct CudaRunner {
+  cudaStream_t stream;
+
+  void check_device(const at::Tensor& t, const char* name) const {
+    TORCH_CHECK_VALUE(t.defined() && t.device().is_cuda(), name, " must be a CUDA tensor here");
+  }
+  int64_t update_ranges(int64_t N, int64_t P, int64_t K, int64_t D) const {
+    return cuda::kmeans_update_ranges(N, P, K, D);
+  }
+  template <typename T>
+  void assign(const T* X, const T* Cs, const T* b, const T* C, const T* base, const T* slope, int64_t* labels,
+              T* dist2, int64_t P, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared) const {
+    C10_CUDA_CHECK(cuda::kmeans_assign<T>(X, Cs, b, C, base, slope, labels, dist2, P, N, K, D, M, c_shared, stream));
+  }
+  template <typename T>
+  void update(const T* X, const int64_t* L, const T* W, double* part, T* sums, T* counts, int64_t P, int64_t N,
+              int64_t K, int64_t D, int64_t R, int64_t M, int64_t MW) const {
+    C10_CUDA_CHECK(cuda::kmeans_update<T>(X, L, W, part, sums, counts, P, N, K, D, R, M, MW, stream));
+  }
+};
+
+CudaRunner runner_for(const at::Tensor& X) {
+  return CudaRunner{c10::cuda::getCurrentCUDAStream(X.device().index()).stream()};
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_assign_cuda(const at::Tensor& X, const at::Tensor& C) {
+  const c10::cuda::CUDAGuard guard(X.device());
+  return kmeans_assign_device(runner_for(X), X, C);
+}
+
+std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& X, const at::Tensor& labels, int64_t K,
+                                                      const c10::optional<at::Tensor>& weights) {
+  const c10::cuda::CUDAGuard guard(X.device());
+  return kmeans_update_device(runner_for(X), X, labels, K, weights);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tlkernels, CUDA, m) {
+  m.impl("kmeans_assign", &kmeans_assign_cuda);
+  m.impl("kmeans_update", &kmeans_update_cuda);
+}
+
+}  // namespace tlk
