@@ -1,8 +1,8 @@
 """k-means: time per Lloyd iteration of tlkernels against the peers a user would pick instead.
 
 Side by side in one run, from the same initial centres and for a fixed number of iterations
-(tol = 0), after checking that every peer agrees with tlkernels (labels after one iteration,
-inertia after all of them):
+(tol = 0), after checking that every peer agrees with tlkernels (labels after one iteration;
+the inertia after all of them for scikit-learn, which relocates empty clusters the same way):
   tlkernels        the ops loop (kmeans_assign + kmeans_update + divide) and KMeans.fit
   scikit-learn     KMeans(algorithm='lloyd'), chunked BLAS + argmin
   faiss-cpu        faiss.Kmeans (IndexFlatL2 search), on all points (no subsampling)
@@ -51,12 +51,11 @@ def peer(name: str):
     raise AssertionError(name)
 
 
-def blobs(P: int, N: int, D: int, K: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gaussian blobs around 2K random centres (float32), and K distinct rows as the init."""
+def gaussian_data(P: int, N: int, D: int, K: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard normal float32 data (no cluster structure: Lloyd keeps moving for many
+    iterations, so every library runs the fixed iteration count), and K distinct rows as init."""
     gen = torch.Generator().manual_seed(seed)
-    centres = 4.0 * torch.randn(P, 2 * K, D, generator=gen)
-    which = torch.randint(0, 2 * K, (P, N), generator=gen)
-    X = torch.gather(centres, 1, which[..., None].expand(P, N, D)) + torch.randn(P, N, D, generator=gen)
+    X = torch.randn(P, N, D, generator=gen)
     init = torch.stack([X[p, torch.randperm(N, generator=gen)[:K]] for p in range(P)])
     return X.contiguous(), init.contiguous()
 
@@ -155,11 +154,13 @@ def per_iteration(fit, X, init, iters, repeats):
 
 
 def bench_single(name, N, D, K, iters, repeats, peers):
-    X, init = blobs(1, N, D, K, seed=N + D + K)
+    X, init = gaussian_data(1, N, D, K, seed=N + D + K)
     X, init = X[0], init[0]
     row = {"shape": name, "P": 1, "N": N, "D": D, "K": K, "iters": iters}
     ref_labels, ref_inertia = fit_tlk(X, init, 1)
     _, ref_inertia_n = fit_tlk(X, init, 1 + iters)
+    n_iter = KMeans(K, init=init, n_init=1, max_iter=1 + iters, tol=0.0).fit(X).n_iter_
+    assert n_iter == 1 + iters, f"converged after {n_iter} iterations: the per-iteration times would be wrong"
     for lib in peers:
         if lib in NEEDS and peer(NEEDS[lib]) is None:
             row[lib] = "not installed"
@@ -169,7 +170,10 @@ def bench_single(name, N, D, K, iters, repeats, peers):
         _, inertia_n = FITS[lib](X, init, 1 + iters)
         rel = abs(inertia_n - ref_inertia_n) / ref_inertia_n
         assert agree > 0.999, f"{lib} disagrees with tlkernels on {name}: {agree:.5f} of the labels equal"
-        assert rel < 1e-3, f"{lib} inertia after {1 + iters} iterations differs by {rel:.2e} on {name}"
+        # same algorithm, same empty-cluster rule: the inertia must agree after all iterations
+        # (faiss splits empty clusters and torch / fast-pytorch-kmeans keep them: only reported)
+        if lib == "sklearn":
+            assert rel < 1e-3, f"{lib} inertia after {1 + iters} iterations differs by {rel:.2e} on {name}"
         t = per_iteration(FITS[lib], X, init, iters, repeats)
         mem = peak_rss_mb(lambda: FITS[lib](X, init, 1 + iters))
         row[lib] = {"s_per_iter": t, "label_agreement": agree, "inertia_rel_diff": rel, "peak_rss_mb": mem}
@@ -185,7 +189,7 @@ def bench_single(name, N, D, K, iters, repeats, peers):
 
 
 def bench_batched(P, N, D, K, iters, repeats, peers):
-    X, init = blobs(P, N, D, K, seed=7)
+    X, init = gaussian_data(P, N, D, K, seed=7)
     row = {"shape": f"batched P={P} x (N={N}, D={D}, K={K})", "P": P, "N": N, "D": D, "K": K, "iters": iters}
 
     def fit_batched(X, init, n):
@@ -193,6 +197,8 @@ def bench_batched(P, N, D, K, iters, repeats, peers):
         return r.labels.numpy(), r.inertia.numpy()
 
     ref_labels, _ = fit_batched(X, init, 1)
+    n_iter = batched_kmeans(X, K, init=init, n_init=1, max_iter=1 + iters, tol=0.0).n_iter
+    assert bool((n_iter == 1 + iters).all()), f"some problems converged early: {n_iter.tolist()}"
     t = per_iteration(fit_batched, X, init, iters, repeats)
     mem = peak_rss_mb(lambda: fit_batched(X, init, 1 + iters))
     row["tlkernels"] = {"s_per_iter": t, "peak_rss_mb": mem}

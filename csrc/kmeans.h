@@ -32,6 +32,22 @@ struct KMeansAssignArgs {
   }
 };
 
+// kmeans_step = kmeans_assign + kmeans_update of the new labels, in one pass over X.
+struct KMeansStepArgs {
+  KMeansAssignArgs assign;
+  at::Tensor weights;  // contiguous (Pw, N) with Pw in {1, Px, P}, or undefined (all ones)
+  int64_t Pw;
+  int64_t per_w() const { return assign.P / Pw; }
+  std::vector<int64_t> sums_sizes() const {
+    const auto& a = assign;
+    return a.batched ? std::vector<int64_t>{a.P, a.K, a.D} : std::vector<int64_t>{a.K, a.D};
+  }
+  std::vector<int64_t> counts_sizes() const {
+    const auto& a = assign;
+    return a.batched ? std::vector<int64_t>{a.P, a.K} : std::vector<int64_t>{a.K};
+  }
+};
+
 struct KMeansUpdateArgs {
   at::Tensor X;        // contiguous (Px, N, D)
   at::Tensor labels;   // contiguous (P, N) int64
@@ -63,6 +79,22 @@ inline void check_kmeans_float(const at::Tensor& t, const char* name) {
 inline at::Tensor drop_broadcast_problem_dim(const at::Tensor& t, int64_t dims) {
   if (t.dim() == dims && t.size(0) > 1 && t.stride(0) == 0) return t.narrow(0, 0, 1);
   return t;
+}
+
+// weights: (N,), (Px, N) or (P, N) of X's dtype and device; out: contiguous (Pw, N) or undefined.
+inline void check_weights(const c10::optional<at::Tensor>& weights, const at::Tensor& X, int64_t P,
+                          int64_t px_given, int64_t N, at::Tensor& out, int64_t& Pw) {
+  Pw = 0;
+  if (!weights.has_value() || !weights->defined()) return;
+  const at::Tensor& w = *weights;
+  check_dtype(w, "weights", X.scalar_type(), "X");
+  check_device(w, "weights", X.device(), "X");
+  const int64_t rows = w.dim() == 2 ? w.size(0) : 1;
+  TORCH_CHECK_VALUE((w.dim() == 1 || w.dim() == 2) && w.size(-1) == N && (rows == 1 || rows == px_given || rows == P),
+                    "weights must have shape (N,), (Px, N) or (P, N) with N = ", N, ", Px = ", px_given, ", P = ", P,
+                    ", got ", w.sizes());
+  out = drop_broadcast_problem_dim(w.dim() == 2 ? w : w.unsqueeze(0), 2).contiguous();
+  Pw = P == 0 ? 0 : out.size(0);
 }
 
 }  // namespace detail
@@ -165,20 +197,17 @@ inline KMeansUpdateArgs check_kmeans_update(const at::Tensor& X, const at::Tenso
   a.X = detail::drop_broadcast_problem_dim(X.dim() == 3 ? X : X.unsqueeze(0), 3).contiguous();
   a.Px = a.P == 0 ? 0 : a.X.size(0);
   a.labels = (labels.dim() == 1 ? labels.unsqueeze(0) : labels).expand({a.P, a.N}).to(at::kLong).contiguous();
-  a.Pw = 0;
-  if (weights.has_value() && weights->defined()) {
-    const at::Tensor& w = *weights;
-    check_dtype(w, "weights", X.scalar_type(), "X");
-    check_device(w, "weights", X.device(), "X");
-    const int64_t rows = w.dim() == 2 ? w.size(0) : 1;
-    TORCH_CHECK_VALUE((w.dim() == 1 || w.dim() == 2) && w.size(-1) == a.N &&
-                          (rows == 1 || rows == px_given || rows == a.P),
-                      "weights must have shape (N,), (Px, N) or (P, N) with N = ", a.N, ", Px = ",
-                      px_given, ", P = ", a.P, ", got ", w.sizes());
-    a.weights = detail::drop_broadcast_problem_dim(w.dim() == 2 ? w : w.unsqueeze(0), 2).contiguous();
-    a.Pw = a.P == 0 ? 0 : a.weights.size(0);
-  }
+  detail::check_weights(weights, X, a.P, px_given, a.N, a.weights, a.Pw);
   return a;
+}
+
+inline KMeansStepArgs check_kmeans_step(const at::Tensor& X, const at::Tensor& C,
+                                        const c10::optional<at::Tensor>& weights) {
+  KMeansStepArgs s;
+  s.assign = check_kmeans_assign(X, C);
+  const int64_t px_given = X.dim() == 3 ? X.size(0) : 1;
+  detail::check_weights(weights, X, s.assign.P, px_given, s.assign.N, s.weights, s.Pw);
+  return s;
 }
 
 }  // namespace tlk

@@ -80,4 +80,16 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_device(const Runner& run, const
   return {sums, counts};
 }
 
+// kmeans_step on the device backends: the assignment kernel, then the update kernels on its labels.
+template <typename Runner>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_device(const Runner& run, const at::Tensor& X,
+                                                                              const at::Tensor& C,
+                                                                              const c10::optional<at::Tensor>& weights) {
+  run.check_device(X, "X");
+  const KMeansStepArgs s = check_kmeans_step(X, C, weights);  // weights' shape checked before any work
+  auto [labels, dist2] = kmeans_assign_device(run, X, C);
+  auto [sums, counts] = kmeans_update_device(run, X, labels, s.assign.K, weights);
+  return {labels, dist2, sums, counts};
+}
+
 }  // namespace tlk

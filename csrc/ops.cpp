@@ -26,6 +26,9 @@ constexpr const char* kGradReverseBranchBackward =
 constexpr const char* kKMeansAssign = "kmeans_assign(Tensor X, Tensor C) -> (Tensor labels, Tensor dist2)";
 constexpr const char* kKMeansUpdate =
     "kmeans_update(Tensor X, Tensor labels, int K, Tensor? weights=None) -> (Tensor sums, Tensor counts)";
+constexpr const char* kKMeansStep =
+    "kmeans_step(Tensor X, Tensor C, Tensor? weights=None) -> (Tensor labels, Tensor dist2, Tensor sums, "
+    "Tensor counts)";
 // Per-sample gradient products (DESIGN.md §3.1, csrc/ghost.h).
 constexpr const char* kGhostDot = "ghost_dot(Tensor A, Tensor D, Tensor G) -> Tensor";
 constexpr const char* kGhostGram = "ghost_gram(Tensor A1, Tensor D1, Tensor A2, Tensor D2) -> Tensor";
@@ -59,6 +62,7 @@ TORCH_LIBRARY(tlkernels, m) {
   m.def(kGradReverseBranchBackward);
   m.def(kKMeansAssign);
   m.def(kKMeansUpdate);
+  m.def(kKMeansStep);
   m.def(kGhostDot);
   m.def(kGhostGram);
   m.def(kGhostNorm);
@@ -71,6 +75,7 @@ TORCH_LIBRARY(tlkernels_emu, m) {
   m.def(kGradReverseBranchBackward);
   m.def(kKMeansAssign);
   m.def(kKMeansUpdate);
+  m.def(kKMeansStep);
   m.def(kGhostDot);
   m.def(kGhostGram);
   m.def(kGhostNorm);

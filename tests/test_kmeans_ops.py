@@ -159,6 +159,39 @@ def test_update_layouts(backend, dtype, layout):
     assert_close(counts, ref_c, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["plain", "batched", "runs_per_x", "weights", "weights_per_problem",
+                                    "shared_c_weights_per_problem", "empty"])
+def test_step_is_assign_then_update(backend, dtype, layout):
+    """kmeans_step (fused on the CPU) == kmeans_assign followed by kmeans_update of its labels."""
+    gen = torch.Generator().manual_seed(13)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).to(backend.device)  # noqa: E731
+    N, D, K, w = 301, 9, 11, None
+    if layout == "plain":
+        X, C = r(N, D), r(K, D)
+    elif layout == "batched":
+        X, C = r(3, N, D), r(3, K, D)
+    elif layout == "runs_per_x":
+        X, C = r(2, N, D), r(6, K, D)
+    elif layout == "weights":
+        X, C, w = r(N, D), r(4, K, D), r(N).abs()
+    elif layout == "weights_per_problem":
+        X, C, w = r(2, N, D), r(4, K, D), r(4, N).abs()
+    elif layout == "shared_c_weights_per_problem":
+        X, C, w = r(N, D).expand(3, N, D), r(K, D), r(3, N).abs()
+    else:
+        X, C = r(0, D), r(K, D)
+    labels, dist2, sums, counts = backend.op("kmeans_step")(X, C, w)
+    _check_assignment(labels, dist2, X, C, dtype)
+    ref_s, ref_c = reference.kmeans_update(X.double().cpu(), labels.cpu(), K, None if w is None else w.double().cpu())
+    assert sums.shape == ref_s.shape and counts.shape == ref_c.shape
+    assert_close(sums, ref_s, dtype)
+    assert_close(counts, ref_c, dtype)
+    if X.shape[-2] and backend.name == "cpu":
+        sums2, counts2 = backend.op("kmeans_update")(X, labels, K, w)
+        assert_close(sums, sums2.double(), dtype)
+
+
 def test_outputs_are_deterministic_for_any_thread_count(backend):
     gen = torch.Generator().manual_seed(5)
     X = torch.randn(20011, 19, generator=gen).to(backend.device) if backend.name != "emu" else \
@@ -171,7 +204,7 @@ def test_outputs_are_deterministic_for_any_thread_count(backend):
             torch.set_num_threads(n)
             labels, dist2 = backend.op("kmeans_assign")(X, C)
             sums, counts = backend.op("kmeans_update")(X, labels, 23, None)
-            results.append((labels, dist2, sums, counts))
+            results.append((labels, dist2, sums, counts) + tuple(backend.op("kmeans_step")(X, C, None)))
     finally:
         torch.set_num_threads(threads)
     for other in results[1:]:
@@ -224,6 +257,15 @@ def test_bad_inputs_name_the_argument(backend):
         update(X, L, 4, w)
     with pytest.raises(ValueError, match="weights must have shape"):
         update(X, L, 4, torch.ones(9, device=dev))
+    step = backend.op("kmeans_step")
+    with pytest.raises(ValueError, match="weights must be finite and non-negative, got -1 at row 5"):
+        step(X, C, w)
+    with pytest.raises(ValueError, match="weights must have shape"):
+        step(X, C, torch.ones(9, device=dev))
+    Xb = X.clone()
+    Xb[4, 0] = float("nan")
+    with pytest.raises(ValueError, match="X must be finite: the distance of row 4"):
+        step(Xb, C, None)
 
 
 @pytest.mark.parametrize("namespace", BACKEND_NAMESPACES)
@@ -238,6 +280,8 @@ def test_opcheck(namespace):
         labels = torch.randint(0, 6, (4, 37), generator=gen)
         torch.library.opcheck(ops.kmeans_update, (X, labels, 6, None))
         torch.library.opcheck(ops.kmeans_update, (X[0], labels[0], 6, torch.rand(37, dtype=dtype)))
+        torch.library.opcheck(ops.kmeans_step, (X, C, None))
+        torch.library.opcheck(ops.kmeans_step, (X[0], C[0], torch.rand(37, dtype=dtype)))
 
 
 def test_torch_compile_fullgraph():

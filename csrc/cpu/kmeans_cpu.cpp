@@ -51,72 +51,6 @@ void record_min(std::atomic<int64_t>& slot, int64_t value) {
   }
 }
 
-template <typename T>
-void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2) {
-  const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
-  const bool avx2 = use_avx2();
-  // One data set shared by problems that also share C: all identical, solve one and copy.
-  const bool identical = a.c_shared && a.per_x() > 1;
-  // A group is one data set with the M problems reading it: one GEMM serves all M (M·K columns).
-  const int64_t groups = a.Px;
-  const int64_t M = identical ? 1 : a.per_x();
-  const int64_t cols = M * K;
-
-  const ShiftedCentroids sc = shift_centroids(a.C);
-  const at::Tensor Cm2 = sc.Cs * -2;  // exact scaling by a power of two: G = −2 x·c'
-  const at::Tensor& cn = sc.b;        // (K,) or (P, K)
-  const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
-  const T* C = a.C.const_data_ptr<T>();
-  const T* cnp = cn.const_data_ptr<T>();
-  const T* band_base = sc.band_base.const_data_ptr<T>();
-  const T* band_slope = sc.band_slope.const_data_ptr<T>();
-  const T* X = a.X.const_data_ptr<T>();
-
-  int64_t chunk = kChunkBytes / std::max<int64_t>(1, cols * static_cast<int64_t>(sizeof(T)));
-  chunk = std::clamp<int64_t>(chunk / kMinChunkRows * kMinChunkRows, kMinChunkRows, kMaxChunkRows);
-  const int64_t n_chunks = (N + chunk - 1) / chunk;
-  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
-
-  at::parallel_for(0, groups * n_chunks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
-    const auto opts = a.X.options();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t g = task / n_chunks;
-      const int64_t r0 = (task % n_chunks) * chunk;
-      const int64_t rows = std::min(chunk, N - r0);
-      const T* Xg = X + g * N * D;
-      const at::Tensor Cg = a.c_shared ? Cm2_flat : Cm2_flat.narrow(0, g * M * K, M * K);
-      at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
-      at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
-      at::mm_out(out, xs, Cg.t());
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t n = r0 + i;
-        const T* x = Xg + n * D;
-        const T xnorm = std::sqrt(kmeans_cpu::sqnorm(x, D, avx2));
-        for (int64_t q = 0; q < M; ++q) {
-          const int64_t p = g * M + q;
-          const int64_t cp = a.c_shared ? 0 : p;
-          const T band = band_base[cp] + band_slope[cp] * xnorm;
-          const auto r = assign_row(buf.data() + i * cols + q * K, cnp + cp * K, K, x, C + cp * K * D, D, band, avx2);
-          const T d2 = static_cast<T>(r.dist2);
-          labels[p * N + n] = r.label;
-          dist2[p * N + n] = d2;
-          if (!std::isfinite(d2)) record_min(first_bad, p * N + n);
-        }
-      }
-    }
-  });
-  const int64_t bad = first_bad.load();
-  TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::max(),
-                    "X must be finite: the distance of row ", bad % std::max<int64_t>(N, 1),
-                    " (problem ", bad / std::max<int64_t>(N, 1),
-                    ") to its centroid is not finite (NaN or inf in X, or values too large)");
-  for (int64_t p = 1; identical && p < P; ++p) {
-    std::copy(labels, labels + N, labels + p * N);
-    std::copy(dist2, dist2 + N, dist2 + p * N);
-  }
-}
-
 // How many row ranges the update uses: a function of the shapes only (determinism for any
 // thread count), enough for load balance, and partials bounded to ~64 MiB.
 int64_t update_ranges(int64_t N, int64_t P, int64_t K, int64_t D) {
@@ -194,6 +128,142 @@ __attribute__((target("avx2"))) void update_range_avx2(const RangeArgs<T, WEIGHT
 }
 #endif
 
+// sums (P, K, D) / counts (P, K) = Σ_r partials (R, P, K, D) / (R, P, K), r in order; raises when
+// a sum is not finite.
+template <typename T>
+void reduce_partials(const std::vector<double>& psum, const std::vector<double>& pcnt, int64_t R, int64_t P,
+                     int64_t K, int64_t D, T* sums, T* counts) {
+  std::atomic<bool> finite{true};
+  at::parallel_for(0, P * K, 64, [&](int64_t begin, int64_t end) {
+    std::vector<double> acc(static_cast<size_t>(D));
+    for (int64_t pk = begin; pk < end; ++pk) {
+      std::fill(acc.begin(), acc.end(), 0.0);
+      double c = 0.0;
+      for (int64_t r = 0; r < R; ++r) {
+        const double* ps = psum.data() + (r * P * K + pk) * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += ps[d];
+        c += pcnt[r * P * K + pk];
+      }
+      bool ok = true;
+      for (int64_t d = 0; d < D; ++d) {
+        sums[pk * D + d] = static_cast<T>(acc[d]);
+        ok = ok && std::isfinite(sums[pk * D + d]);
+      }
+      counts[pk] = static_cast<T>(c);
+      if (!ok) finite.store(false, std::memory_order_relaxed);
+    }
+  });
+  TORCH_CHECK_VALUE(finite.load(), "X must be finite: the cluster sums hold NaN or inf (NaN or inf in X, "
+                    "or values too large)");
+}
+
+// The assignment, and with FUSED the update of the new labels in the same pass (kmeans_step):
+// a task is one data set's run of consecutive chunks; FUSED tasks are the update's row ranges
+// (a function of the shapes only) and sum into their own float64 partials, reduced in order.
+// W (Pw, N) weights (WEIGHTED), MW = P / Pw.
+template <typename T, bool FUSED, bool WEIGHTED>
+void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* W = nullptr, int64_t MW = 1,
+                 T* sums = nullptr, T* counts = nullptr) {
+  const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
+  const bool avx2 = use_avx2();
+  // One data set shared by problems that also share C: all identical, solve one and copy.
+  const bool identical = a.c_shared && a.per_x() > 1;
+  const int64_t P_eff = identical ? 1 : P;
+  // A group is one data set with the M problems reading it: one GEMM serves all M (M·K columns).
+  const int64_t groups = a.Px;
+  const int64_t M = identical ? 1 : a.per_x();
+  const int64_t cols = M * K;
+
+  const ShiftedCentroids sc = shift_centroids(a.C);
+  const at::Tensor Cm2 = sc.Cs * -2;  // exact scaling by a power of two: G = −2 x·c'
+  const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
+  const T* C = a.C.const_data_ptr<T>();
+  const T* cnp = sc.b.const_data_ptr<T>();
+  const T* band_base = sc.band_base.const_data_ptr<T>();
+  const T* band_slope = sc.band_slope.const_data_ptr<T>();
+  const T* X = a.X.const_data_ptr<T>();
+
+  int64_t chunk = kChunkBytes / std::max<int64_t>(1, cols * static_cast<int64_t>(sizeof(T)));
+  chunk = std::clamp<int64_t>(chunk / kMinChunkRows * kMinChunkRows, kMinChunkRows, kMaxChunkRows);
+  const int64_t n_chunks = (N + chunk - 1) / chunk;
+  const int64_t R = FUSED ? std::min(update_ranges(N, P_eff, K, D), n_chunks) : n_chunks;
+  const int64_t chunks_per_task = (n_chunks + R - 1) / R;
+  std::vector<double> psum(FUSED ? static_cast<size_t>(R * P_eff * K * D) : 0, 0.0);
+  std::vector<double> pcnt(FUSED ? static_cast<size_t>(R * P_eff * K) : 0, 0.0);
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+  std::atomic<int64_t> bad_weight{std::numeric_limits<int64_t>::max()};
+
+  at::parallel_for(0, groups * R, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
+    const auto opts = a.X.options();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / R, r = task % R;
+      const T* Xg = X + g * N * D;
+      const at::Tensor Cg = a.c_shared ? Cm2_flat : Cm2_flat.narrow(0, g * M * K, M * K);
+      double* ps = FUSED ? psum.data() + r * P_eff * K * D : nullptr;
+      double* pc = FUSED ? pcnt.data() + r * P_eff * K : nullptr;
+      const int64_t c1 = std::min(n_chunks, (r + 1) * chunks_per_task);
+      for (int64_t ch = r * chunks_per_task; ch < c1; ++ch) {
+        const int64_t r0 = ch * chunk;
+        const int64_t rows = std::min(chunk, N - r0);
+        at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
+        at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
+        at::mm_out(out, xs, Cg.t());
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t n = r0 + i;
+          const T* x = Xg + n * D;
+          const T xnorm = std::sqrt(kmeans_cpu::sqnorm(x, D, avx2));
+          for (int64_t q = 0; q < M; ++q) {
+            const int64_t p = g * M + q;
+            const int64_t cp = a.c_shared ? 0 : p;
+            const T band = band_base[cp] + band_slope[cp] * xnorm;
+            const auto res =
+                assign_row(buf.data() + i * cols + q * K, cnp + cp * K, K, x, C + cp * K * D, D, band, avx2);
+            const T d2 = static_cast<T>(res.dist2);
+            labels[p * N + n] = res.label;
+            dist2[p * N + n] = d2;
+            if (!std::isfinite(d2)) record_min(first_bad, p * N + n);
+            if constexpr (FUSED) {
+              double w = 1.0;
+              if constexpr (WEIGHTED) {
+                const T wt = W[(p / MW) * N + n];
+                if (!(wt >= 0) || !std::isfinite(wt)) {
+                  record_min(bad_weight, p * N + n);
+                  continue;
+                }
+                w = static_cast<double>(wt);
+              }
+              accumulate_row<T, WEIGHTED>(ps + (p * K + res.label) * D, x, w, D);
+              pc[p * K + res.label] += w;
+            }
+          }
+        }
+      }
+    }
+  });
+  const int64_t bad = first_bad.load();
+  TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::max(),
+                    "X must be finite: the distance of row ", bad % std::max<int64_t>(N, 1),
+                    " (problem ", bad / std::max<int64_t>(N, 1),
+                    ") to its centroid is not finite (NaN or inf in X, or values too large)");
+  const int64_t bw = bad_weight.load();
+  if (bw != std::numeric_limits<int64_t>::max()) {
+    TORCH_CHECK_VALUE(false, "weights must be finite and non-negative, got ",
+                      static_cast<double>(W[(bw / N / MW) * N + bw % N]), " at row ", bw % N);
+  }
+  for (int64_t p = 1; identical && p < P; ++p) {
+    std::copy(labels, labels + N, labels + p * N);
+    std::copy(dist2, dist2 + N, dist2 + p * N);
+  }
+  if constexpr (FUSED) {
+    reduce_partials(psum, pcnt, R, P_eff, K, D, sums, counts);
+    for (int64_t p = 1; identical && p < P; ++p) {
+      std::copy(sums, sums + K * D, sums + p * K * D);
+      std::copy(counts, counts + K, counts + p * K);
+    }
+  }
+}
+
 template <typename T, bool WEIGHTED>
 void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
   const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
@@ -239,28 +309,7 @@ void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
     TORCH_CHECK_VALUE(false, "weights must be finite and non-negative, got ",
                       static_cast<double>(W[(bw / N / MW) * N + bw % N]), " at row ", bw % N);
   }
-  std::atomic<bool> finite{true};
-  at::parallel_for(0, P * K, 64, [&](int64_t begin, int64_t end) {
-    std::vector<double> acc(static_cast<size_t>(D));
-    for (int64_t pk = begin; pk < end; ++pk) {
-      std::fill(acc.begin(), acc.end(), 0.0);
-      double c = 0.0;
-      for (int64_t r = 0; r < R; ++r) {
-        const double* ps = psum.data() + (r * P * K + pk) * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] += ps[d];
-        c += pcnt[r * P * K + pk];
-      }
-      bool ok = true;
-      for (int64_t d = 0; d < D; ++d) {
-        sums[pk * D + d] = static_cast<T>(acc[d]);
-        ok = ok && std::isfinite(sums[pk * D + d]);
-      }
-      counts[pk] = static_cast<T>(c);
-      if (!ok) finite.store(false, std::memory_order_relaxed);
-    }
-  });
-  TORCH_CHECK_VALUE(finite.load(), "X must be finite: the cluster sums hold NaN or inf (NaN or inf in X, "
-                    "or values too large)");
+  reduce_partials(psum, pcnt, R, P, K, D, sums, counts);
 }
 
 std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& X, const at::Tensor& C) {
@@ -269,7 +318,7 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_cpu(const at::Tensor& X, const 
   at::Tensor dist2 = new_output(a.out_sizes(), a.X.options());
   if (a.N == 0 || a.P == 0) return {labels, dist2};
   AT_DISPATCH_FLOATING_TYPES(a.X.scalar_type(), "kmeans_assign_cpu", [&] {
-    assign_impl<scalar_t>(a, labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>());
+    assign_impl<scalar_t, false, false>(a, labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>());
   });
   return {labels, dist2};
 }
@@ -290,11 +339,39 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cpu(const at::Tensor& X, const 
   return {sums, counts};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_cpu(const at::Tensor& X, const at::Tensor& C,
+                                                                          const c10::optional<at::Tensor>& weights) {
+  KMeansStepArgs s = check_kmeans_step(X, C, weights);
+  KMeansAssignArgs& a = s.assign;
+  at::Tensor labels = new_output(a.out_sizes(), a.X.options().dtype(at::kLong));
+  at::Tensor dist2 = new_output(a.out_sizes(), a.X.options());
+  at::Tensor sums = new_output(s.sums_sizes(), a.X.options());
+  at::Tensor counts = new_output(s.counts_sizes(), a.X.options());
+  if (a.P == 0) return {labels, dist2, sums, counts};
+  if (a.N == 0) return {labels, dist2, sums.zero_(), counts.zero_()};
+  if (a.c_shared && a.per_x() > 1 && s.Pw > 1) {  // problems differ only by their weights
+    a.C = a.C.expand({a.P, a.K, a.D}).contiguous();
+    a.c_shared = false;
+  }
+  AT_DISPATCH_FLOATING_TYPES(a.X.scalar_type(), "kmeans_step_cpu", [&] {
+    if (s.weights.defined()) {
+      assign_impl<scalar_t, true, true>(a, labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>(),
+                                        s.weights.const_data_ptr<scalar_t>(), s.per_w(), sums.data_ptr<scalar_t>(),
+                                        counts.data_ptr<scalar_t>());
+    } else {
+      assign_impl<scalar_t, true, false>(a, labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>(), nullptr, 1,
+                                         sums.data_ptr<scalar_t>(), counts.data_ptr<scalar_t>());
+    }
+  });
+  return {labels, dist2, sums, counts};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlkernels, CPU, m) {
   m.impl("kmeans_assign", &kmeans_assign_cpu);
   m.impl("kmeans_update", &kmeans_update_cpu);
+  m.impl("kmeans_step", &kmeans_step_cpu);
 }
 
 }  // namespace tlk

@@ -47,11 +47,18 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_cuda(const at::Tensor& X, const
   return kmeans_update_device(runner_for(X), X, labels, K, weights);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_cuda(const at::Tensor& X, const at::Tensor& C,
+                                                                          const c10::optional<at::Tensor>& weights) {
+  const c10::cuda::CUDAGuard guard(X.device());
+  return kmeans_step_device(runner_for(X), X, C, weights);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlkernels, CUDA, m) {
   m.impl("kmeans_assign", &kmeans_assign_cuda);
   m.impl("kmeans_update", &kmeans_update_cuda);
+  m.impl("kmeans_step", &kmeans_step_cuda);
 }
 
 }  // namespace tlk

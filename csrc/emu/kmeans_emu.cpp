@@ -42,11 +42,17 @@ std::tuple<at::Tensor, at::Tensor> kmeans_update_emu(const at::Tensor& X, const 
   return kmeans_update_device(EmuRunner{}, X, labels, K, weights);
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_emu(const at::Tensor& X, const at::Tensor& C,
+                                                                          const c10::optional<at::Tensor>& weights) {
+  return kmeans_step_device(EmuRunner{}, X, C, weights);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(tlkernels_emu, CPU, m) {
   m.impl("kmeans_assign", &kmeans_assign_emu);
   m.impl("kmeans_update", &kmeans_update_emu);
+  m.impl("kmeans_step", &kmeans_step_emu);
 }
 
 }  // namespace tlk

@@ -228,21 +228,27 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
     W = weights
     if valid is not None:
         W = (torch.ones(P, N, dtype=dtype, device=dev) if W is None else W) * valid
-    n_rows = valid.sum(1).to(torch.float64) if valid is not None else torch.full((P,), float(N), dtype=torch.float64)
-    n_rows = comm.sum_(n_rows.to(dev)).cpu()
-
     # centre every data set on its (unweighted) mean: smaller numbers, less float32 cancellation;
-    # the tolerance is tol times the mean feature variance, as in scikit-learn
-    Xv = X if valid is None else X * valid[..., None]
-    s1 = comm.sum_(Xv.sum(1, dtype=torch.float64))                               # (P, D)
-    s2 = comm.sum_(Xv.to(torch.float64).square().sum(1))
-    mean = s1 / n_rows.to(dev)[:, None]
-    var = (s2 / n_rows.to(dev)[:, None] - mean.square()).clamp_min(0)
-    tol_abs = (var.mean(1) * tol).cpu() if tol > 0 else torch.zeros(P, dtype=torch.float64)
+    # the tolerance is tol times the mean feature variance (scikit-learn's), i.e.
+    # Σ_n ‖x_n − μ‖² / (N·D). Both come from the ops: one float64 sum, one exact distance pass.
+    # (A NaN / inf in X makes the first op raise "X must be finite".)
+    Wv = None if valid is None else valid.to(dtype)
+    zeros = torch.zeros(P, N, dtype=torch.long, device=dev)
+    s1, n_rows = ops.kmeans_update(X, zeros, 1, Wv)                              # (P, 1, D), (P, 1)
+    s1 = comm.sum_(s1[:, 0].to(torch.float64))
+    n_rows = comm.sum_(n_rows[:, 0].to(torch.float64))
+    mean = (s1 / n_rows[:, None]).to(dtype)                                       # (P, D)
+    if tol > 0:
+        d2 = ops.kmeans_assign(X, mean[:, None])[1].to(torch.float64)          # (P, N)
+        ss = comm.sum_((d2 if valid is None else d2 * valid).sum(1))
+        tol_abs = (ss / (n_rows * max(D, 1)) * tol).cpu()
+    else:
+        tol_abs = torch.zeros(P, dtype=torch.float64)
+    n_rows = n_rows.cpu()
     if spherical:
         mean = torch.zeros_like(mean)
     else:
-        X = X - mean.to(dtype)[:, None]
+        X = X - mean[:, None]
         if valid is not None:
             X = X * valid[..., None]
 
@@ -290,8 +296,7 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
         runs = (act_x[:, None] * R + torch.arange(R)).flatten()                # (Pa * R,)
         runs_d = runs.to(dev)
         Ca = C[runs_d]
-        labels, d2 = ops.kmeans_assign(Xa, Ca)
-        sums, counts = ops.kmeans_update(Xa, labels, K, Wa)
+        labels, d2, sums, counts = ops.kmeans_step(Xa, Ca, Wa)
         sums, counts = comm.sum_(sums), comm.sum_(counts)
         empty = torch.nonzero((counts == 0).any(1)).flatten().tolist()
         if empty:
@@ -325,7 +330,7 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
     inertia = comm.sum_((d2.to(torch.float64) * (1 if wr is None else wr)).sum(1)).cpu().view(P, R)
     best = inertia.argmin(1)                                                     # first minimum
     pick = (torch.arange(P) * R + best).to(dev)
-    centers = C[pick] + mean.to(dtype)[:, None]
+    centers = C[pick] + mean[:, None]
     labels = labels[pick]
     if valid is not None:
         labels = labels.masked_fill(~valid, -1)
@@ -360,7 +365,8 @@ def _check_params(n_clusters, init, max_iter, tol) -> None:
 def _prepare(X: Tensor, K: int, sample_weight, valid: Tensor | None, init, spherical: bool, comm: _Comm):
     """Checks shared by KMeans and batched_kmeans. X (P, N, D) -> (weights (P, N) or None, init tensor or str)."""
     P, N, D = X.shape
-    _check_finite(X if valid is None else X * valid[..., None], "X")
+    if valid is not None:  # padding may hold anything: zeros from here on
+        X = torch.where(valid[..., None], X, torch.zeros((), dtype=X.dtype, device=X.device))
     n_valid = valid.sum(1) if valid is not None else torch.full((P,), N)
     n_valid = comm.sum_(n_valid.to(X.device)).cpu()
     if P and int(n_valid.min()) < K:

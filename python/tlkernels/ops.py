@@ -24,6 +24,7 @@ __all__ = [
     "grad_reverse_branch_backward",
     "kmeans_assign",
     "kmeans_update",
+    "kmeans_step",
     "ghost_dot",
     "ghost_gram",
     "ghost_norm",
@@ -149,6 +150,16 @@ def kmeans_update(X: Tensor, labels: Tensor, K: int, weights: Tensor | None = No
     return torch.ops.tlkernels.kmeans_update(X, labels, K, weights)
 
 
+def kmeans_step(X: Tensor, C: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One Lloyd pass: ``kmeans_assign(X, C)`` and ``kmeans_update`` of the new labels, fused on
+    the CPU (each row is read once: its label and its contribution to the sums in one go).
+
+    X, C as in ``kmeans_assign``; weights as in ``kmeans_update``. Returns labels (P, N),
+    dist2 (P, N), sums (P, K, D), counts (P, K) (no P dimension when X and C are both 2-D).
+    """
+    return torch.ops.tlkernels.kmeans_step(X, C, weights)
+
+
 def _register_kmeans(namespace: str) -> None:
     @torch.library.register_fake(f"{namespace}::kmeans_assign")
     def _(X, C):
@@ -163,6 +174,15 @@ def _register_kmeans(namespace: str) -> None:
         P = labels.shape[0] if labels.dim() == 2 else (X.shape[0] if X.dim() == 3 else 1)
         lead = (P,) if batched else ()
         return X.new_empty(lead + (K, X.shape[-1])), X.new_empty(lead + (K,))
+
+    @torch.library.register_fake(f"{namespace}::kmeans_step")
+    def _(X, C, weights=None):
+        batched = X.dim() == 3 or C.dim() == 3
+        P = C.shape[0] if C.dim() == 3 else (X.shape[0] if X.dim() == 3 else 1)
+        lead = (P,) if batched else ()
+        K, D = C.shape[-2], X.shape[-1]
+        return (X.new_empty(lead + (X.shape[-2],), dtype=torch.long), X.new_empty(lead + (X.shape[-2],)),
+                X.new_empty(lead + (K, D)), X.new_empty(lead + (K,)))
 
 
 for _ns in BACKEND_NAMESPACES:

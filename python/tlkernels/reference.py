@@ -17,6 +17,7 @@ __all__ = [
     "grad_reverse_branch",
     "kmeans_assign",
     "kmeans_update",
+    "kmeans_step",
     "per_sample_grads",
     "model_per_sample_grads",
     "ghost_dot",
@@ -182,3 +183,10 @@ def clip_update_(alpha: Tensor, index: Tensor, s: Tensor, lr: float) -> Tensor:
     touched = torch.unique(index)
     alpha[touched] = (alpha[touched] + lr * total[touched]).clamp(0.0, 1.0)
     return alpha
+
+
+def kmeans_step(X: Tensor, C: Tensor, weights: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """kmeans_assign(X, C), then kmeans_update of its labels: (labels, dist2, sums, counts)."""
+    labels, dist2 = kmeans_assign(X, C)
+    sums, counts = kmeans_update(X, labels, C.shape[-2], weights)
+    return labels, dist2, sums, counts
