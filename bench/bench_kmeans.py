@@ -250,6 +250,7 @@ def main(argv=None) -> int:
     peers = ["tlkernels", "sklearn", "faiss", "fast_pytorch_kmeans", "torch_cdist"]
     scale = 10 if args.quick else 1
     t0 = time.perf_counter()
+    load_before = os.getloadavg()
     rows = []
     for name, N, D, K in [("N=200k D=64 K=256", 200_000 // scale, 64, 256), ("N=1M D=16 K=64", 1_000_000 // scale, 16, 64)]:
         print(f"{name} (float32, {args.iters} iterations)", flush=True)
@@ -261,7 +262,10 @@ def main(argv=None) -> int:
         row.update(ratios(row))
         print(row["shape"], {k: round(v, 2) for k, v in row.items() if k.startswith(("speedup", "x_gemm"))})
     payload = {"benchmark": "k-means Lloyd iteration", "device": "cpu", "dtype": "float32", "machine": machine(),
-               "seconds_total": time.perf_counter() - t0, "rows": rows}
+               "seconds_total": time.perf_counter() - t0,
+               "loadavg_1_5_15_before_after": [load_before, os.getloadavg()],
+               "note": "2-core machine shared with other jobs: compare ratios within this run, not absolute times",
+               "rows": rows}
     write_results(args.json, payload)
     if args.plot:
         import matplotlib

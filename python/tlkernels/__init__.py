@@ -22,4 +22,15 @@ __all__ = [
     "dann_lambda",
     "ops",
     "reference",
+    "KMeans",
+    "batched_kmeans",
 ]
+
+
+def __getattr__(name):
+    # k-means (tlkernels.cluster) is imported on first use: it imports scikit-learn's base classes.
+    if name in ("KMeans", "batched_kmeans", "cluster"):
+        import importlib
+        cluster = importlib.import_module(".cluster", __name__)
+        return cluster if name == "cluster" else getattr(cluster, name)
+    raise AttributeError(f"module 'tlkernels' has no attribute {name!r}")
