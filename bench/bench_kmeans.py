@@ -3,7 +3,7 @@
 Side by side in one run, from the same initial centres and for a fixed number of iterations
 (tol = 0), after checking that every peer agrees with tlkernels (labels after one iteration;
 the inertia after all of them for scikit-learn, which relocates empty clusters the same way):
-  tlkernels        the ops loop (kmeans_assign + kmeans_update + divide) and KMeans.fit
+  tlkernels        KMeans.fit / batched_kmeans, and the bare ops loop (kmeans_step + divide)
   scikit-learn     KMeans(algorithm='lloyd'), chunked BLAS + argmin
   faiss-cpu        faiss.Kmeans (IndexFlatL2 search), on all points (no subsampling)
   fast-pytorch-kmeans
@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, median_time, write_results  # noqa: E402
 
 from tlkernels.cluster import KMeans, batched_kmeans  # noqa: E402
-from tlkernels.ops import kmeans_assign, kmeans_update  # noqa: E402
+from tlkernels.ops import kmeans_step  # noqa: E402
 
 
 def peer(name: str):
@@ -128,9 +128,8 @@ NEEDS = {"sklearn": "sklearn", "faiss": "faiss", "fast_pytorch_kmeans": "fast_py
 
 
 def ops_iteration(X, C):
-    """The bare tlkernels Lloyd step: assign, update, divide."""
-    labels, _ = kmeans_assign(X, C)
-    sums, counts = kmeans_update(X, labels, C.shape[-2])
+    """The bare tlkernels Lloyd step: the fused assign + update op, then the division."""
+    _, _, sums, counts = kmeans_step(X, C)
     return sums / counts.clamp_min(1)[..., None]
 
 
@@ -143,14 +142,26 @@ def gemm_floor(P, N, D, K, repeats) -> tuple[float, float]:
     def run():
         for i in range(0, X.shape[0], 1024):
             torch.mm(X[i:i + 1024], C.T, out=out[:min(1024, X.shape[0] - i)])
-    t = median_time(run, repeats=repeats, warmup=1) * (P * N / X.shape[0])
+    t = median_time(run, repeats=max(7, repeats), warmup=1) * (P * N / X.shape[0])
     return t, 2.0 * P * N * K * D / t / 1e9
 
 
-def per_iteration(fit, X, init, iters, repeats):
-    t1 = median_time(lambda: fit(X, init, 1), repeats=repeats, warmup=1)
-    tn = median_time(lambda: fit(X, init, 1 + iters), repeats=repeats, warmup=0)
-    return max(tn - t1, 1e-9) / iters
+def per_iteration_interleaved(fits: dict, X, init, iters, repeats) -> dict:
+    """{name: seconds per iteration} with the libraries timed round-robin within every repeat
+    (the machine is shared: a load spike then hits every library, not one), each as the median
+    over repeats of t(fit with 1 + iters iterations) − t(fit with 1 iteration), over iters."""
+    for fit in fits.values():  # warm-up
+        fit(X, init, 1)
+    diffs = {name: [] for name in fits}
+    for _ in range(repeats):
+        for name, fit in fits.items():
+            t0 = time.perf_counter()
+            fit(X, init, 1)
+            t1 = time.perf_counter()
+            fit(X, init, 1 + iters)
+            t2 = time.perf_counter()
+            diffs[name].append(((t2 - t1) - (t1 - t0)) / iters)
+    return {name: max(float(np.median(v)), 1e-9) for name, v in diffs.items()}
 
 
 def bench_single(name, N, D, K, iters, repeats, peers):
@@ -161,9 +172,11 @@ def bench_single(name, N, D, K, iters, repeats, peers):
     _, ref_inertia_n = fit_tlk(X, init, 1 + iters)
     n_iter = KMeans(K, init=init, n_init=1, max_iter=1 + iters, tol=0.0).fit(X).n_iter_
     assert n_iter == 1 + iters, f"converged after {n_iter} iterations: the per-iteration times would be wrong"
+    timed = {}
     for lib in peers:
         if lib in NEEDS and peer(NEEDS[lib]) is None:
             row[lib] = "not installed"
+            print(f"  {lib:22s} not installed", flush=True)
             continue
         labels, _ = FITS[lib](X, init, 1)
         agree = float((np.asarray(labels) == ref_labels).mean())
@@ -174,10 +187,13 @@ def bench_single(name, N, D, K, iters, repeats, peers):
         # (faiss splits empty clusters and torch / fast-pytorch-kmeans keep them: only reported)
         if lib == "sklearn":
             assert rel < 1e-3, f"{lib} inertia after {1 + iters} iterations differs by {rel:.2e} on {name}"
-        t = per_iteration(FITS[lib], X, init, iters, repeats)
         mem = peak_rss_mb(lambda: FITS[lib](X, init, 1 + iters))
-        row[lib] = {"s_per_iter": t, "label_agreement": agree, "inertia_rel_diff": rel, "peak_rss_mb": mem}
-        print(f"  {lib:22s} {t * 1e3:9.2f} ms/iter   agreement {agree:.5f}   peak +{mem:7.1f} MB", flush=True)
+        row[lib] = {"label_agreement": agree, "inertia_rel_diff": rel, "peak_rss_mb": mem}
+        timed[lib] = FITS[lib]
+    for lib, t in per_iteration_interleaved(timed, X, init, iters, repeats).items():
+        row[lib]["s_per_iter"] = t
+        print(f"  {lib:22s} {t * 1e3:9.2f} ms/iter   agreement {row[lib]['label_agreement']:.5f}   "
+              f"peak +{row[lib]['peak_rss_mb']:7.1f} MB", flush=True)
     C = init.clone()
     t_ops = median_time(lambda: ops_iteration(X, C), repeats=repeats, warmup=1)
     row["tlkernels_ops"] = {"s_per_iter": t_ops}
@@ -189,6 +205,7 @@ def bench_single(name, N, D, K, iters, repeats, peers):
 
 
 def bench_batched(P, N, D, K, iters, repeats, peers):
+    iters = 2 * iters  # small problems: more iterations so that the fixed costs do not dominate
     X, init = gaussian_data(P, N, D, K, seed=7)
     row = {"shape": f"batched P={P} x (N={N}, D={D}, K={K})", "P": P, "N": N, "D": D, "K": K, "iters": iters}
 
@@ -199,26 +216,27 @@ def bench_batched(P, N, D, K, iters, repeats, peers):
     ref_labels, _ = fit_batched(X, init, 1)
     n_iter = batched_kmeans(X, K, init=init, n_init=1, max_iter=1 + iters, tol=0.0).n_iter
     assert bool((n_iter == 1 + iters).all()), f"some problems converged early: {n_iter.tolist()}"
-    t = per_iteration(fit_batched, X, init, iters, repeats)
     mem = peak_rss_mb(lambda: fit_batched(X, init, 1 + iters))
-    row["tlkernels"] = {"s_per_iter": t, "peak_rss_mb": mem}
-    print(f"  {'tlkernels batched':22s} {t * 1e3:9.2f} ms/iter   peak +{mem:7.1f} MB", flush=True)
-    t_ops = median_time(lambda: ops_iteration(X, init), repeats=repeats, warmup=1)
-    row["tlkernels_ops"] = {"s_per_iter": t_ops}
-    print(f"  {'tlkernels ops loop':22s} {t_ops * 1e3:9.2f} ms/iter", flush=True)
+    row["tlkernels"] = {"peak_rss_mb": mem}
+    timed = {"tlkernels": fit_batched}
     for lib in peers:
         if lib == "tlkernels":
             continue
         if lib in NEEDS and peer(NEEDS[lib]) is None:
             row[lib + "_looped"] = "not installed"
+            print(f"  {lib + ' (looped)':22s} not installed", flush=True)
             continue
         fit = FITS[lib]
         agree = float(np.mean([(np.asarray(fit(X[p], init[p], 1)[0]) == ref_labels[p]).mean() for p in range(P)]))
         assert agree > 0.999, f"{lib} disagrees with tlkernels on the batched shape: {agree:.5f}"
-        looped = lambda X, init, n: [fit(X[p], init[p], n) for p in range(P)]  # noqa: E731
-        t = per_iteration(looped, X, init, iters, max(1, repeats // 2))
-        row[lib + "_looped"] = {"s_per_iter": t, "label_agreement": agree}
-        print(f"  {lib + ' (looped)':22s} {t * 1e3:9.2f} ms/iter   agreement {agree:.5f}", flush=True)
+        row[lib + "_looped"] = {"label_agreement": agree}
+        timed[lib + "_looped"] = (lambda fit: lambda X, init, n: [fit(X[p], init[p], n) for p in range(P)])(fit)
+    for key, t in per_iteration_interleaved(timed, X, init, iters, repeats).items():
+        row[key]["s_per_iter"] = t
+        print(f"  {key:22s} {t * 1e3:9.2f} ms/iter", flush=True)
+    t_ops = median_time(lambda: ops_iteration(X, init), repeats=repeats, warmup=1)
+    row["tlkernels_ops"] = {"s_per_iter": t_ops}
+    print(f"  {'tlkernels ops loop':22s} {t_ops * 1e3:9.2f} ms/iter", flush=True)
     floor, rate = gemm_floor(P, N, D, K, repeats)
     row["gemm_floor_s"], row["gemm_gflops"] = floor, rate
     print(f"  GEMM floor {floor * 1e3:.2f} ms ({rate:.0f} GFLOP/s)", flush=True)

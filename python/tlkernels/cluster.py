@@ -294,8 +294,9 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
                 x_cache[key] = (X[act_x.to(dev)], None if W is None else W[act_x.to(dev)])
             Xa, Wa = x_cache[key]
         runs = (act_x[:, None] * R + torch.arange(R)).flatten()                # (Pa * R,)
+        everything = runs.numel() == PR and not bool(done.any())                # no indexing copies
         runs_d = runs.to(dev)
-        Ca = C[runs_d]
+        Ca = C if everything else C[runs_d]
         labels, d2, sums, counts = ops.kmeans_step(Xa, Ca, Wa)
         sums, counts = comm.sum_(sums), comm.sum_(counts)
         empty = torch.nonzero((counts == 0).any(1)).flatten().tolist()
@@ -306,13 +307,18 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
         if spherical:
             new = F.normalize(new, dim=-1)
         shift = (new - Ca).to(torch.float64).square().sum((1, 2)).cpu()
-        lab_cmp = labels if pad is None else labels.masked_fill(pad[runs_d], -1)
-        changed = comm.sum_((lab_cmp != labels_old[runs_d]).sum(1)).cpu()
-        live = ~done[runs]
-        live_d = live.to(dev)
-        C[runs_d[live_d]] = new[live_d]
-        labels_old[runs_d[live_d]] = lab_cmp[live_d]
-        n_iter[runs[live]] = it + 1
+        lab_cmp = labels if pad is None else labels.masked_fill(pad if everything else pad[runs_d], -1)
+        changed = comm.sum_((lab_cmp != (labels_old if everything else labels_old[runs_d])).sum(1)).cpu()
+        if everything:
+            C, labels_old = new, lab_cmp
+            n_iter[:] = it + 1
+            live = torch.ones(PR, dtype=torch.bool)
+        else:
+            live = ~done[runs]
+            live_d = live.to(dev)
+            C[runs_d[live_d]] = new[live_d]
+            labels_old[runs_d[live_d]] = lab_cmp[live_d]
+            n_iter[runs[live]] = it + 1
         converged = (changed == 0) | (shift <= tol_run[runs])
         done[runs[live & converged]] = True
         if bar is not None:
