@@ -25,8 +25,24 @@
 #include "cpu/kmeans_simd.h"
 #include "kmeans.h"
 
+// MKL's per-thread thread count, C interface (exported by libtorch_cpu when torch uses MKL; weak: absent in
+// other builds). The GEMMs run inside at::parallel_for, one per task: they must be sequential,
+// or each of the OpenMP threads would start MKL threads of its own (oversubscription).
+extern "C" int MKL_Set_Num_Threads_Local(int) __attribute__((weak));
+
 namespace tlk {
 namespace {
+
+// Sequential MKL on this thread for the guard's lifetime.
+struct SequentialBlas {
+  int previous = 0;
+  SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) previous = MKL_Set_Num_Threads_Local(1);
+  }
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local != nullptr) MKL_Set_Num_Threads_Local(previous);
+  }
+};
 
 using kmeans_cpu::assign_row;
 using kmeans_cpu::sqdist;
@@ -194,6 +210,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
   std::atomic<int64_t> bad_weight{std::numeric_limits<int64_t>::max()};
 
   at::parallel_for(0, groups * R, 1, [&](int64_t begin, int64_t end) {
+    const SequentialBlas sequential_blas;
     std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
     const auto opts = a.X.options();
     for (int64_t task = begin; task < end; ++task) {
