@@ -226,34 +226,24 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
         at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
         at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
         at::mm_out(out, xs, Cg.t());
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t n = r0 + i;
-          const T* x = Xg + n * D;
-          const T xnorm = std::sqrt(kmeans_cpu::sqnorm(x, D, avx2));
-          for (int64_t q = 0; q < M; ++q) {
-            const int64_t p = g * M + q;
-            const int64_t cp = a.c_shared ? 0 : p;
-            const T band = band_base[cp] + band_slope[cp] * xnorm;
-            const auto res =
-                assign_row(buf.data() + i * cols + q * K, cnp + cp * K, K, x, C + cp * K * D, D, band, avx2);
-            const T d2 = static_cast<T>(res.dist2);
-            labels[p * N + n] = res.label;
-            dist2[p * N + n] = d2;
-            if (!std::isfinite(d2)) record_min(first_bad, p * N + n);
-            if constexpr (FUSED) {
-              double w = 1.0;
-              if constexpr (WEIGHTED) {
-                const T wt = W[(p / MW) * N + n];
-                if (!(wt >= 0) || !std::isfinite(wt)) {
-                  record_min(bad_weight, p * N + n);
-                  continue;
-                }
-                w = static_cast<double>(wt);
-              }
-              accumulate_row<T, WEIGHTED>(ps + (p * K + res.label) * D, x, w, D);
-              pc[p * K + res.label] += w;
-            }
+        const kmeans_cpu::ChunkEpilogue<T> e{buf.data(), Xg + r0 * D, C, cnp, band_base, band_slope, rows, M, K, D,
+                                             N, r0, g * M, a.c_shared, labels, dist2};
+        record_min(first_bad, kmeans_cpu::epilogue(e, avx2));
+        if constexpr (FUSED) {
+          // the chunk's rows, still in cache, into this task's partials (labels just written)
+          RangeArgs<T, WEIGHTED> ra{Xg, labels + g * M * N, WEIGHTED ? W + ((g * M) / MW) * N : nullptr, 1, M, MW,
+                                    N, K, D, r0, r0 + rows, ps + g * M * K * D, pc + g * M * K};
+          int64_t bl = std::numeric_limits<int64_t>::max(), bw = std::numeric_limits<int64_t>::max();
+#if TLK_KMEANS_X86
+          if (avx2) {
+            update_range_avx2<T, WEIGHTED>(ra, bl, bw);
+          } else {
+            update_range_plain<T, WEIGHTED>(ra, bl, bw);
           }
+#else
+          update_range_plain<T, WEIGHTED>(ra, bl, bw);
+#endif
+          if (bw != std::numeric_limits<int64_t>::max()) record_min(bad_weight, bw + g * M * N);
         }
       }
     }

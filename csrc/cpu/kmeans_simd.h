@@ -258,7 +258,7 @@ __attribute__((target("avx2,popcnt"))) inline int64_t count_band_avx2(const T* g
 }
 
 template <typename T>
-__attribute__((target("avx2,popcnt"))) RowResult assign_row_avx2(T* g, const T* b, int64_t K, const T* x,
+__attribute__((target("avx2,popcnt"), always_inline)) inline RowResult assign_row_avx2(T* g, const T* b, int64_t K, const T* x,
                                                                  const T* C, int64_t D, T band) {
   int64_t arg = 0;
   const T m = min_arg_avx2(g, b, K, arg);
@@ -285,7 +285,7 @@ __attribute__((target("avx2,popcnt"))) RowResult assign_row_avx2(T* g, const T* 
 }
 
 template <typename T>
-__attribute__((target("avx2"))) T sqnorm_avx2(const T* x, int64_t D) {
+__attribute__((target("avx2"), always_inline)) inline T sqnorm_avx2(const T* x, int64_t D) {
   T s = 0;
   if constexpr (sizeof(T) == 4) {
     __m256 acc = _mm256_setzero_ps();
@@ -327,6 +327,73 @@ inline T sqnorm(const T* x, int64_t D, bool avx2) {
   T s = 0;
   for (int64_t d = 0; d < D; ++d) s += x[d] * x[d];
   return s;
+}
+
+// The epilogue of one chunk of rows: labels and exact distances of its rows for the M problems
+// of the chunk's data set, from the GEMM block g (rows, M·K). Returns the smallest linear index
+// p·N + n whose distance is not finite, or INT64_MAX.
+template <typename T>
+struct ChunkEpilogue {
+  T* g;                   // (rows, M·K) GEMM block, overwritten by the scores
+  const T* x;             // (rows, D) the chunk's rows
+  const T* C;             // (Pc, K, D) centroids
+  const T* b;             // (Pc, K)
+  const T* band_base;     // (Pc,)
+  const T* band_slope;    // (Pc,)
+  int64_t rows, M, K, D, N, n0, p0;
+  bool c_shared;
+  int64_t* labels;        // (P, N)
+  T* dist2;               // (P, N)
+};
+
+#define TLK_KMEANS_EPILOGUE_BODY(SQNORM, ASSIGN_ROW)                                                \
+  int64_t bad = std::numeric_limits<int64_t>::max();                                                \
+  const int64_t cols = e.M * e.K;                                                                   \
+  for (int64_t i = 0; i < e.rows; ++i) {                                                            \
+    const T* x = e.x + i * e.D;                                                                     \
+    const T xnorm = std::sqrt(SQNORM(x, e.D));                                                      \
+    const int64_t n = e.n0 + i;                                                                     \
+    for (int64_t q = 0; q < e.M; ++q) {                                                             \
+      const int64_t p = e.p0 + q;                                                                   \
+      const int64_t cp = e.c_shared ? 0 : p;                                                        \
+      const T band = e.band_base[cp] + e.band_slope[cp] * xnorm;                                    \
+      const RowResult r = ASSIGN_ROW(e.g + i * cols + q * e.K, e.b + cp * e.K, e.K, x,              \
+                                     e.C + cp * e.K * e.D, e.D, band);                              \
+      const T d2 = static_cast<T>(r.dist2);                                                         \
+      e.labels[p * e.N + n] = r.label;                                                              \
+      e.dist2[p * e.N + n] = d2;                                                                    \
+      if (!std::isfinite(d2) && p * e.N + n < bad) bad = p * e.N + n;                               \
+    }                                                                                               \
+  }                                                                                                 \
+  return bad;
+
+template <typename T>
+T sqnorm_scalar(const T* x, int64_t D) {
+  T s = 0;
+  for (int64_t d = 0; d < D; ++d) s += x[d] * x[d];
+  return s;
+}
+
+template <typename T>
+int64_t epilogue_scalar(const ChunkEpilogue<T>& e) {
+  TLK_KMEANS_EPILOGUE_BODY(sqnorm_scalar<T>, assign_row_scalar<T>)
+}
+
+#if TLK_KMEANS_X86
+template <typename T>
+__attribute__((target("avx2,popcnt"))) int64_t epilogue_avx2(const ChunkEpilogue<T>& e) {
+  TLK_KMEANS_EPILOGUE_BODY(sqnorm_avx2<T>, assign_row_avx2<T>)
+}
+#endif
+#undef TLK_KMEANS_EPILOGUE_BODY
+
+template <typename T>
+int64_t epilogue(const ChunkEpilogue<T>& e, bool avx2) {
+#if TLK_KMEANS_X86
+  // float lanes carry the indices of pass 1 exactly below 2^24
+  if (avx2 && (sizeof(T) == 8 || e.K < (int64_t{1} << 24))) return epilogue_avx2<T>(e);
+#endif
+  return epilogue_scalar<T>(e);
 }
 
 }  // namespace tlk::kmeans_cpu
