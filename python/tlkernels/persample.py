@@ -7,7 +7,8 @@ inputs and the gradient of the summed losses with respect to its output. From th
   one extra layer forward per layer (the fused ``ghost_dot`` op for linear layers, the layer's
   own convolution for convolutions);
 - ``Capture.gram(other)`` and ``Capture.norms()``: Grams and squared norms, choosing per layer
-  between the ghost form and materialising that layer's per-sample gradients by cost;
+  between the ghost form and materialising that layer's per-sample gradients by cost
+  (``persample_reps.ghost_is_cheaper``);
 - ``Capture.accumulate_grad(weights)``: writes sum_i w_i dl_i/dp into ``p.grad`` without a
   second backward (one GEMM per linear layer; never divides by a weight, so w_i = 0 is fine).
 
