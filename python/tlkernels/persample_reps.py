@@ -170,7 +170,10 @@ class ConvRep:
 
     def dot(self, v: Tensor) -> Tensor:
         vv, many = _flat_vectors(v, self.module.weight.shape)
-        s = torch.stack([(self.module._conv_forward(self.x, vk, None) * self.dy).flatten(1).sum(1) for vk in vv], 1)
+        dy = self.dy.flatten(1).unsqueeze(2)  # (B, N, 1)
+        # <conv(x, v), dy> per sample as a batched dot: no product temporary of the output's size
+        s = torch.stack([torch.bmm(self.module._conv_forward(self.x, vk, None).flatten(1).unsqueeze(1), dy)[:, 0, 0]
+                         for vk in vv], 1)
         return _finish(s, many)
 
     def dense(self) -> Tensor:
