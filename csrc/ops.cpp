@@ -55,31 +55,22 @@ std::string build_info() {
 
 }  // namespace
 
+// The ops with device code: defined in both namespaces (tlkernels_emu runs their CUDA device
+// code on CPU tensors through the SIMT emulator).
+constexpr const char* kKernelOps[] = {
+    kGradReverseBackward, kGradReverseBranchBackward, kGhostDot, kGhostGram, kGhostNorm, kClipUpdate,
+    kKMeansAssign, kKMeansUpdate, kKMeansStep,
+};
+
 TORCH_LIBRARY(tlkernels, m) {
   m.def("_build_info() -> str", &build_info);
   m.def("_set_poison_outputs(bool enabled) -> ()", &set_poison_outputs);
-  m.def(kGradReverseBackward);
-  m.def(kGradReverseBranchBackward);
-  m.def(kKMeansAssign);
-  m.def(kKMeansUpdate);
-  m.def(kKMeansStep);
-  m.def(kGhostDot);
-  m.def(kGhostGram);
-  m.def(kGhostNorm);
-  m.def(kClipUpdate);
+  for (const char* schema : kKernelOps) m.def(schema);
 }
 
 #if TLK_WITH_EMU
 TORCH_LIBRARY(tlkernels_emu, m) {
-  m.def(kGradReverseBackward);
-  m.def(kGradReverseBranchBackward);
-  m.def(kKMeansAssign);
-  m.def(kKMeansUpdate);
-  m.def(kKMeansStep);
-  m.def(kGhostDot);
-  m.def(kGhostGram);
-  m.def(kGhostNorm);
-  m.def(kClipUpdate);
+  for (const char* schema : kKernelOps) m.def(schema);
 }
 #endif
 

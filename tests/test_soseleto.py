@@ -128,3 +128,44 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="NaN"):
         m.fit((torch.full((10, 2), float("nan")), torch.zeros(10, dtype=torch.long)),
               (torch.randn(3, 2), torch.zeros(3)), epochs=1)
+
+
+def _dist_worker(rank: int, world: int, port: int, shards, target, out: dict) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        b, h, _ = tiny(seed=11)
+        xs, ys = shards[rank]
+        m = Soseleto(b, h, h, len(xs), batch_size=len(xs), target_batch_size=len(target[0]), lr_alpha=0.2,
+                     distributed=True, random_state=0)
+        m.fit((xs, ys), target, epochs=4)
+        out[rank] = (m.alpha_.clone(), [p.detach().clone() for p in m.source_net.parameters()])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process():
+    """Each rank holds half the source; with whole-shard batches the 2-process run equals the
+    1-process run on the concatenated source (up to float summation order)."""
+    import socket
+    import torch.multiprocessing as mp
+
+    src, tgt = make_noisy_2d(n_source=40, n_target=12, random_state=4)
+    shards = [(src.X[:20], src.y[:20]), (src.X[20:], src.y[20:])]
+    target = (tgt.X, tgt.y)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    manager = mp.Manager()
+    out = manager.dict()
+    mp.spawn(_dist_worker, args=(2, port, shards, target, out), nprocs=2, join=True)
+
+    b, h, _ = tiny(seed=11)
+    single = Soseleto(b, h, h, 40, batch_size=40, target_batch_size=12, lr_alpha=0.2, random_state=0)
+    # the single process must see the shards' examples in one batch: order inside a batch is a sum
+    single.fit((src.X, src.y), target, epochs=4)
+    alpha = torch.cat([out[0][0], out[1][0]])
+    torch.testing.assert_close(alpha, single.alpha_, rtol=1e-4, atol=1e-5)
+    for p_single, p0, p1 in zip(single.source_net.parameters(), out[0][1], out[1][1]):
+        assert torch.equal(p0, p1), "ranks must hold identical models"
+        torch.testing.assert_close(p0, p_single, rtol=1e-4, atol=1e-5)

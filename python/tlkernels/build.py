@@ -34,7 +34,7 @@ def build_info() -> dict:
         "torch_built_against": BUILD_INFO["torch"],
         "torch_running": torch.__version__,
         "compiled_backends": compiled,
-        "cuda_archs": BUILD_INFO["cuda_archs"].split(";") if BUILD_INFO["cuda_archs"] else [],
+        "cuda_archs": BUILD_INFO["cuda_archs"].split(",") if BUILD_INFO["cuda_archs"] else [],
         "gpu_available": torch.cuda.is_available(),
         "runnable_backends": [b for b, _, _ in available_backends()],
         "compiler": BUILD_INFO["compiler"],

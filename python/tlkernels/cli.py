@@ -93,6 +93,65 @@ def _cmd_soseleto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dataserver_build(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .selection.dataserver import Store, partition_store, train_experts
+
+    datasets = {}
+    for spec in args.npz or []:
+        name, _, path = spec.partition("=")
+        if not path:
+            raise SystemExit(f"--npz takes NAME=PATH, got {spec!r}")
+        d = np.load(path)
+        if "X" not in d:
+            raise SystemExit(f"{path}: an npz with an array X (and optionally y) is expected")
+        datasets[name] = (d["X"], d["y"] if "y" in d else None)
+    for spec in args.image_folder or []:
+        name, _, path = spec.partition("=")
+        from .data import load_image_folder
+        ds = load_image_folder(path, size=args.size, grayscale=args.grayscale)
+        datasets[name] = (ds.X, ds.y)
+    if args.offline_demo:
+        from .experiments.dataserver import build_offline_store
+        build_offline_store(args.store, seed=args.seed, k=args.partitions, expert_epochs=args.expert_epochs,
+                            verbose=True)
+        print(f"wrote the offline demo store to {args.store}")
+        return 0
+    if not datasets:
+        raise SystemExit("name at least one source: --npz NAME=PATH, --image-folder NAME=DIR or --offline-demo")
+    store = Store.create(args.store, datasets, overwrite=args.overwrite)
+    print(f"wrote {store.size} examples from {len(datasets)} dataset(s) to {args.store}")
+    if args.partitions:
+        partition_store(store, args.partitions, method=args.method, seed=args.seed, verbose=True)
+        train_experts(store, epochs=args.expert_epochs, seed=args.seed, verbose=True)
+        print(f"{args.partitions} partitions ({args.method}) and their rotation experts written")
+    return 0
+
+
+def _cmd_dataserver_experiment(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .experiments.dataserver import run_dataserver_experiment
+
+    results = [run_dataserver_experiment(seed=args.seed + k, verbose=not args.quiet) for k in range(args.seeds)]
+    print(f"{'method':<12} target test accuracy   selection precision  ({len(results)} seed(s))")
+    for m in results[0]["accuracy"]:
+        a = np.array([r["accuracy"][m] for r in results]) * 100
+        p = [r["selection_precision"].get(m) for r in results]
+        ptxt = f"{np.mean(p):.2f}" if p[0] is not None else "-"
+        print(f"{m:<12} {a.mean():5.1f} ± {a.std():4.1f}           {ptxt}")
+    _write_json(args.json, results[0] if len(results) == 1 else results)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .selection.dataserver.service import serve
+
+    serve(args.store, host=args.host, port=args.port)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tlkernels", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +179,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="PATH")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_soseleto)
+    p = sub.add_parser("dataserver", help="the dataserver of self-supervised experts (seed 002)")
+    dsub = p.add_subparsers(dest="dataserver_command", required=True)
+    b = dsub.add_parser("build", help="create a store from arrays or image folders, partition it, train experts")
+    b.add_argument("--store", required=True, help="directory to write")
+    b.add_argument("--npz", action="append", metavar="NAME=PATH", help="a dataset: an .npz with X (and y)")
+    b.add_argument("--image-folder", action="append", metavar="NAME=DIR", help="a dataset: DIR/<class>/*.png")
+    b.add_argument("--offline-demo", action="store_true", help="the experiment's store (digits, photo patches, noise)")
+    b.add_argument("--size", type=int, default=8, help="image side for --image-folder")
+    b.add_argument("--grayscale", action="store_true")
+    b.add_argument("--partitions", type=int, default=8, help="K: partitions and experts (0: none)")
+    b.add_argument("--method", choices=["unsupervised", "superclass"], default="unsupervised")
+    b.add_argument("--expert-epochs", type=int, default=3)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--overwrite", action="store_true")
+    b.set_defaults(func=_cmd_dataserver_build)
+    e = dsub.add_parser("experiment", help="the offline experiment: none / full / uniform / Ngiam / ours")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seeds", type=int, default=1)
+    e.add_argument("--json", metavar="PATH")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=_cmd_dataserver_experiment)
+
+    p = sub.add_parser("serve", help="serve a dataserver store over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(func=_cmd_serve)
+
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -7,7 +7,8 @@ inputs and the gradient of the summed losses with respect to its output. From th
   one extra layer forward per layer (the fused ``ghost_dot`` op for linear layers, the layer's
   own convolution for convolutions);
 - ``Capture.gram(other)`` and ``Capture.norms()``: Grams and squared norms, choosing per layer
-  between the ghost form and materialising that layer's per-sample gradients by cost;
+  between the ghost form and materialising that layer's per-sample gradients by cost
+  (``persample_reps.ghost_is_cheaper``);
 - ``Capture.accumulate_grad(weights)``: writes sum_i w_i dl_i/dp into ``p.grad`` without a
   second backward (one GEMM per linear layer; never divides by a weight, so w_i = 0 is fine).
 
@@ -96,7 +97,10 @@ class Capture:
         s = ref.new_zeros(self.batch_size, len(maps))
         for name in names:
             p = self.params[name]
-            stacked = torch.stack([self._vector(m, name, p) for m in maps])  # (V, *shape)
+            if len(maps) == 1:  # a view, no copy of a possibly large vector
+                stacked = self._vector(maps[0], name, p).unsqueeze(0)
+            else:
+                stacked = torch.stack([self._vector(m, name, p) for m in maps])  # (V, *shape)
             for rep in self.reps[name]:
                 s += rep.dot(stacked.to(_rep_dtype(rep)))
         return s if many else s[:, 0]
@@ -266,7 +270,8 @@ def _backward_to_outputs(losses: Tensor, calls: list[_Call]) -> None:
         gs = [next(it) for _ in _tensors(c.output)]
         gs = [torch.zeros_like(o) if g is None else g for g, o in zip(gs, _tensors(c.output))]
         c.grad = gs[0] if isinstance(c.output, Tensor) else tuple(gs)
-
+    for c in calls:
+        c.output = None  # the outputs themselves are not needed any more
 
 def _grads_by_node_hooks(losses: Tensor, calls: list[_Call]) -> list:
     raise UnsupportedModuleError(

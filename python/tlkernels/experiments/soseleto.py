@@ -83,15 +83,35 @@ def target_only(tr: Dataset, val: Dataset, in_dim: int, n_classes: int, seed: in
 
 
 def fine_tune_grid(net: nn.Module, tr: Dataset, val: Dataset, seed: int, new_head: int | None = None):
-    """Fine-tunes copies of `net` on the target with a small grid of epochs; best on val."""
+    """Fine-tunes copies of `net` on the target for 100 or 400 SGD steps (lr 0.02, whole-network);
+    the best on val. Counted in steps, not epochs, so a 20-example target gets the same number of
+    updates as a 100-example one."""
     cands = []
-    for epochs in (10, 40):
+    per_epoch = -(-len(tr) // 32)
+    for steps in (100, 400):
         m = copy.deepcopy(net)
         if new_head is not None:
             torch.manual_seed(seed)
             m[-1] = nn.Linear(m[-1].in_features, new_head)
-        cands.append(({"ft_epochs": epochs}, train(m, tr, epochs, lr=0.02, seed=seed)))
+        epochs = max(1, steps // per_epoch)
+        cands.append(({"ft_steps": steps}, train(m, tr, epochs, lr=0.02, seed=seed)))
     return _best(cands, val)
+
+
+def _soseleto_grid(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, seed: int, n_classes: int, shared: bool,
+                   epochs: int = 30, verbose: bool = False):
+    """SOSELETO with lr_alpha chosen on the target validation split: (model, params, target net)."""
+    cands = []
+    for lr_alpha in (0.02, 0.1):
+        _seed_all(seed)
+        backbone, head = mlp(64), nn.Linear(64, n_classes)
+        target_head = head if shared else nn.Linear(64, n_classes)
+        model = Soseleto(backbone, head, target_head, len(source), lr=0.05, lr_alpha=lr_alpha, batch_size=64,
+                         target_batch_size=min(32, len(tgt_tr)), random_state=seed, verbose=verbose)
+        model.fit(source, tgt_tr, epochs=epochs)
+        cands.append(({"lr_alpha": lr_alpha, "model": model}, model.target_net))
+    p, net, _ = _best(cands, tgt_val)
+    return p.pop("model"), p, net
 
 
 def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: int = 30, kind: str = "symmetric",
@@ -116,16 +136,7 @@ def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: in
     p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed)
     acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
 
-    cands = []
-    for lr_alpha in (0.02, 0.1):
-        _seed_all(seed)
-        backbone, head = mlp(64), nn.Linear(64, 10)
-        model = Soseleto(backbone, head, head, len(source), lr=0.05, lr_alpha=lr_alpha, batch_size=64,
-                         target_batch_size=32, random_state=seed, verbose=verbose)
-        model.fit(source, tgt_tr, epochs=epochs)
-        cands.append(({"lr_alpha": lr_alpha, "model": model}, model.target_net))
-    p, net, _ = _best(cands, tgt_val)
-    model = p.pop("model")
+    model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 10, shared=True, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
     auroc = roc_auc_score((~source.flipped).numpy(), model.alpha_.cpu().numpy())
     net_seq = nn.Sequential(*model.backbone, model.target_head)
@@ -161,16 +172,7 @@ def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, verbose: b
     p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed, new_head=5)
     acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
 
-    cands = []
-    for lr_alpha in (0.02, 0.1):
-        _seed_all(seed)
-        backbone = mlp(64)
-        model = Soseleto(backbone, nn.Linear(64, 5), nn.Linear(64, 5), len(source), lr=0.05, lr_alpha=lr_alpha,
-                         batch_size=64, target_batch_size=min(32, len(tgt_tr)), random_state=seed, verbose=verbose)
-        model.fit(source, tgt_tr, epochs=epochs)
-        cands.append(({"lr_alpha": lr_alpha, "model": model}, model.target_net))
-    p, net, _ = _best(cands, tgt_val)
-    model = p.pop("model")
+    model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 5, shared=False, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
     net_seq = nn.Sequential(*model.backbone, model.target_head)
     p2, net2, _ = fine_tune_grid(net_seq, tgt_tr, tgt_val, seed)

@@ -85,6 +85,10 @@ class Soseleto:
             with max_steps given explicitly (so a resumed run follows the same schedule).
         batch_size, target_batch_size: per step.
         device, random_state, verbose (a tqdm progress bar).
+        distributed: under an initialised torch.distributed, each rank holds a shard of the source
+            (n_source and alpha are that shard's) and the same model; the target gradient, the
+            normaliser of the alpha step and the weighted source gradient are all-reduced, so all
+            ranks keep identical models (the step of one process on the union of the shards).
 
     Attributes after fit: ``alpha_`` (n_source,) float32, ``history_`` (per epoch: source and
     target loss, mean alpha), ``step_``.
@@ -94,7 +98,7 @@ class Soseleto:
                  groups=None, alpha_init: float = 1.0, lr: float = 0.05, lr_alpha: float = 0.05,
                  alpha_step: str = "normalized", optimizer: str = "sgd", weight_decay: float = 0.0,
                  schedule: str | None = None, max_steps: int | None = None, batch_size: int = 64, target_batch_size: int = 32,
-                 device=None, random_state=None, verbose: bool = False):
+                 device=None, random_state=None, verbose: bool = False, distributed: bool = False):
         if alpha_step not in ("normalized", "raw"):
             raise ValueError(f"alpha_step must be 'normalized' or 'raw', got {alpha_step!r}")
         if optimizer not in ("sgd", "adam"):
@@ -112,6 +116,12 @@ class Soseleto:
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be positive, got {v}")
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._dist, self._world = False, 1
+        if distributed:
+            import torch.distributed as dist
+            if not (dist.is_available() and dist.is_initialized()):
+                raise RuntimeError("distributed=True needs torch.distributed initialised (init_process_group)")
+            self._dist, self._world = True, dist.get_world_size()
         self.shared_head = source_head is target_head
         self.backbone, self.source_head, self.target_head = backbone, source_head, target_head
         self.source_net = _Net(backbone, source_head).to(self.device)
@@ -197,12 +207,15 @@ class Soseleto:
                     g["lr"] = self.lr * lr_scale
         # 1. unweighted per-sample source losses, captured
         cap = persample.capture(self.source_net, _ce_per_sample, source_batch)
-        b = cap.batch_size
+        b = self._all_sum(torch.tensor(float(cap.batch_size))).item()  # the global batch
         # 2. target loss; g = dL_t/dtheta; phi_t steps on L_t
         xt, yt = target_batch
         lt = F.cross_entropy(self.target_net(xt), yt)
         tparams = list(self._theta.values()) + ([] if self.shared_head else list(self.target_head.parameters()))
         grads = torch.autograd.grad(lt, tparams, allow_unused=True)
+        grads = [gr if gr is not None else torch.zeros_like(p) for gr, p in zip(grads, tparams)]
+        if self._dist:  # every rank sees the mean target gradient
+            grads = [self._all_sum(gr) / self._world for gr in grads]
         g_theta = {n: (gr if gr is not None else torch.zeros_like(p))
                    for (n, p), gr in zip(self._theta.items(), grads[: len(self._theta)])}
         if not self.shared_head:
@@ -213,7 +226,7 @@ class Soseleto:
         # 3. s = Q^T g with column j of Q = dl_j/dtheta / B; alpha step fused with the clip
         s = cap.dot(g_theta) / b
         if self.alpha_step == "normalized":
-            rms = s.pow(2).mean().sqrt()
+            rms = (self._all_sum(s.pow(2).sum()) / b).sqrt()
             s = s / rms if rms > 0 else s
             lr_a = self.lr_alpha
         else:
@@ -223,9 +236,20 @@ class Soseleto:
         # 4. theta and phi_s step on sum_j alpha_j dl_j/dtheta / B (bookkeeping, no second backward)
         self._opt_source.zero_grad(set_to_none=True)
         cap.accumulate_grad(self.alpha_[aidx].to(cap.losses.dtype) / b)
+        if self._dist:  # the weighted source gradient summed over the shards
+            for p in self.source_net.parameters():
+                if p.grad is not None:
+                    p.grad = self._all_sum(p.grad)
         self._opt_source.step()
         self.step_ += 1
-        return cap.losses.mean().item(), lt.item()
+        return (self._all_sum(cap.losses.sum()) / b).item(), lt.item()
+
+    def _all_sum(self, t: Tensor) -> Tensor:
+        if self._dist:
+            import torch.distributed as dist
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
 
     @torch.no_grad()
     def predict_proba(self, X) -> Tensor:
