@@ -11,8 +11,9 @@ prediction on what it gets from the server, then fine-tunes it on the client's l
     uniform_20 / uniform_40    a uniform random 20% / 40% of the store
     ngiam_20    Ngiam et al. 2018: importance weights p_t(y)/p_s(y) over the labelled source
                 classes, p_t(y) from a source classifier's predictions on the target images
-    ours_20 / ours_40          the dataserver: FastAdapt scores (linear probes on every expert)
-                               and OutputData sampling of 20% / 40%
+    ours_20 / ours_40          the dataserver: label-free FastAdapt scores (each expert's rotation
+                               accuracy on the target) and OutputData sampling of 20% / 40%
+    ours_probe_20              the same with the labelled FastAdapt scores (linear probes)
 
 Selection precision = share of the selected examples that come from the digit sources.
 """
@@ -148,7 +149,9 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
         relevant = np.isin(dsid, [i for i, d in enumerate(store.datasets) if d.name in RELEVANT])
         n = store.size
         experts = [load_expert(root, i) for i in range(k)]
-        scores = fast_adapt_scores(experts, tr.X, tr.y, seed=seed)  # computed on the client's side
+        # computed on the client's side: label-free rotation accuracy, and the labelled probe
+        scores = fast_adapt_scores(experts, tr.X, seed=seed)
+        probe_scores = fast_adapt_scores(experts, tr.X, tr.y, seed=seed)
         rng = np.random.default_rng(seed)
         selections = {
             "none": None,
@@ -158,6 +161,7 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
             "ngiam_20": _ngiam(store, tr, int(0.2 * n), seed),
             "ours_20": output_data(scores, store.partitions, int(0.2 * n), seed=seed),
             "ours_40": output_data(scores, store.partitions, int(0.4 * n), seed=seed),
+            "ours_probe_20": output_data(probe_scores, store.partitions, int(0.2 * n), seed=seed),
         }
         acc, chosen, precision = {}, {}, {}
         for name, sel in selections.items():
@@ -169,5 +173,6 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
             if verbose:
                 print(f"  {name:11s} accuracy {acc[name]:.3f}", flush=True)
         return {"experiment": "dataserver", "seed": seed, "k": k, "store_size": n, "accuracy": acc,
-                "selection_precision": precision, "expert_scores": scores.tolist(), "chosen": chosen,
+                "selection_precision": precision, "expert_scores": scores.tolist(),
+                "expert_probe_scores": probe_scores.tolist(), "chosen": chosen,
                 "seconds": time.perf_counter() - t0}

@@ -20,26 +20,27 @@ def _features(net, X: Tensor, batch_size: int = 1024) -> np.ndarray:
     return torch.cat([net.features(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)]).numpy()
 
 
-def fast_adapt_scores(experts, X: Tensor, y: Tensor | None = None, holdout: float = 0.3, seed: int = 0) -> np.ndarray:
+def fast_adapt_scores(experts, X: Tensor, y: Tensor | None = None, folds: int = 5, seed: int = 0) -> np.ndarray:
     """One score z_i per expert, computed on the client's target data, which never leaves it.
 
-    With labels y: a logistic-regression probe on the expert's penultimate features, accuracy on
-    a stratified held-out split. Without labels: the expert's rotation-prediction accuracy on X
-    (seed 002, eq. 5). X (N, C, H, W); y (N,) or None. Returns (K,)."""
+    With labels y: a linear probe (standardised penultimate features, logistic regression), its
+    stratified k-fold cross-validated accuracy. Without labels: the expert's rotation-prediction
+    accuracy on X (seed 002, eq. 5). X (N, C, H, W); y (N,) or None. Returns (K,)."""
     X = torch.as_tensor(X, dtype=torch.float32)
     if y is None:
         return np.array([rotation_accuracy(e, X) for e in experts])
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(y)
-    tr, te = train_test_split(np.arange(len(y)), test_size=holdout, random_state=seed, stratify=y)
-    scores = []
-    for e in experts:
-        F = _features(e, X)
-        clf = LogisticRegression(max_iter=2000).fit(F[tr], y[tr])
-        scores.append(clf.score(F[te], y[te]))
-    return np.array(scores)
+    k = min(folds, int(np.bincount(y).min()))
+    if k < 2:
+        raise ValueError("y needs at least 2 examples of every class for the cross-validated probe")
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    return np.array([cross_val_score(probe, _features(e, X), y, cv=cv).mean() for e in experts])
 
 
 class DataServerClient:
