@@ -190,3 +190,16 @@ def test_partition_experts_and_a_client_that_sends_only_scores(tmp_path):
     assert [m for m, _, _ in sent if m not in ("GET", "POST")] == []
     assert len(posts) == 1 and set(posts[0]) == {"scores", "budget", "seed"}
     assert all(body in (b"", None) for method, _, body in sent if method == "GET")
+
+
+@pytest.mark.skipif(not _has_kmeans(), reason="tlkernels.cluster (KMeans) is not in this build yet")
+def test_superclass_partitions_keep_classes_together(tmp_path):
+    store, (a, ya, b) = small_store(tmp_path / "s")
+    ids = partition_store(store, 2, method="superclass", epochs=1)
+    lab = ya.numpy()
+    for c in np.unique(lab):  # every labelled class lies in one partition
+        assert len(np.unique(ids[:90][lab == c])) == 1
+    with pytest.raises(ValueError, match="at least k=5 classes"):
+        partition_store(store, 5, method="superclass", epochs=1)
+    with pytest.raises(ValueError, match="method must be"):
+        partition_store(store, 2, method="random")
