@@ -201,14 +201,13 @@ class Soseleto:
         self.source_net.train()
         self.target_net.train()
         lr_scale = self._lr_scale()
+        self._opt_source.zero_grad(set_to_none=True)  # last step's gradients: free them first
         for opt in (self._opt_source, self._opt_target):
             if opt is not None:
                 for g in opt.param_groups:
                     g["lr"] = self.lr * lr_scale
-        # 1. unweighted per-sample source losses, captured
-        cap = persample.capture(self.source_net, _ce_per_sample, source_batch)
-        b = self._all_sum(torch.tensor(float(cap.batch_size))).item()  # the global batch
-        # 2. target loss; g = dL_t/dtheta; phi_t steps on L_t
+        # 1. target loss; g = dL_t/dtheta; phi_t steps on L_t (first: its graph is freed before
+        #    the capture, which lowers the peak memory; both are taken at the same theta)
         xt, yt = target_batch
         lt = F.cross_entropy(self.target_net(xt), yt)
         tparams = list(self._theta.values()) + ([] if self.shared_head else list(self.target_head.parameters()))
@@ -223,8 +222,12 @@ class Soseleto:
             for p, gr in zip(self.target_head.parameters(), grads[len(self._theta):]):
                 p.grad = gr
             self._opt_target.step()
+        # 2. unweighted per-sample source losses, captured
+        cap = persample.capture(self.source_net, _ce_per_sample, source_batch)
+        b = self._all_sum(torch.tensor(float(cap.batch_size))).item()  # the global batch
         # 3. s = Q^T g with column j of Q = dl_j/dtheta / B; alpha step fused with the clip
         s = cap.dot(g_theta) / b
+        del g_theta, grads  # the target gradient is not needed any more: free it before step 4
         if self.alpha_step == "normalized":
             rms = (self._all_sum(s.pow(2).sum()) / b).sqrt()
             s = s / rms if rms > 0 else s
@@ -234,7 +237,6 @@ class Soseleto:
         aidx = index if self.groups is None else self.groups[index]
         ops.clip_update_(self.alpha_, aidx, s.float(), float(lr_a))
         # 4. theta and phi_s step on sum_j alpha_j dl_j/dtheta / B (bookkeeping, no second backward)
-        self._opt_source.zero_grad(set_to_none=True)
         cap.accumulate_grad(self.alpha_[aidx].to(cap.losses.dtype) / b)
         if self._dist:  # the weighted source gradient summed over the shards
             for p in self.source_net.parameters():
