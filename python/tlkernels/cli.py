@@ -191,6 +191,19 @@ def _cmd_dann(args: argparse.Namespace) -> int:
         fig.savefig(args.plot, dpi=120)
         print(f"wrote {args.plot}")
     _write_json(args.json, results)
+def _cmd_transfer(args: argparse.Namespace) -> int:
+    from .experiments import transfer as ex
+
+    methods = None if args.method == "all" else [m.strip() for m in args.method.split(",")]
+    seeds = [args.seed + k for k in range(args.seeds)]
+    ns = [int(v) for v in args.n_per_class.split(",")]
+    result = ex.run(methods, n_per_class=ns, seeds=seeds, verbose=not args.quiet)
+    print(f"digits 0-4 -> 5-9, test accuracy (%) mean ± std over seeds {seeds}")
+    print(ex.table(result))
+    if args.plot:
+        result["tradeoff"] = ex.run_tradeoff(seed=args.seed, n_per_class=max(ns), plot=args.plot)
+        print(f"wrote {args.plot}")
+    _write_json(args.json, result)
     return 0
 
 
@@ -261,6 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="PATH")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_dann)
+
+    p = sub.add_parser("transfer", help="representation transfer on digits 0-4 -> 5-9 (the README table)")
+    p.add_argument("--method", default="all", help="'all' or a comma-separated list of: " +
+                   "scratch, probe_logistic, probe_knn, finetune, flextune, layer_transfer, l2sp, "
+                   "output_constraint, progressive, rotation_probe, autoencoder_probe, self_taught")
+    p.add_argument("--n-per-class", default="5,20", help="labelled target examples per class (comma-separated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--plot", metavar="PATH", help="also the fine-tuning trade-off plot (PNG)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_transfer)
     args = parser.parse_args(argv)
     return args.func(args)
 

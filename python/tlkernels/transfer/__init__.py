@@ -1,0 +1,19 @@
+"""Representation transfer: pretrained features, fine-tuning, flextuning, layer transfer,
+conservative training (L2-SP, output constraints), progressive nets, self-supervised and
+self-taught pretraining. Estimators follow DESIGN.md §8 (scikit-learn style)."""
+
+from ._common import param_layers
+from .conservative import L2SPLoss, OutputConstraintLoss
+from .features import FeatureProbe, extract_features
+from .finetune import FineTune, Flextune, finetune_tradeoff, plot_tradeoff
+from .layers import LayerTransfer, sweep_layer_transfer, transfer_layers
+from .progressive import ProgressiveNet
+from .selfsup import N_ROTATIONS, Autoencoder, RotationPretrainer, mirror_decoder, rotate4, rotation_accuracy
+from .selftaught import SelfTaught
+
+__all__ = [
+    "param_layers", "L2SPLoss", "OutputConstraintLoss", "FeatureProbe", "extract_features", "FineTune",
+    "Flextune", "finetune_tradeoff", "plot_tradeoff", "LayerTransfer", "sweep_layer_transfer",
+    "transfer_layers", "ProgressiveNet", "N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder",
+    "rotate4", "rotation_accuracy", "SelfTaught",
+]

@@ -1,0 +1,193 @@
+"""Shared plumbing of the transfer estimators: input checks, layer lookup, one training loop."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["as_x", "as_xy", "as_weights", "param_layers", "get_layer", "split_head", "train_loop",
+           "predict_logits", "torch_generator", "ClassifierMixin"]
+
+
+def as_x(X, name: str = "X") -> Tensor:
+    """numpy array or tensor -> float32 tensor (N, ...); rejects empty or non-finite input."""
+    X = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
+    if not X.is_floating_point():
+        X = X.float()
+    if X.dim() < 1 or X.shape[0] == 0:
+        raise ValueError(f"{name} must be non-empty with examples along dim 0, got shape {tuple(X.shape)}")
+    if not torch.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def as_xy(X, y, name: str = "X") -> tuple[Tensor, Tensor]:
+    X = as_x(X, name)
+    y = (y if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))).long()
+    if y.dim() != 1 or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y must have shape ({X.shape[0]},) to match {name}, got {tuple(y.shape)}")
+    if (y < 0).any():
+        raise ValueError("y must hold class indices >= 0")
+    return X, y
+
+
+def as_weights(sample_weight, n: int) -> Tensor | None:
+    """Per-example weights (n,) >= 0, or None."""
+    if sample_weight is None:
+        return None
+    w = torch.as_tensor(np.asarray(sample_weight) if not isinstance(sample_weight, Tensor) else sample_weight,
+                        dtype=torch.float32).flatten()
+    if w.shape[0] != n:
+        raise ValueError(f"sample_weight must have shape ({n},), got {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError("sample_weight must be finite, >= 0 and not all zero")
+    return w
+
+
+def torch_generator(random_state) -> torch.Generator:
+    """A CPU generator seeded from an int / numpy Generator / None."""
+    if isinstance(random_state, np.random.Generator):
+        seed = int(random_state.integers(2**63 - 1))
+    elif random_state is None:
+        seed = int(np.random.default_rng().integers(2**63 - 1))
+    else:
+        seed = int(random_state)
+    return torch.Generator().manual_seed(seed)
+
+
+def param_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's layers: (name, module) for every module holding parameters of its own
+    (Linear, Conv, norm layers ...), in registration order (input to output for nn.Sequential)."""
+    return [(n, m) for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+
+
+def get_layer(model: nn.Module, name: str, arg: str = "layer") -> nn.Module:
+    """The named submodule; a ValueError naming `arg` and listing the valid names otherwise."""
+    modules = dict(model.named_modules())
+    if not isinstance(name, str) or name not in modules or name == "":
+        valid = [n for n in modules if n]
+        raise ValueError(f"{arg}={name!r} is not a layer of the model; valid names: {valid}")
+    return modules[name]
+
+
+def split_head(model: nn.Module, arg: str = "model") -> tuple[nn.Sequential, nn.Module]:
+    """nn.Sequential (..., head) -> (body, head): the network surgery of the seed."""
+    if not isinstance(model, nn.Sequential) or len(model) < 2:
+        raise ValueError(f"{arg} must be an nn.Sequential whose last module is the classifier head "
+                         f"(to replace or keep the head), got {type(model).__name__}")
+    return nn.Sequential(*list(model)[:-1]), list(model)[-1]
+
+
+def _reinit_like(head: nn.Module, n_classes: int, gen: torch.Generator) -> nn.Module:
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"n_classes needs the model's last module to be nn.Linear, got {type(head).__name__}")
+    new = nn.Linear(head.in_features, n_classes, bias=head.bias is not None)
+    bound = 1.0 / math.sqrt(head.in_features)
+    with torch.no_grad():
+        new.weight.copy_(torch.empty_like(new.weight).uniform_(-bound, bound, generator=gen))
+        if new.bias is not None:
+            new.bias.copy_(torch.empty_like(new.bias).uniform_(-bound, bound, generator=gen))
+    return new.to(head.weight.device, head.weight.dtype)
+
+
+def reset_parameters(model: nn.Module, gen: torch.Generator) -> nn.Module:
+    """Re-initialises every Linear / Conv layer in place (PyTorch's default scheme, seeded)."""
+    for _, m in param_layers(model):
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            with torch.no_grad():
+                m.weight.uniform_(-bound, bound, generator=gen)
+                if m.bias is not None:
+                    m.bias.uniform_(-bound, bound, generator=gen)
+        elif hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return model
+
+
+def train_loop(model: nn.Module, param_groups, X: Tensor, y: Tensor | None, *, epochs: int, batch_size: int,
+               optimizer: str, gen: torch.Generator, device, sample_weight: Tensor | None = None,
+               loss_fn: Callable | None = None, extra_loss: Callable | None = None,
+               on_epoch: Callable | None = None, verbose: bool = False, desc: str = "train") -> list[dict]:
+    """Mini-batch training. loss_fn(model, xb, yb) -> per-example losses (B,) (default: cross-entropy
+    of model(xb)); the batch loss is their sample_weight-weighted mean, plus
+    extra_loss(model, xb) (a scalar: L2-SP, output constraint ...). on_epoch(epoch) is called
+    after each epoch (validation curves). Returns the per-epoch history."""
+    from tqdm.auto import tqdm
+
+    if optimizer == "adam":
+        opt = torch.optim.Adam(param_groups)
+    elif optimizer == "sgd":
+        opt = torch.optim.SGD(param_groups, momentum=0.9)
+    else:
+        raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
+    if loss_fn is None:
+        def loss_fn(m, xb, yb):
+            return F.cross_entropy(m(xb), yb, reduction="none")
+    n = X.shape[0]
+    history = []
+    for epoch in tqdm(range(epochs), desc=desc, disable=not verbose, leave=False):
+        model.train()
+        perm = torch.randperm(n, generator=gen)
+        total, seen = 0.0, 0
+        for i in range(0, n, batch_size):
+            idx = perm[i:i + batch_size]
+            xb = X[idx].to(device)
+            yb = None if y is None else y[idx].to(device)
+            per = loss_fn(model, xb, yb)
+            if sample_weight is not None:
+                wb = sample_weight[idx].to(device)
+                loss = (wb * per).sum() / wb.sum().clamp_min(1e-12)
+            else:
+                loss = per.mean()
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, xb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        row = {"epoch": epoch + 1, "loss": total / max(seen, 1)}
+        if on_epoch is not None:
+            row.update(on_epoch(epoch + 1) or {})
+        history.append(row)
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, X: Tensor, device, batch_size: int = 512) -> Tensor:
+    was = model.training
+    model.eval()
+    out = [model(X[i:i + batch_size].to(device)).cpu() for i in range(0, X.shape[0], batch_size)]
+    model.train(was)
+    return torch.cat(out)
+
+
+class ClassifierMixin:
+    """predict / predict_proba / score from ``decision_function`` (logits (N, C))."""
+
+    def predict_proba(self, X) -> np.ndarray:
+        """X (N, ...) -> class probabilities (N, C)."""
+        return torch.softmax(torch.as_tensor(self.decision_function(X)), 1).numpy()
+
+    def predict(self, X) -> np.ndarray:
+        """X (N, ...) -> class indices (N,)."""
+        return np.asarray(self.decision_function(X)).argmax(1)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """(Weighted) accuracy on (X, y)."""
+        y = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
+        hit = (self.predict(X) == y).astype(np.float64)
+        w = np.ones_like(hit) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        return float((w * hit).sum() / w.sum())
+
+
+def clone_module(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model)

@@ -1,0 +1,195 @@
+"""Self-supervised and unsupervised pretraining on unlabeled images.
+
+- Rotation prediction (Gidaris et al. 2018; the seed's auxiliary task): every image is shown at
+  0, 90, 180 and 270 degrees and a network learns which rotation it sees. ``rotate4`` and
+  ``rotation_accuracy`` are the ONE implementation of the task in tlkernels (the dataserver's
+  experts and its label-free FastAdapt score use them too).
+- Autoencoders (plain and denoising): an encoder phi and a decoder g trained to reconstruct X from
+  phi(X) (from a corrupted X for the denoising variant).
+
+Both give a feature extractor (``encoder_`` / ``backbone_``) for FeatureProbe or FineTune.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._common import as_x, as_weights, predict_logits, torch_generator, train_loop
+
+__all__ = ["N_ROTATIONS", "rotate4", "rotation_accuracy", "RotationPretrainer", "Autoencoder", "mirror_decoder"]
+
+N_ROTATIONS = 4
+
+
+def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """All four rotations of each image.
+
+    X (N, C, H, W) with H == W; labels: optional (N,) rotation ids in {0, 1, 2, 3} (then each
+    image is rotated by its own 90 * label degrees and N images come back). Returns
+    (X_rot (4N, C, H, W), y_rot (4N,)) ordered rotation-major (all images at 0 degrees, then 90 ...),
+    or (N, C, H, W), labels when labels are given. Rotation is counter-clockwise (torch.rot90).
+    """
+    if not isinstance(X, Tensor) or X.dim() != 4 or X.shape[-1] != X.shape[-2]:
+        raise ValueError(f"X must be square images (N, C, H, W), got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
+    if labels is not None:
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (X.shape[0],) or (labels < 0).any() or (labels >= N_ROTATIONS).any():
+            raise ValueError(f"labels must be ({X.shape[0]},) ids in 0..3")
+        out = torch.empty_like(X)
+        for r in range(N_ROTATIONS):
+            m = labels == r
+            if m.any():
+                out[m] = torch.rot90(X[m], r, dims=(-2, -1))
+        return out, labels
+    Xr = torch.cat([torch.rot90(X, r, dims=(-2, -1)) for r in range(N_ROTATIONS)])
+    yr = torch.arange(N_ROTATIONS).repeat_interleave(X.shape[0])
+    return Xr, yr
+
+
+@torch.no_grad()
+def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 256) -> float:
+    """Fraction of the 4N rotated copies of X (N, C, H, W) whose rotation `model` (logits
+    (., 4)) predicts right: a label-free score of how well a rotation expert knows these images."""
+    X = as_x(X)
+    Xr, yr = rotate4(X)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    logits = predict_logits(model, Xr, device, batch_size)
+    if logits.dim() != 2 or logits.shape[1] != N_ROTATIONS:
+        raise ValueError(f"model must output (N, 4) rotation logits, got {tuple(logits.shape)}")
+    return float((logits.argmax(1) == yr).float().mean())
+
+
+class RotationPretrainer:
+    """Trains backbone + a 4-way head to predict the rotation of unlabeled images.
+
+    Args:
+        backbone: nn.Module X (N, C, H, W) -> features (N, F) (deep-copied).
+        feature_dim: F (the head is nn.Linear(F, 4)).
+        lr, epochs, batch_size, weight_decay: Adam on all four rotations of every image.
+        device, random_state, verbose.
+
+    fit(X, sample_weight=None): X (N, C, H, W) unlabeled; a weight per image applies to its
+    four copies. Attributes: ``backbone_`` (the trained feature extractor), ``model_``
+    (backbone + head, rotation logits), ``history_``. score(X) = rotation_accuracy.
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, *, lr: float = 1e-3, epochs: int = 30,
+                 batch_size: int = 128, weight_decay: float = 0.0, device=None, random_state=None,
+                 verbose: bool = False):
+        if not (isinstance(feature_dim, int) and feature_dim > 0):
+            raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
+        self.backbone, self.feature_dim, self.lr, self.epochs = backbone, feature_dim, lr, epochs
+        self.batch_size, self.weight_decay = batch_size, weight_decay
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.random_state, self.verbose = random_state, verbose
+
+    def fit(self, X, sample_weight=None) -> "RotationPretrainer":
+        X = as_x(X)
+        w = as_weights(sample_weight, X.shape[0])
+        Xr, yr = rotate4(X)
+        wr = None if w is None else w.repeat(N_ROTATIONS)
+        gen = torch_generator(self.random_state)
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+        backbone = copy.deepcopy(self.backbone).to(self.device)
+        model = nn.Sequential(backbone, nn.Linear(self.feature_dim, N_ROTATIONS)).to(self.device)
+        self.history_ = train_loop(model, [{"params": model.parameters(), "lr": self.lr,
+                                            "weight_decay": self.weight_decay}], Xr, yr,
+                                   epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen,
+                                   device=self.device, sample_weight=wr, verbose=self.verbose, desc="rotation")
+        self.model_, self.backbone_ = model.eval(), backbone.eval()
+        return self
+
+    def score(self, X) -> float:
+        return rotation_accuracy(self.model_, X, self.device)
+
+
+def mirror_decoder(encoder: nn.Module) -> nn.Sequential:
+    """The seed's "mirrored copy of the feature layers": for an encoder made of nn.Linear layers
+    (+ parameter-free modules), Linear layers in reverse order with ReLU between them (and none
+    at the output). Output (N, input width of the encoder's first Linear)."""
+    lins = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
+    if not lins:
+        raise ValueError("encoder has no nn.Linear layer to mirror; pass decoder= explicitly")
+    layers: list[nn.Module] = []
+    for i, m in enumerate(reversed(lins)):
+        layers.append(nn.Linear(m.out_features, m.in_features))
+        if i < len(lins) - 1:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class Autoencoder:
+    """min ||X - g(phi(X~))||^2 over encoder phi and decoder g; X~ = X (plain) or a corrupted X
+    (denoising: noise='gaussian' adds N(0, noise_level^2), noise='mask' zeroes a fraction
+    noise_level of the inputs).
+
+    Args:
+        encoder: nn.Module X (N, ...) -> code (N, D) (deep-copied).
+        decoder: nn.Module code -> flattened X (N, prod(X.shape[1:])); default mirror_decoder.
+        noise: None (plain), 'gaussian' or 'mask'; noise_level.
+        lr, epochs, batch_size, weight_decay, device, random_state, verbose.
+
+    fit(X, sample_weight=None); transform(X) -> codes (N, D). Attributes ``encoder_``,
+    ``decoder_``, ``history_``; score(X) = minus the mean squared reconstruction error.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module | None = None, *, noise: str | None = None,
+                 noise_level: float = 0.3, lr: float = 1e-3, epochs: int = 50, batch_size: int = 64,
+                 weight_decay: float = 0.0, device=None, random_state=None, verbose: bool = False):
+        if noise not in (None, "gaussian", "mask"):
+            raise ValueError(f"noise must be None, 'gaussian' or 'mask', got {noise!r}")
+        if noise is not None and not 0 < noise_level:
+            raise ValueError(f"noise_level must be positive, got {noise_level}")
+        if noise == "mask" and not noise_level < 1:
+            raise ValueError(f"noise_level of 'mask' must be < 1, got {noise_level}")
+        self.encoder, self.decoder, self.noise, self.noise_level = encoder, decoder, noise, noise_level
+        self.lr, self.epochs, self.batch_size, self.weight_decay = lr, epochs, batch_size, weight_decay
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.random_state, self.verbose = random_state, verbose
+
+    def _corrupt(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        if self.noise == "gaussian":
+            return x + self.noise_level * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+        if self.noise == "mask":
+            return x * (torch.rand(x.shape, generator=gen) >= self.noise_level).to(x.device, x.dtype)
+        return x
+
+    def fit(self, X, sample_weight=None) -> "Autoencoder":
+        X = as_x(X)
+        w = as_weights(sample_weight, X.shape[0])
+        gen = torch_generator(self.random_state)
+        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+        enc = copy.deepcopy(self.encoder).to(self.device)
+        dec = (copy.deepcopy(self.decoder) if self.decoder is not None else mirror_decoder(enc)).to(self.device)
+        noise_gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+        both = nn.ModuleDict({"encoder": enc, "decoder": dec})
+
+        def loss_fn(m, xb, _):
+            rec = m["decoder"](m["encoder"](self._corrupt(xb, noise_gen)))
+            flat = xb.flatten(1)
+            if rec.shape != flat.shape:
+                raise ValueError(f"decoder output {tuple(rec.shape)} must match the flattened input {tuple(flat.shape)}")
+            return (rec - flat).pow(2).mean(1)
+
+        self.history_ = train_loop(both, [{"params": both.parameters(), "lr": self.lr, "weight_decay": self.weight_decay}],
+                                   X, None, epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen,
+                                   device=self.device, sample_weight=w, loss_fn=loss_fn, verbose=self.verbose,
+                                   desc="autoencoder")
+        self.encoder_, self.decoder_ = enc.eval(), dec.eval()
+        return self
+
+    @torch.no_grad()
+    def transform(self, X) -> Tensor:
+        """X (N, ...) -> codes (N, D) on the CPU."""
+        return predict_logits(self.encoder_, as_x(X), self.device)
+
+    @torch.no_grad()
+    def score(self, X) -> float:
+        X = as_x(X)
+        rec = predict_logits(nn.Sequential(self.encoder_, self.decoder_), X, self.device)
+        return -float((rec - X.flatten(1)).pow(2).mean())
