@@ -30,13 +30,21 @@ def rotation_loss(model: nn.Module, X: Tensor, reduction: str = "mean") -> Tenso
 
 
 @torch.no_grad()
-def rotation_accuracy(model: nn.Module, X: Tensor, batch_size: int = 512) -> float:
-    """Share of the 4 rotations of X that `model` recognises (seed 002, eq. 5)."""
+def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 512) -> float:
+    """Share of the 4N rotated copies of X (N, C, H, W) whose rotation `model` (logits (., 4))
+    recognises (seed 002, eq. 5): a label-free score of how well a rotation expert knows X."""
+    X = torch.as_tensor(X, dtype=torch.float32)
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    device = torch.device(device)
     model.eval()
     correct = total = 0
     for i in range(0, X.shape[0], batch_size):
         Xr, yr = rotate_batch(X[i:i + batch_size])
-        correct += (model(Xr).argmax(1) == yr).sum().item()
+        logits = model(Xr.to(device))
+        if logits.dim() != 2 or logits.shape[1] != 4:
+            raise ValueError(f"model must output (N, 4) rotation logits, got {tuple(logits.shape)}")
+        correct += (logits.argmax(1).cpu() == yr).sum().item()
         total += yr.numel()
     return correct / max(total, 1)
 

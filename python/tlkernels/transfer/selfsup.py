@@ -1,9 +1,10 @@
 """Self-supervised and unsupervised pretraining on unlabeled images.
 
 - Rotation prediction (Gidaris et al. 2018; the seed's auxiliary task): every image is shown at
-  0, 90, 180 and 270 degrees and a network learns which rotation it sees. ``rotate4`` and
-  ``rotation_accuracy`` are the ONE implementation of the task in tlkernels (the dataserver's
-  experts and its label-free FastAdapt score use them too).
+  0, 90, 180 and 270 degrees and a network learns which rotation it sees. The task itself
+  (rotated copies, labels, accuracy) lives in ``tlkernels.selfsup`` and is shared with the
+  dataserver's experts and its label-free FastAdapt score; ``RotationPretrainer`` is the
+  estimator around it.
 - Autoencoders (plain and denoising): an encoder phi and a decoder g trained to reconstruct X from
   phi(X) (from a corrupted X for the denoising variant).
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..selfsup import rotate_batch, rotation_accuracy
 from ._common import as_x, as_weights, predict_logits, torch_generator, train_loop
 
 __all__ = ["N_ROTATIONS", "rotate4", "rotation_accuracy", "RotationPretrainer", "Autoencoder", "mirror_decoder"]
@@ -27,7 +29,8 @@ N_ROTATIONS = 4
 
 
 def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """All four rotations of each image.
+    """All four rotations of each image (``tlkernels.selfsup.rotate_batch``, the one
+    implementation of the task).
 
     X (N, C, H, W) with H == W; labels: optional (N,) rotation ids in {0, 1, 2, 3} (then each
     image is rotated by its own 90 * label degrees and N images come back). Returns
@@ -36,32 +39,17 @@ def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """
     if not isinstance(X, Tensor) or X.dim() != 4 or X.shape[-1] != X.shape[-2]:
         raise ValueError(f"X must be square images (N, C, H, W), got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
-    if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        if labels.shape != (X.shape[0],) or (labels < 0).any() or (labels >= N_ROTATIONS).any():
-            raise ValueError(f"labels must be ({X.shape[0]},) ids in 0..3")
-        out = torch.empty_like(X)
-        for r in range(N_ROTATIONS):
-            m = labels == r
-            if m.any():
-                out[m] = torch.rot90(X[m], r, dims=(-2, -1))
-        return out, labels
-    Xr = torch.cat([torch.rot90(X, r, dims=(-2, -1)) for r in range(N_ROTATIONS)])
-    yr = torch.arange(N_ROTATIONS).repeat_interleave(X.shape[0])
-    return Xr, yr
-
-
-@torch.no_grad()
-def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 256) -> float:
-    """Fraction of the 4N rotated copies of X (N, C, H, W) whose rotation `model` (logits
-    (., 4)) predicts right: a label-free score of how well a rotation expert knows these images."""
-    X = as_x(X)
-    Xr, yr = rotate4(X)
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    logits = predict_logits(model, Xr, device, batch_size)
-    if logits.dim() != 2 or logits.shape[1] != N_ROTATIONS:
-        raise ValueError(f"model must output (N, 4) rotation logits, got {tuple(logits.shape)}")
-    return float((logits.argmax(1) == yr).float().mean())
+    if labels is None:
+        return rotate_batch(X)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (X.shape[0],) or (labels < 0).any() or (labels >= N_ROTATIONS).any():
+        raise ValueError(f"labels must be ({X.shape[0]},) ids in 0..3")
+    out = torch.empty_like(X)
+    for r in range(N_ROTATIONS):
+        m = labels == r
+        if m.any():
+            out[m] = torch.rot90(X[m], r, dims=(-2, -1))
+    return out, labels
 
 
 class RotationPretrainer:
