@@ -203,3 +203,23 @@ def test_superclass_partitions_keep_classes_together(tmp_path):
         partition_store(store, 5, method="superclass", epochs=1)
     with pytest.raises(ValueError, match="method must be"):
         partition_store(store, 2, method="random")
+
+
+@pytest.mark.skipif(not _has_kmeans(), reason="tlkernels.cluster (KMeans) is not in this build yet")
+def test_classification_experts(tmp_path):
+    gen = torch.Generator().manual_seed(3)
+    X = torch.rand(60, 1, 8, 8, generator=gen)
+    y = torch.arange(60) % 3
+    store = Store.create(str(tmp_path / "s"), {"a": (X, y), "b": (X.flip(0), y)})
+    store.save_partitions(np.arange(120) % 2)
+    manifest = train_experts(store, epochs=1, task="classification")
+    assert [e["task"] for e in manifest["experts"]] == ["classification"] * 2
+    assert all(e["config"]["n_outputs"] == 6 for e in manifest["experts"])  # 3 labels x 2 datasets
+    experts = DataServerClient(http=TestClient(create_app(store.root))).experts()
+    assert fast_adapt_scores(experts, X[:30], y[:30]).shape == (2,)
+    with pytest.raises(ValueError, match="rotation logits"):
+        fast_adapt_scores(experts, X[:30])  # the label-free score needs rotation experts
+    unlabelled = Store.create(str(tmp_path / "u"), {"a": (X, None)})
+    unlabelled.save_partitions(np.zeros(60, dtype=np.int64))
+    with pytest.raises(ValueError, match="no labelled examples"):
+        train_experts(unlabelled, epochs=1, task="classification")

@@ -124,8 +124,8 @@ def _cmd_dataserver_build(args: argparse.Namespace) -> int:
     print(f"wrote {store.size} examples from {len(datasets)} dataset(s) to {args.store}")
     if args.partitions:
         partition_store(store, args.partitions, method=args.method, seed=args.seed, verbose=True)
-        train_experts(store, epochs=args.expert_epochs, seed=args.seed, verbose=True)
-        print(f"{args.partitions} partitions ({args.method}) and their rotation experts written")
+        train_experts(store, epochs=args.expert_epochs, seed=args.seed, task=args.task, verbose=True)
+        print(f"{args.partitions} partitions ({args.method}) and their {args.task} experts written")
     return 0
 
 
@@ -141,6 +141,8 @@ def _cmd_dataserver_experiment(args: argparse.Namespace) -> int:
         p = [r["selection_precision"].get(m) for r in results]
         ptxt = f"{np.mean(p):.2f}" if p[0] is not None else "-"
         print(f"{m:<12} {a.mean():5.1f} ± {a.std():4.1f}           {ptxt}")
+    c = np.array([r["pad_score_correlation"] for r in results])
+    print(f"correlation of proxy A-distance (partition vs target) with the expert score: {c.mean():.2f} ± {c.std():.2f}")
     _write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
 
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--partitions", type=int, default=8, help="K: partitions and experts (0: none)")
     b.add_argument("--method", choices=["unsupervised", "superclass"], default="unsupervised")
     b.add_argument("--expert-epochs", type=int, default=3)
+    b.add_argument("--task", choices=["rotation", "classification"], default="rotation", help="what the experts learn")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--overwrite", action="store_true")
     b.set_defaults(func=_cmd_dataserver_build)

@@ -16,6 +16,9 @@ prediction on what it gets from the server, then fine-tunes it on the client's l
     ours_probe_20              the same with the labelled FastAdapt scores (linear probes)
 
 Selection precision = share of the selected examples that come from the digit sources.
+The domain-confusion check: the proxy A-distance between each partition and the target images,
+correlated with that expert's (label-free) score; a negative correlation means the experts the
+client scores high hold data that looks like its own.
 """
 
 from __future__ import annotations
@@ -163,6 +166,16 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
             "ours_40": output_data(scores, store.partitions, int(0.4 * n), seed=seed),
             "ours_probe_20": output_data(probe_scores, store.partitions, int(0.2 * n), seed=seed),
         }
+        # the paper's domain-confusion check (Fig. 3): proxy A-distance between every partition
+        # and the target images, against that expert's score
+        from ..adaptation import proxy_a_distance
+        parts = store.partitions
+        pad = []
+        for i in range(k):
+            members = np.flatnonzero(parts == i)
+            members = rng.choice(members, size=min(300, members.size), replace=False)
+            pad.append(proxy_a_distance(store.get(np.sort(members))[0], tr.X, random_state=seed))
+        corr = float(np.corrcoef(pad, scores)[0, 1]) if np.std(pad) > 0 and np.std(scores) > 0 else float("nan")
         acc, chosen, precision = {}, {}, {}
         for name, sel in selections.items():
             X = None if sel is None else store.get(sel)[0]
@@ -174,5 +187,6 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
                 print(f"  {name:11s} accuracy {acc[name]:.3f}", flush=True)
         return {"experiment": "dataserver", "seed": seed, "k": k, "store_size": n, "accuracy": acc,
                 "selection_precision": precision, "expert_scores": scores.tolist(),
-                "expert_probe_scores": probe_scores.tolist(), "chosen": chosen,
+                "expert_probe_scores": probe_scores.tolist(), "proxy_a_distance": pad,
+                "pad_score_correlation": corr, "chosen": chosen,
                 "seconds": time.perf_counter() - t0}

@@ -81,11 +81,29 @@ def partition_store(store: Store, k: int, method: str = "unsupervised", seed: in
     return ids
 
 
+def _train_classifier(net: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
+                      lr: float = 0.05, batch_size: int = 64) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    net.train()
+    for _ in range(epochs):
+        perm = torch.randperm(X.shape[0], generator=gen)
+        for i in range(0, X.shape[0], batch_size):
+            idx = perm[i:i + batch_size]
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
+            opt.step()
+
+
 def train_experts(store: Store, epochs: int = 10, seed: int = 0, rank: int = 0, world_size: int = 1,
-                  verbose: bool = False) -> dict:
-    """Trains one rotation-prediction expert per partition and caches it in ``experts/`` as
-    safetensors with its config. Under torch.distributed, pass rank / world_size: rank r trains
-    partitions r, r + world, ...; rank 0 writes the manifest after a barrier. Returns the manifest."""
+                  task: str = "rotation", verbose: bool = False) -> dict:
+    """Trains one expert per partition and caches it in ``experts/`` as safetensors with its
+    config: task='rotation' (self-supervised, seed eq. 4; the default) or 'classification' (on the
+    partition's labelled examples, classes = (dataset, label) pairs; every partition needs labels).
+    Under torch.distributed, pass rank / world_size: rank r trains partitions r, r + world, ...;
+    rank 0 writes the manifest after a barrier. Returns the manifest (None on other ranks)."""
+    if task not in ("rotation", "classification"):
+        raise ValueError(f"task must be 'rotation' or 'classification', got {task!r}")
     parts = store.partitions
     if parts is None:
         raise ValueError("the store has no partitions: run partition_store first")
@@ -98,14 +116,26 @@ def train_experts(store: Store, epochs: int = 10, seed: int = 0, rank: int = 0, 
         mine = tqdm(mine, desc="experts", unit="expert")
     for i in mine:
         members = np.flatnonzero(parts == i)
-        X, _ = store.get(members)
+        X, y = store.get(members)
         torch.manual_seed(seed + i)
-        net = SmallCNN(in_channels=store.example_shape[0])
-        train_rotation(net, X, epochs=epochs, seed=seed + i)
+        extra = {}
+        if task == "rotation":
+            net = SmallCNN(in_channels=store.example_shape[0])
+            train_rotation(net, X, epochs=epochs, seed=seed + i)
+        else:
+            lab = (y >= 0).numpy()
+            if not lab.any():
+                raise ValueError(f"partition {i} has no labelled examples: task='classification' needs labels "
+                                 "in every partition (use task='rotation')")
+            keys = store.dataset_ids()[members][lab] * 1_000_000 + y.numpy()[lab]
+            classes, yi = np.unique(keys, return_inverse=True)
+            net = SmallCNN(in_channels=store.example_shape[0], n_outputs=len(classes))
+            _train_classifier(net, X[torch.from_numpy(lab)], torch.from_numpy(yi).long(), epochs, seed + i)
+            extra["classes"] = [[int(c // 1_000_000), int(c % 1_000_000)] for c in classes]
         save_file(net.state_dict(), os.path.join(out, f"expert-{i:03d}.safetensors"))
         with open(os.path.join(out, f"expert-{i:03d}.json"), "w") as f:
-            json.dump({"index": i, "partition": i, "n_examples": int(members.size), "task": "rotation",
-                       "epochs": epochs, "config": net.config, "file": f"expert-{i:03d}.safetensors"}, f)
+            json.dump({"index": i, "partition": i, "n_examples": int(members.size), "task": task,
+                       "epochs": epochs, "config": net.config, "file": f"expert-{i:03d}.safetensors", **extra}, f)
     if world_size > 1:
         import torch.distributed as dist
         dist.barrier()
