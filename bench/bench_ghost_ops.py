@@ -25,7 +25,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, median_time, write_results  # noqa: E402
+from common import machine, median_time, save_figure, write_results  # noqa: E402
 
 from tlkernels import ops, reference  # noqa: E402
 
@@ -135,10 +135,7 @@ def main(argv=None) -> int:
         ax.set_xticks([i + 1.5 * width for i in range(len(rows))], [r["name"] for r in rows], rotation=15, fontsize=8)
         ax.set(yscale="log", ylabel="speed-up of tlkernels (x)", title="ghost ops, CPU float32 (missing bar: not timed)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
-        print(f"wrote {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

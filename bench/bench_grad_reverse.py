@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, median_time, write_results  # noqa: E402
+from common import machine, median_time, save_figure, write_results  # noqa: E402
 
 import tlkernels  # noqa: E402
 from tlkernels import reference  # noqa: E402
@@ -91,10 +91,7 @@ def main(argv=None) -> int:
             ax[1].plot(ns, [r[f"{k}_GBps"] for r in rows], "o-", label=k)
         ax[1].set(xscale="log", xlabel="elements (float32)", ylabel="effective GB/s", title="memory traffic / time")
         ax[1].legend(fontsize=8)
-        fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
-        print(f"wrote {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

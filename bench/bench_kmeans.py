@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, median_time, write_results  # noqa: E402
+from common import machine, median_time, save_figure, write_results  # noqa: E402
 
 from tlkernels.cluster import KMeans, batched_kmeans  # noqa: E402
 from tlkernels.ops import kmeans_step  # noqa: E402
@@ -302,10 +302,7 @@ def main(argv=None) -> int:
         ax.set_xticks(range(len(rows)), [r["shape"] for r in rows], fontsize=8)
         ax.set(ylabel="ms per Lloyd iteration (CPU, float32)", title="k-means: tlkernels vs peers (lower is better)")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
-        fig.savefig(args.plot, dpi=120)
-        print(f"wrote {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, median_time, write_results  # noqa: E402
+from common import machine, median_time, save_figure, write_results  # noqa: E402
 
 from tlkernels import persample  # noqa: E402
 
@@ -202,9 +202,7 @@ def main(argv=None) -> int:
             a.set_title(t)
             a.set_yscale("log")
         ax[0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=120)
-        print(f"wrote {args.plot}")
+        save_figure(fig, args.plot)
     return 0
 
 

@@ -45,3 +45,11 @@ def write_results(path_json: str, payload: dict) -> None:
     with open(path_json, "w") as f:
         json.dump(payload, f, indent=2)
     print(f"wrote {path_json}")
+
+
+def save_figure(fig, path: str) -> None:
+    """tight_layout, create the folder, save at 120 dpi, say so."""
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
