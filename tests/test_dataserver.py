@@ -223,3 +223,32 @@ def test_classification_experts(tmp_path):
     unlabelled.save_partitions(np.zeros(60, dtype=np.int64))
     with pytest.raises(ValueError, match="no labelled examples"):
         train_experts(unlabelled, epochs=1, task="classification")
+
+
+def _experts_worker(rank: int, world: int, port: int, root: str) -> None:
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        train_experts(Store(root), epochs=1, seed=5, rank=rank, world_size=world)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not _has_kmeans(), reason="tlkernels.cluster (KMeans) is not in this build yet")
+def test_experts_trained_partition_parallel_match_one_process(tmp_path):
+    """Two gloo ranks train partitions 0, 2 / 1, 3; the experts equal a single process's."""
+    import torch.multiprocessing as mp
+    from safetensors.torch import load_file
+
+    stores = []
+    for name in ("single", "dist"):
+        store, _ = small_store(tmp_path / name)
+        store.save_partitions(np.arange(160) % 4)
+        stores.append(store)
+    train_experts(stores[0], epochs=1, seed=5)
+    mp.spawn(_experts_worker, args=(2, _free_port(), stores[1].root), nprocs=2, join=True)
+    for i in range(4):
+        a = load_file(os.path.join(stores[0].root, "experts", f"expert-{i:03d}.safetensors"))
+        b = load_file(os.path.join(stores[1].root, "experts", f"expert-{i:03d}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.load(open(os.path.join(stores[1].root, "experts", "manifest.json")))["k"] == 4
