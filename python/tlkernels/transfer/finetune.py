@@ -35,12 +35,13 @@ def _layer_names(model: nn.Module) -> list[str]:
     return [n for n, _ in param_layers(model)]
 
 
-def _resolve_freeze(model: nn.Sequential, freeze, head_name: str) -> set[str]:
-    """freeze: None | int k (the first k layers) | 'body' (all but the head) | list of layer names."""
+def _resolve_freeze(model: nn.Module, freeze, head_name: str | None = None) -> set[str]:
+    """freeze: None | int k (the first k layers) | 'body' (all but the head; needs head_name, i.e.
+    an nn.Sequential ending in its head) | list of layer names."""
     names = _layer_names(model)
     if freeze is None:
         return set()
-    if isinstance(freeze, str) and freeze == "body":
+    if isinstance(freeze, str) and freeze == "body" and head_name is not None:
         return {n for n in names if n != head_name and not n.startswith(head_name + ".")}
     if isinstance(freeze, (int, np.integer)) and not isinstance(freeze, bool):
         if not 0 <= freeze <= len(names):
@@ -52,6 +53,8 @@ def _resolve_freeze(model: nn.Sequential, freeze, head_name: str) -> set[str]:
             get_layer(model, n, "freeze")
             out |= {m for m in names if m == n or m.startswith(n + ".")}
         return out
+    if head_name is None:
+        raise ValueError(f"freeze must be None, an int or a list of layer names for a non-Sequential model, got {freeze!r}")
     raise ValueError(f"freeze must be None, an int, 'body' or a list of layer names, got {freeze!r}")
 
 
@@ -153,8 +156,7 @@ class FineTune(ClassifierMixin):
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
         net, aux_head, head_name, ref_state = self._build(gen)
-        frozen = _resolve_freeze(net, self.freeze, head_name) if isinstance(net, nn.Sequential) else \
-            _resolve_freeze_generic(net, self.freeze)
+        frozen = _resolve_freeze(net, self.freeze, head_name if isinstance(net, nn.Sequential) else None)
         layers = param_layers(net)
         for n, m in layers:
             for p in m.parameters(recurse=False):
@@ -218,23 +220,6 @@ class FineTune(ClassifierMixin):
     def decision_function(self, X) -> np.ndarray:
         """X (N, ...) -> logits (N, C)."""
         return predict_logits(self.model_, as_x(X), self.device).numpy()
-
-
-def _resolve_freeze_generic(model: nn.Module, freeze) -> set[str]:
-    names = _layer_names(model)
-    if freeze is None:
-        return set()
-    if isinstance(freeze, (int, np.integer)) and not isinstance(freeze, bool):
-        if not 0 <= freeze <= len(names):
-            raise ValueError(f"freeze={freeze} must be between 0 and the model's {len(names)} layers")
-        return set(names[:freeze])
-    if isinstance(freeze, (list, tuple, set)):
-        out = set()
-        for n in freeze:
-            get_layer(model, n, "freeze")
-            out |= {m for m in names if m == n or m.startswith(n + ".")}
-        return out
-    raise ValueError(f"freeze must be None, an int or a list of layer names for a non-Sequential model, got {freeze!r}")
 
 
 class Flextune(ClassifierMixin):
