@@ -1,0 +1,50 @@
+"""The `tlkernels` command: the README's main job and the subcommands that write files."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tlkernels.cli import main
+
+
+def test_info_self_checks_every_backend(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "self-check" in out and "FAIL" not in out and "ok   cpu" in out
+
+
+def test_demo_writes_its_table_plot_and_json(tmp_path, capsys):
+    plot, js = tmp_path / "demo.png", tmp_path / "demo.json"
+    assert main(["demo", "--epochs", "3", "--quiet", "--plot", str(plot), "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "SOSELETO" in out and "alpha AUROC" in out
+    assert plot.stat().st_size > 0
+    r = json.loads(js.read_text())
+    assert set(r["accuracy"]) == {"target_only", "fine_tuning", "soseleto", "soseleto_ft"}
+    assert 0.0 <= r["auroc"] <= 1.0
+
+
+def test_dataserver_build_from_npz_and_an_image_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from tlkernels.selection.dataserver import Store
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "a.npz", X=rng.random((40, 1, 8, 8), dtype=np.float32), y=np.arange(40) % 4)
+    for c in ("cats", "dogs"):
+        os.makedirs(tmp_path / "imgs" / c)
+        for k in range(5):
+            Image.fromarray((rng.random((12, 12)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{k}.png")
+    store_dir = tmp_path / "store"
+    assert main(["dataserver", "build", "--store", str(store_dir), "--npz", f"a={tmp_path / 'a.npz'}",
+                 "--image-folder", f"pets={tmp_path / 'imgs'}", "--grayscale", "--partitions", "2",
+                 "--expert-epochs", "1"]) == 0
+    store = Store(str(store_dir))
+    assert [d.name for d in store.datasets] == ["a", "pets"] and store.size == 50
+    assert store.partitions is not None and os.path.exists(store_dir / "experts" / "manifest.json")
+    with pytest.raises(SystemExit, match="NAME=PATH"):
+        main(["dataserver", "build", "--store", str(tmp_path / "x"), "--npz", "missing-equals"])
