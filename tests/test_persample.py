@@ -234,6 +234,19 @@ def test_dot_over_a_subset_of_parameters():
         persample.grad_dot(model, loss, batch, {"fc2.weight": v.T})
 
 
+def test_inplace_activation_after_a_layer():
+    """ReLU(inplace=True) modifies Linear / Conv outputs: the capture reruns with cloned outputs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
+                          nn.ReLU(inplace=True), nn.Linear(5, 3)).double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+    ref = reference.model_per_sample_grads(model, ce_loss, batch)
+    got = persample.capture(model, ce_loss, batch).per_sample_grads()
+    for n in ref:
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
 def test_frozen_parameters_are_left_out():
     gen = torch.Generator().manual_seed(5)
     model, loss, batch = make_case("mlp", 4, gen)
@@ -261,8 +274,18 @@ def test_bad_losses_and_inplace_outputs():
     x = torch.randn(4, 5)
     with pytest.raises(ValueError, match=r"per-sample losses of shape \(B,\)"):
         persample.capture(model, lambda m, b: m(b).sum(), x)
-    inplace = nn.Sequential(nn.Linear(5, 4), nn.ReLU(inplace=True), nn.Linear(4, 2))
-    with pytest.raises(persample.UnsupportedModuleError, match="modified in place"):
-        persample.capture(inplace, lambda m, b: m(b).sum(1), x)
+    class ModifiesInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(5, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(x))
+            out = self.b(h)
+            h.mul_(2)  # the input of b, changed after b used it
+            return out + h.sum(1, keepdim=True)
+
+    with pytest.raises(persample.UnsupportedModuleError, match="input of a Linear was modified in place"):
+        persample.capture(ModifiesInput(), lambda m, b: m(b).sum(1), x)
     with pytest.raises(ValueError, match="leading dimension is not the batch size"):
         persample.capture(model, lambda m, b: m(b.reshape(2, 2, 5)).sum((1, 2)).repeat(2), x)

@@ -19,7 +19,9 @@ padding modes, dilation, groups), Embedding (padding_idx), LayerNorm, GroupNorm 
 BatchNorm affine parameters, all biases, modules used several times (tied weights). BatchNorm in
 training mode mixes samples and is refused. Any other module that owns trainable parameters goes
 through a ``torch.func`` fallback for its own parameters (``fallback=True``, the default) or is
-refused with an error that names it (``fallback=False``).
+refused with an error that names it (``fallback=False``). A layer output modified in place later
+(``ReLU(inplace=True)``) is detected and the forward is rerun with that output cloned; a layer
+input modified in place after the layer used it is refused.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class _Call:
     module: nn.Module
     inputs: tuple  # detached positional inputs
     output: Any  # the output as produced (graph attached); replaced by its gradient later
-    version: int = 0
+    version: tuple = ()
+    input_version: tuple = ()
     grad: Any = None
 
 
@@ -203,30 +206,14 @@ def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = T
             seen.add(id(module))
             owners.append(module)
 
-    calls: list[_Call] = []
-
-    def hook(module, inputs, output):
-        if not torch.is_grad_enabled():
-            return
-        call = _Call(module, tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs), output)
-        outs = _tensors(output)
-        call.version = tuple(o._version for o in outs)
-        calls.append(call)
-
-    handles = [m.register_forward_hook(hook) for m in owners]
     try:
-        with torch.enable_grad():
-            losses = loss_fn(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-    if not isinstance(losses, Tensor) or losses.dim() != 1:
-        raise ValueError("loss_fn(model, batch) must return per-sample losses of shape (B,), got "
-                         f"{tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__}")
-    if not losses.requires_grad:
-        raise ValueError("loss_fn(model, batch) returned losses that do not depend on any trainable parameter")
+        losses, calls = _forward_backward(model, loss_fn, batch, owners, clone_outputs=False)
+    except _ModifiedInPlace:
+        # A layer output was modified in place later in the forward (ReLU(inplace=True) after a
+        # Linear / Conv): run the forward again with each captured output cloned, so that the
+        # in-place op touches the clone and the output keeps its own gradient.
+        losses, calls = _forward_backward(model, loss_fn, batch, owners, clone_outputs=True)
     batch_size = losses.shape[0]
-    _backward_to_outputs(losses, calls)
 
     cap = Capture(losses=losses.detach(), batch_size=batch_size)
     for call in calls:
@@ -243,6 +230,49 @@ def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = T
     return cap
 
 
+class _ModifiedInPlace(Exception):
+    pass
+
+
+def _forward_backward(model: nn.Module, loss_fn: LossFn, batch: Any, owners: list[nn.Module],
+                      clone_outputs: bool) -> tuple[Tensor, list[_Call]]:
+    """One forward with hooks on `owners`, checks of the losses, and the backward to the outputs."""
+    calls: list[_Call] = []
+
+    def hook(module, inputs, output):
+        if not torch.is_grad_enabled():
+            return None
+        call = _Call(module, tuple(x.detach() if isinstance(x, Tensor) else x for x in inputs), output)
+        call.version = tuple(o._version for o in _tensors(output))
+        call.input_version = tuple(x._version for x in call.inputs if isinstance(x, Tensor))
+        calls.append(call)
+        if not clone_outputs:
+            return None
+        if isinstance(output, Tensor):
+            return output.clone()
+        return type(output)(o.clone() if isinstance(o, Tensor) else o for o in output)
+
+    handles = [m.register_forward_hook(hook) for m in owners]
+    try:
+        with torch.enable_grad():
+            losses = loss_fn(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(losses, Tensor) or losses.dim() != 1:
+        raise ValueError("loss_fn(model, batch) must return per-sample losses of shape (B,), got "
+                         f"{tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__}")
+    if not losses.requires_grad:
+        raise ValueError("loss_fn(model, batch) returned losses that do not depend on any trainable parameter")
+    for c in calls:
+        if tuple(x._version for x in c.inputs if isinstance(x, Tensor)) != c.input_version:
+            raise UnsupportedModuleError(
+                f"the input of a {type(c.module).__name__} was modified in place after the layer used it; "
+                "the per-sample capture needs the layer inputs as they were: use the out-of-place op")
+    _backward_to_outputs(losses, calls)
+    return losses, calls
+
+
 def _tensors(output) -> list[Tensor]:
     if isinstance(output, Tensor):
         return [output]
@@ -257,14 +287,12 @@ def _backward_to_outputs(losses: Tensor, calls: list[_Call]) -> None:
 
     An output modified in place after its layer (ReLU(inplace=True) on a Linear output) would
     give the gradient after the modification: that is detected by the tensor's version counter
-    and refused.
+    and signalled to capture(), which reruns the forward with the outputs cloned.
     """
     outs = [o for c in calls for o in _tensors(c.output)]
-    changed = any(o._version != v for c in calls for o, v in zip(_tensors(c.output), c.version))
-    if not changed:
-        grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True) if outs else []
-    else:
-        grads = _grads_by_node_hooks(losses, calls)
+    if any(o._version != v for c in calls for o, v in zip(_tensors(c.output), c.version)):
+        raise _ModifiedInPlace()
+    grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True) if outs else []
     it = iter(grads)
     for c in calls:
         gs = [next(it) for _ in _tensors(c.output)]
@@ -272,13 +300,6 @@ def _backward_to_outputs(losses: Tensor, calls: list[_Call]) -> None:
         c.grad = gs[0] if isinstance(c.output, Tensor) else tuple(gs)
     for c in calls:
         c.output = None  # the outputs themselves are not needed any more
-
-def _grads_by_node_hooks(losses: Tensor, calls: list[_Call]) -> list:
-    raise UnsupportedModuleError(
-        "a layer output was modified in place after the layer (e.g. nn.ReLU(inplace=True) or x.relu_() on a "
-        "Linear/Conv output); the per-sample capture needs the layer outputs as they were: use the "
-        "out-of-place version")
-
 
 def _batch_check(module: nn.Module, t: Tensor, batch_size: int) -> None:
     if t.dim() == 0 or t.shape[0] != batch_size:
