@@ -221,6 +221,71 @@ def test_float32_and_functional_api():
     torch.testing.assert_close(g.double(), flat(ref, names) @ flat(ref, names).T, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_streamed_grad_dot_equals_capture_dot(case):
+    """grad_dot computes each layer's share during the backward (no capture kept): same numbers."""
+    gen = torch.Generator().manual_seed(11 + CASES.index(case))
+    model, loss, batch = make_case(case, 5, gen)
+    vectors = [{n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in model.named_parameters()}
+               for _ in range(2)]
+    vectors[1].pop(next(iter(vectors[1])))  # a map that leaves one parameter out (zero there)
+    want = persample.capture(model, loss, batch).dot(vectors)
+    torch.testing.assert_close(persample.grad_dot(model, loss, batch, vectors), want, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(persample.grad_dot(model, loss, batch, vectors[0]), want[:, 0], rtol=1e-12, atol=1e-13)
+
+
+def test_streamed_grad_dot_handles_inplace_relu_and_unused_layers():
+    torch.manual_seed(0)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(),
+                                      nn.Linear(3 * 4 * 4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
+            self.unused_out = nn.Linear(5, 2)  # called, but its output never reaches the losses
+
+        def forward(self, x):
+            self.unused_out(torch.ones(x.shape[0], 5, dtype=x.dtype))
+            return self.body(x)
+
+    model = Net().double()
+    gen = torch.Generator().manual_seed(1)
+    batch = (torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+    ref = reference.model_per_sample_grads(model, ce_loss, batch)
+    v = {n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in model.named_parameters()}
+    want = sum(ref[n].flatten(1) @ v[n].flatten() for n in ref)
+    torch.testing.assert_close(persample.grad_dot(model, ce_loss, batch, v), want, rtol=1e-10, atol=1e-12)
+
+
+def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
+    """The streamed product frees each layer's output gradient at once: its peak allocation on a
+    deep conv stack is below the capture's (which keeps them all for later products)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(6):
+        layers += [nn.Conv2d(8, 8, 3, padding=1), nn.Tanh()]
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), *layers, nn.Flatten(), nn.Linear(8 * 16 * 16, 4))
+    batch = (torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,)))
+    v = {n: torch.randn(p.shape) for n, p in model.named_parameters()}
+
+    def peak(fn):
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            fn()
+        live = top = 0
+        for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                                if e.name() == "[memory]"):
+            live += nbytes
+            top = max(top, live)
+        return top
+
+    streamed = peak(lambda: persample.grad_dot(model, ce_loss, batch, v))
+    captured = peak(lambda: persample.capture(model, ce_loss, batch).dot(v))
+    one_map = 16 * 8 * 16 * 16 * 4  # bytes of one layer's activation
+    assert streamed < captured - 4 * one_map, (streamed, captured)
+
+
 def test_dot_over_a_subset_of_parameters():
     gen = torch.Generator().manual_seed(4)
     model, loss, batch = make_case("mlp", 5, gen)

@@ -186,26 +186,7 @@ def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = T
     training mode, and for unknown parametrised modules when ``fallback=False``.
     """
     names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
-    owners: list[nn.Module] = []
-    seen = set()
-    for mname, module in model.named_modules():
-        own = _own_trainable(module)
-        if not own:
-            continue
-        if isinstance(module, _BATCHNORM) and module.training:
-            raise UnsupportedModuleError(
-                f"module {mname or type(module).__name__} ({type(module).__name__}) is BatchNorm in training mode, "
-                "which mixes samples so per-sample gradients are undefined: use GroupNorm or LayerNorm, or put "
-                "the BatchNorm in eval mode (module.eval()) to use its running statistics")
-        if not isinstance(module, _KNOWN) and not fallback:
-            raise UnsupportedModuleError(
-                f"module {mname or '<root>'} ({type(module).__name__}) owns trainable parameters "
-                f"{sorted(own)} that the per-sample capture does not support; pass fallback=True "
-                "to handle it with torch.func, or freeze those parameters")
-        if id(module) not in seen:
-            seen.add(id(module))
-            owners.append(module)
-
+    owners = _owners(model, fallback)
     try:
         losses, calls = _forward_backward(model, loss_fn, batch, owners, clone_outputs=False)
     except _ModifiedInPlace:
@@ -230,14 +211,60 @@ def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = T
     return cap
 
 
+def _owners(model: nn.Module, fallback: bool) -> list[nn.Module]:
+    """The modules owning trainable parameters, each once; refuses training-mode BatchNorm, and
+    unknown parametrised modules when fallback=False."""
+    owners: list[nn.Module] = []
+    seen = set()
+    for mname, module in model.named_modules():
+        own = _own_trainable(module)
+        if not own:
+            continue
+        if isinstance(module, _BATCHNORM) and module.training:
+            raise UnsupportedModuleError(
+                f"module {mname or type(module).__name__} ({type(module).__name__}) is BatchNorm in training mode, "
+                "which mixes samples so per-sample gradients are undefined: use GroupNorm or LayerNorm, or put "
+                "the BatchNorm in eval mode (module.eval()) to use its running statistics")
+        if not isinstance(module, _KNOWN) and not fallback:
+            raise UnsupportedModuleError(
+                f"module {mname or '<root>'} ({type(module).__name__}) owns trainable parameters "
+                f"{sorted(own)} that the per-sample capture does not support; pass fallback=True "
+                "to handle it with torch.func, or freeze those parameters")
+        if id(module) not in seen:
+            seen.add(id(module))
+            owners.append(module)
+    return owners
+
+
 class _ModifiedInPlace(Exception):
     pass
 
 
 def _forward_backward(model: nn.Module, loss_fn: LossFn, batch: Any, owners: list[nn.Module],
-                      clone_outputs: bool) -> tuple[Tensor, list[_Call]]:
-    """One forward with hooks on `owners`, checks of the losses, and the backward to the outputs."""
+                      clone_outputs: bool, stream: Callable[[_Call, int], None] | None = None
+                      ) -> tuple[Tensor, list[_Call]]:
+    """One forward with hooks on `owners`, checks of the losses, and the backward to the outputs.
+
+    stream=None: every call keeps its inputs and gets its output gradient in ``call.grad``.
+    stream=f: each layer output passes through a ``_Tap``; during the backward, as soon as a
+    call's output gradient is known, f(call, batch_size) consumes it and the call's inputs and
+    gradient are dropped, so memory falls as in a plain backward.
+    """
     calls: list[_Call] = []
+    anchor = torch.zeros((), requires_grad=True) if stream is not None else None
+    state = {"batch_size": None, "single": {}}
+
+    consumed: set[int] = set()
+
+    def consume(call: _Call, grads) -> None:
+        # call.output holds meta tensors (shapes only) in stream mode: the real outputs are not kept
+        device = next((x.device for x in call.inputs if isinstance(x, Tensor)), None)
+        gs = [torch.zeros(m.shape, dtype=m.dtype, device=device) if g is None else g
+              for g, m in zip(grads, call.output)]
+        call.grad = gs[0] if state["single"][id(call)] else tuple(gs)
+        stream(call, state["batch_size"])
+        consumed.add(id(call))
+        call.inputs, call.grad = (), None
 
     def hook(module, inputs, output):
         if not torch.is_grad_enabled():
@@ -246,6 +273,14 @@ def _forward_backward(model: nn.Module, loss_fn: LossFn, batch: Any, owners: lis
         call.version = tuple(o._version for o in _tensors(output))
         call.input_version = tuple(x._version for x in call.inputs if isinstance(x, Tensor))
         calls.append(call)
+        if stream is not None:
+            tensors = _tensors(output)
+            state["single"][id(call)] = isinstance(output, Tensor)
+            call.output = tuple(torch.empty_like(o, device="meta") for o in tensors)
+            tapped = iter(_Tap.apply(anchor, lambda gs, c=call: consume(c, gs), clone_outputs, *tensors))
+            if isinstance(output, Tensor):
+                return next(tapped)
+            return type(output)(next(tapped) if isinstance(o, Tensor) else o for o in output)
         if not clone_outputs:
             return None
         if isinstance(output, Tensor):
@@ -269,8 +304,36 @@ def _forward_backward(model: nn.Module, loss_fn: LossFn, batch: Any, owners: lis
             raise UnsupportedModuleError(
                 f"the input of a {type(c.module).__name__} was modified in place after the layer used it; "
                 "the per-sample capture needs the layer inputs as they were: use the out-of-place op")
-    _backward_to_outputs(losses, calls)
+    if stream is None:
+        _backward_to_outputs(losses, calls)
+    else:
+        state["batch_size"] = losses.shape[0]
+        # The anchor feeds every tap, so this backward visits every layer output that reaches the
+        # losses, and computes (and keeps) nothing but a zero scalar.
+        torch.autograd.grad(losses.sum(), [anchor], allow_unused=True)
+        for c in calls:
+            if id(c) not in consumed:  # its output did not reach the losses: zero gradient
+                consume(c, [None] * len(c.output))
     return losses, calls
+
+
+class _Tap(torch.autograd.Function):
+    """Identity on a layer's output tensors whose backward hands their gradients to a callback.
+
+    `anchor` (a 0-dim leaf) is an input of every tap: a backward with respect to it alone makes
+    the engine visit every tapped output (skipping the weight-gradient GEMMs) while the callback
+    consumes each output gradient as it appears.
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, callback, clone, *outs):
+        ctx.callback = callback
+        return tuple(o.clone() if clone else o.view_as(o) for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        ctx.callback(grads)
+        return (None, None, None) + grads
 
 
 def _tensors(output) -> list[Tensor]:
@@ -403,13 +466,54 @@ def _fallback_representations(call: _Call, batch_size: int):
 # functional shortcuts
 # ---------------------------------------------------------------------------------------------
 def grad_dot(model: nn.Module, loss_fn: LossFn, batch: Any,
-             vectors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]]) -> Tensor:
+             vectors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]], *, fallback: bool = True) -> Tensor:
     """s_i = sum_p <dl_i/dp, v_p>: (B,) for a map of vectors, (B, V) for a list of V maps.
 
     loss_fn(model, batch) returns per-sample losses (B,); vectors map parameter names (as in
     ``model.named_parameters()``) to tensors of their shapes.
+
+    Equal to ``capture(model, loss_fn, batch).dot(vectors)``, but streamed: each layer's share of
+    s is computed during the backward as soon as its output gradient is known, and the layer's
+    inputs and output gradient are dropped at once, so peak memory stays near a plain training
+    step (a capture keeps every layer's output gradient for later products and the weighted step).
     """
-    return capture(model, loss_fn, batch).dot(vectors)
+    many = not isinstance(vectors, Mapping)
+    maps = list(vectors) if many else [vectors]
+    if many and not maps:
+        raise ValueError("vectors must be a mapping or a non-empty list of mappings")
+    for m in maps:
+        if not isinstance(m, Mapping):
+            raise TypeError(f"vectors must map parameter names to tensors, got {type(m).__name__}")
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    names = set().union(*maps)
+    unknown = names - set(trainable)
+    if unknown:
+        raise KeyError(f"vectors name parameters that are not trainable parameters of the model: {sorted(unknown)}")
+    # (V, *shape) per parameter; for one map a view (no copy of a possibly large vector)
+    stacked = {n: (Capture._vector(maps[0], n, trainable[n]).unsqueeze(0) if len(maps) == 1 else
+                   torch.stack([Capture._vector(m, n, trainable[n]) for m in maps])) for n in names}
+    full_name = {id(p): n for n, p in trainable.items()}
+    acc: dict[str, Tensor] = {}
+
+    def on_call(call: _Call, batch_size: int) -> None:
+        for pname, rep in _representations(call, batch_size, fallback):
+            name = full_name[id(call.module._parameters[pname])]
+            if name in stacked:
+                part = rep.dot(stacked[name].to(_rep_dtype(rep)))
+                acc["s"] = part if "s" not in acc else acc["s"] + part
+
+    owners = _owners(model, fallback)
+    try:
+        losses, _ = _forward_backward(model, loss_fn, batch, owners, clone_outputs=False, stream=on_call)
+    except RuntimeError as e:
+        if "inplace" not in str(e) or "custom Function" not in str(e):
+            raise
+        # A layer output is modified in place later in the forward (ReLU(inplace=True)): the taps'
+        # views cannot be, so run again with the outputs cloned.
+        acc.clear()
+        losses, _ = _forward_backward(model, loss_fn, batch, owners, clone_outputs=True, stream=on_call)
+    s = acc.get("s", losses.new_zeros(losses.shape[0], len(maps))).to(losses.dtype)
+    return s if many else s[:, 0]
 
 
 def grad_gram(model: nn.Module, loss_fn: LossFn, batch1: Any, batch2: Any) -> Tensor:
