@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
+
+# Experiment modules (python/tlkernels/experiments/<name>.py) that register their subcommands
+# through add_parser(subparsers).
+EXPERIMENT_MODULES = ["zeroshot"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -289,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", metavar="PATH", help="also the fine-tuning trade-off plot (PNG)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_transfer)
+    for name in EXPERIMENT_MODULES:  # each registers its own subcommand(s)
+        importlib.import_module(f".experiments.{name}", __package__).add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

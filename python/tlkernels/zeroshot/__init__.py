@@ -1,0 +1,17 @@
+"""Zero-shot learning (seeds 003 / 004): classify classes never seen in training from a
+class-attribute table.
+
+- ``DIGIT_ATTRIBUTES`` / ``ATTRIBUTE_NAMES``: a hand-written attribute table for the 10 digits.
+- ``DAP``: Direct Attribute Prediction (per-attribute classifiers + the probabilistic rule).
+- ``BilinearCompatibility``, ``ZeroShotHingeLoss``, ``EmbeddingZeroShot``: F(v, w) = v^T M w
+  trained with the ranking hinge of margin k.
+- ``ConSE``: convex combination of the semantic embeddings of the top-T seen predictions.
+"""
+
+from .attributes import ATTRIBUTE_NAMES, DIGIT_ATTRIBUTES
+from .conse import ConSE
+from .dap import DAP
+from .embedding import BilinearCompatibility, EmbeddingZeroShot, ZeroShotHingeLoss, encode_classes
+
+__all__ = ["ATTRIBUTE_NAMES", "DIGIT_ATTRIBUTES", "DAP", "BilinearCompatibility", "ZeroShotHingeLoss",
+           "EmbeddingZeroShot", "ConSE", "encode_classes"]
