@@ -9,7 +9,7 @@ import sys
 
 # Experiment modules (python/tlkernels/experiments/<name>.py) that register their subcommands
 # through add_parser(subparsers).
-EXPERIMENT_MODULES = ["zeroshot"]
+EXPERIMENT_MODULES = ["zeroshot", "distill"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

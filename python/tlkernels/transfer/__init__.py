@@ -4,6 +4,7 @@ self-taught pretraining. Estimators follow DESIGN.md §8 (scikit-learn style).""
 
 from ._common import param_layers
 from .conservative import L2SPLoss, OutputConstraintLoss
+from .distill import Distill, DistillationLoss, distillation_targets, tempered_probs
 from .features import FeatureProbe, extract_features
 from .finetune import FineTune, Flextune, finetune_tradeoff, plot_tradeoff
 from .layers import LayerTransfer, sweep_layer_transfer, transfer_layers
@@ -15,5 +16,6 @@ __all__ = [
     "param_layers", "L2SPLoss", "OutputConstraintLoss", "FeatureProbe", "extract_features", "FineTune",
     "Flextune", "finetune_tradeoff", "plot_tradeoff", "LayerTransfer", "sweep_layer_transfer",
     "transfer_layers", "ProgressiveNet", "N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder",
-    "rotate4", "rotation_accuracy", "SelfTaught",
+    "rotate4", "rotation_accuracy", "SelfTaught", "Distill", "DistillationLoss", "distillation_targets",
+    "tempered_probs",
 ]
