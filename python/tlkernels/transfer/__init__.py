@@ -11,11 +11,12 @@ from .layers import LayerTransfer, sweep_layer_transfer, transfer_layers
 from .progressive import ProgressiveNet
 from .selfsup import N_ROTATIONS, Autoencoder, RotationPretrainer, mirror_decoder, rotate4, rotation_accuracy
 from .selftaught import SelfTaught
+from .selftaught_clustering import SelfTaughtClustering, coclustering_objective
 
 __all__ = [
     "param_layers", "L2SPLoss", "OutputConstraintLoss", "FeatureProbe", "extract_features", "FineTune",
     "Flextune", "finetune_tradeoff", "plot_tradeoff", "LayerTransfer", "sweep_layer_transfer",
     "transfer_layers", "ProgressiveNet", "N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder",
     "rotate4", "rotation_accuracy", "SelfTaught", "Distill", "DistillationLoss", "distillation_targets",
-    "tempered_probs",
+    "tempered_probs", "SelfTaughtClustering", "coclustering_objective",
 ]
