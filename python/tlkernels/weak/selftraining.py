@@ -1,0 +1,206 @@
+"""Self-training with pseudo-labels (seed 003, Part III, "Extension: Self-Training"):
+1) train f on the labelled data, 2) apply f to the unlabeled data to make pseudo-labels,
+3) retrain on the labelled data plus the confident pseudo-labels, 4) repeat."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["SelfTraining"]
+
+
+def _to_numpy(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+
+
+def _concat(a, b):
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        a = a if isinstance(a, Tensor) else torch.as_tensor(np.asarray(a))
+        b = b if isinstance(b, Tensor) else torch.as_tensor(np.asarray(b))
+        return torch.cat([a, b.to(a.dtype)])
+    return np.concatenate([np.asarray(a), np.asarray(b)])
+
+
+def _take(a, idx: np.ndarray):
+    return a[torch.as_tensor(idx, dtype=torch.long)] if isinstance(a, Tensor) else np.asarray(a)[idx]
+
+
+def _check_x(X, name: str):
+    if not hasattr(X, "shape") or len(X.shape) < 1 or X.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty array or tensor with examples along dim 0")
+    if not np.isfinite(_to_numpy(X).astype(np.float64, copy=False)).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+
+
+class SelfTraining:
+    """Self-training wrapper around any probabilistic classifier.
+
+    Args:
+        estimator: an estimator with ``fit(X, y[, sample_weight])`` and ``predict_proba(X)``
+            (scikit-learn's LogisticRegression, tlkernels.transfer.FineTune, ...), cloned
+            (sklearn.base.clone, else deep-copied) before every round; or a zero-argument factory
+            returning a fresh one (a class counts as a factory).
+        threshold: an unlabeled example is pseudo-labelled in a round when the current model's
+            max class probability is >= threshold (in [0, 1]; above 1 nothing is ever added).
+        max_rounds: retraining rounds after the labelled-only fit (0 = labelled only).
+        max_new_per_round: the pseudo-labelled set may grow by at most this many examples per
+            round (the most confident first); None: no limit.
+        weight_by_confidence: pseudo-labelled examples get sample_weight = their confidence
+            (labelled ones keep theirs, default 1); False: weight 1.
+        random_state: passed to the estimator's ``random_state`` (when it has one) so every
+            round retrains from the same seed; verbose: a tqdm bar over rounds.
+
+    Every round re-labels ALL unlabeled examples with the current model (the seed's step 2:
+    Y'_i = f(X_i) for every i), so a pseudo-label can change or be dropped. Training stops after
+    ``max_rounds`` or when the pseudo-labelled set and its labels are unchanged (a fixed point:
+    retraining would see the same data).
+
+    fit(X_labeled (n, ...), y (n,), X_unlabeled (m, ...), sample_weight=None (n,),
+    y_unlabeled_true=None (m,)) -> self. ``y_unlabeled_true`` is for reporting only: it fills
+    ``history_[r]["pseudo_accuracy"]`` and is never used for training or stopping.
+
+    Attributes: ``estimator_`` (the final model), ``estimators_`` (one per round, round 0 = the
+    labelled-only model), ``classes_``, ``pseudo_labels_`` (m,) (-1 = not pseudo-labelled in the
+    last training set), ``pseudo_mask_`` (m,) bool, ``confidence_`` (m,) (max probability under
+    the model that made the last pseudo-labels), ``n_rounds_``, ``history_`` (one dict per fitted
+    model: round, n_pseudo, n_changed, mean_confidence, pseudo_accuracy).
+    """
+
+    def __init__(self, estimator, threshold: float = 0.9, max_rounds: int = 5, max_new_per_round: int | None = None,
+                 weight_by_confidence: bool = False, random_state=None, verbose: bool = False):
+        if not (hasattr(estimator, "fit") or callable(estimator)):
+            raise ValueError(f"estimator must have fit/predict_proba or be a factory returning one, got {estimator!r}")
+        if hasattr(estimator, "fit") and not isinstance(estimator, type) and not hasattr(estimator, "predict_proba"):
+            raise ValueError(f"estimator must have a predict_proba method, {type(estimator).__name__} has none")
+        if not (isinstance(threshold, (int, float, np.floating)) and threshold >= 0 and np.isfinite(threshold)):
+            raise ValueError(f"threshold must be a finite number >= 0 (a probability; > 1 adds nothing), got {threshold!r}")
+        if not (isinstance(max_rounds, (int, np.integer)) and not isinstance(max_rounds, bool) and max_rounds >= 0):
+            raise ValueError(f"max_rounds must be an int >= 0, got {max_rounds!r}")
+        if max_new_per_round is not None and not (isinstance(max_new_per_round, (int, np.integer))
+                                                  and max_new_per_round >= 1):
+            raise ValueError(f"max_new_per_round must be None or an int >= 1, got {max_new_per_round!r}")
+        self.estimator, self.threshold, self.max_rounds = estimator, float(threshold), int(max_rounds)
+        self.max_new_per_round, self.weight_by_confidence = max_new_per_round, weight_by_confidence
+        self.random_state, self.verbose = random_state, verbose
+
+    def _new(self):
+        if hasattr(self.estimator, "fit") and not isinstance(self.estimator, type):
+            try:
+                from sklearn.base import clone
+
+                est = clone(self.estimator)
+            except Exception:  # not a scikit-learn estimator (e.g. FineTune holds an nn.Module)
+                est = copy.deepcopy(self.estimator)
+        else:
+            est = self.estimator()
+            if not (hasattr(est, "fit") and hasattr(est, "predict_proba")):
+                raise ValueError("estimator factory must return an object with fit and predict_proba")
+        if self.random_state is not None and hasattr(est, "random_state"):
+            est.random_state = self.random_state
+        return est
+
+    @staticmethod
+    def _fit_one(est, X, y, w):
+        if w is None:
+            return est.fit(X, y) or est
+        return est.fit(X, y, sample_weight=w) or est
+
+    def _classes(self, est, n_cols: int) -> np.ndarray:
+        cl = getattr(est, "classes_", None)
+        return np.asarray(cl) if cl is not None else np.arange(n_cols)
+
+    def fit(self, X_labeled, y, X_unlabeled, sample_weight=None, y_unlabeled_true=None) -> "SelfTraining":
+        from tqdm.auto import tqdm
+
+        _check_x(X_labeled, "X_labeled")
+        _check_x(X_unlabeled, "X_unlabeled")
+        y_np = _to_numpy(y)
+        n, m = X_labeled.shape[0], X_unlabeled.shape[0]
+        if y_np.ndim != 1 or y_np.shape[0] != n:
+            raise ValueError(f"y must have shape ({n},) to match X_labeled, got {tuple(y_np.shape)}")
+        if tuple(X_labeled.shape[1:]) != tuple(X_unlabeled.shape[1:]):
+            raise ValueError(f"X_unlabeled must have feature shape {tuple(X_labeled.shape[1:])} like X_labeled, "
+                             f"got {tuple(X_unlabeled.shape[1:])}")
+        w_l = None
+        if sample_weight is not None:
+            w_l = _to_numpy(sample_weight).astype(np.float64).ravel()
+            if w_l.shape[0] != n or not np.isfinite(w_l).all() or (w_l < 0).any():
+                raise ValueError(f"sample_weight must be finite, >= 0 with shape ({n},)")
+        y_true = None
+        if y_unlabeled_true is not None:
+            y_true = _to_numpy(y_unlabeled_true).ravel()
+            if y_true.shape[0] != m:
+                raise ValueError(f"y_unlabeled_true must have shape ({m},) to match X_unlabeled, got {y_true.shape}")
+        use_w = w_l is not None or self.weight_by_confidence
+
+        est = self._fit_one(self._new(), X_labeled, y, w_l)
+        self.estimators_ = [est]
+        self.history_ = [{"round": 0, "n_pseudo": 0, "n_changed": 0, "mean_confidence": None, "pseudo_accuracy": None}]
+        labels = np.full(m, -1, dtype=np.int64)
+        mask = np.zeros(m, dtype=bool)
+        conf = np.zeros(m)
+        bar = tqdm(range(1, self.max_rounds + 1), desc="self-training", disable=not self.verbose, leave=False)
+        for r in bar:
+            proba = np.asarray(est.predict_proba(X_unlabeled))
+            conf = proba.max(1)
+            pred = self._classes(est, proba.shape[1])[proba.argmax(1)].astype(np.int64)
+            new_mask = conf >= self.threshold
+            if self.max_new_per_round is not None:
+                cap = int(mask.sum()) + int(self.max_new_per_round)
+                if new_mask.sum() > cap:
+                    cand = np.flatnonzero(new_mask)
+                    keep = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
+                    new_mask = np.zeros(m, dtype=bool)
+                    new_mask[keep] = True
+            new_labels = np.where(new_mask, pred, -1)
+            n_changed = int((new_labels != labels).sum())
+            if n_changed == 0:
+                break  # fixed point: the next training set would be the same
+            labels, mask = new_labels, new_mask
+            idx = np.flatnonzero(mask)
+            if len(idx) == 0:
+                est = self.estimators_[0]
+            else:
+                X_all = _concat(X_labeled, _take(X_unlabeled, idx))
+                y_lab = labels[idx]
+                y_all = _concat(y, torch.as_tensor(y_lab)) if isinstance(y, Tensor) else np.concatenate([y_np, y_lab])
+                w = None
+                if use_w:
+                    w_p = conf[idx] if self.weight_by_confidence else np.ones(len(idx))
+                    w = np.concatenate([np.ones(n) if w_l is None else w_l, w_p])
+                est = self._fit_one(self._new(), X_all, y_all, w)
+            self.estimators_.append(est)
+            acc = None if y_true is None or len(idx) == 0 else float((labels[idx] == y_true[idx]).mean())
+            self.history_.append({"round": r, "n_pseudo": int(len(idx)), "n_changed": n_changed,
+                                  "mean_confidence": float(conf[idx].mean()) if len(idx) else None,
+                                  "pseudo_accuracy": acc})
+        bar.close()
+        self.estimator_ = est
+        self.classes_ = getattr(est, "classes_", None)
+        self.pseudo_labels_, self.pseudo_mask_, self.confidence_ = labels, mask, conf
+        self.n_rounds_ = len(self.estimators_) - 1
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "estimator_"):
+            raise ValueError("this SelfTraining is not fitted yet: call fit(X_labeled, y, X_unlabeled) first")
+
+    def predict_proba(self, X) -> np.ndarray:
+        """X (N, ...) -> class probabilities (N, C) of the final model."""
+        self._check_fitted()
+        return np.asarray(self.estimator_.predict_proba(X))
+
+    def predict(self, X) -> np.ndarray:
+        """X (N, ...) -> class labels (N,)."""
+        self._check_fitted()
+        return np.asarray(self.estimator_.predict(X))
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """(Weighted) accuracy of the final model on (X (N, ...), y (N,))."""
+        hit = (self.predict(X) == _to_numpy(y)).astype(np.float64)
+        w = np.ones_like(hit) if sample_weight is None else _to_numpy(sample_weight).astype(np.float64)
+        return float((w * hit).sum() / w.sum())
