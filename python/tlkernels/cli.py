@@ -9,7 +9,7 @@ import sys
 
 # Experiment modules (python/tlkernels/experiments/<name>.py) that register their subcommands
 # through add_parser(subparsers).
-EXPERIMENT_MODULES = ["zeroshot", "distill", "selftaught_mapping", "weak"]
+EXPERIMENT_MODULES = ["zeroshot", "distill", "selftaught_mapping", "weak", "multitask"]
 
 
 def _cmd_info(args: argparse.Namespace) -> int:

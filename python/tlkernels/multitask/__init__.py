@@ -1,0 +1,11 @@
+"""Multi-task learning and domain generalisation with task context (seed 003, Parts III-IV):
+hard / soft parameter sharing between tasks, and models conditioned on a task context vector."""
+
+from .classifier import MultiTaskClassifier, as_task_labels
+from .context import ContextConcatNet, ContextualClassifier, WeightPredictingNet, as_context
+from .sharing import HardSharingNet, PerTaskNets, SoftSharingPenalty, pairwise_sq_distance
+
+__all__ = [
+    "HardSharingNet", "PerTaskNets", "SoftSharingPenalty", "pairwise_sq_distance", "MultiTaskClassifier",
+    "as_task_labels", "ContextConcatNet", "WeightPredictingNet", "ContextualClassifier", "as_context",
+]
