@@ -294,3 +294,52 @@ def test_torch_compile_fullgraph():
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     for got, want in zip(compiled(X, C), step(X, C)):
         torch.testing.assert_close(got, want)
+
+
+# ---------------------------------------------------------------- CPU SIMD levels of the epilogue
+SIMD_LEVELS = ["scalar", "avx2", "avx512"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
+    """Every row kernel (scalar, AVX2, the transposed AVX-512 epilogue) gives the same labels as
+    the scalar one and the reference's distances, on sizes that leave partial vectors / row groups
+    everywhere, through assign and the fused step, with shared and batched centroids."""
+    gen = torch.Generator().manual_seed(21)
+    for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7)]:
+        X = torch.randn(2, N, D, generator=gen, dtype=torch.float64).to(dtype)
+        C = torch.randn(2, K, D, generator=gen, dtype=torch.float64).to(dtype)
+        monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
+        want_l, want_d = torch.ops.tlkernels.kmeans_assign(X, C)
+        want_step = torch.ops.tlkernels.kmeans_step(X[0], C[0], None)
+        monkeypatch.setenv("TLK_KMEANS_SIMD", level)
+        labels, dist2 = torch.ops.tlkernels.kmeans_assign(X, C)
+        assert torch.equal(labels, want_l), (N, D, K)
+        assert_close(dist2, want_d, dtype)
+        _check_assignment(labels, dist2, X, C, dtype)
+        got_step = torch.ops.tlkernels.kmeans_step(X[0], C[0], None)
+        assert torch.equal(got_step[0], want_step[0])
+        for g, w in zip(got_step[1:], want_step[1:]):
+            assert_close(g, w, dtype)
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_cpu_simd_levels_break_ties_and_band_hits_exactly(monkeypatch, level):
+    """Integer data puts several scores inside the rounding band (the exact-distance path) and
+    makes exact ties: every level picks the reference's label, lowest index first."""
+    monkeypatch.setenv("TLK_KMEANS_SIMD", level)
+    gen = torch.Generator().manual_seed(12)
+    for dtype in (torch.float32, torch.float64):
+        X = torch.randint(-3, 4, (600, 5), generator=gen).to(dtype)
+        C = torch.randint(-3, 4, (40, 5), generator=gen).to(dtype)
+        labels, dist2 = torch.ops.tlkernels.kmeans_assign(X, C)
+        ref_labels, ref_d2 = reference.kmeans_assign(X.double(), C.double())
+        assert torch.equal(labels, ref_labels)
+        assert torch.equal(dist2.double(), ref_d2)
+
+
+def test_cpu_simd_level_must_be_known(monkeypatch):
+    monkeypatch.setenv("TLK_KMEANS_SIMD", "sse9")
+    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2' or 'avx512'"):
+        torch.ops.tlkernels.kmeans_assign(torch.randn(4, 2), torch.randn(2, 2))

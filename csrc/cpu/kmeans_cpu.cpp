@@ -19,7 +19,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cpu/kmeans_simd.h"
@@ -51,13 +53,29 @@ constexpr int64_t kChunkBytes = 1 << 18;  // the G block of one chunk stays in L
 constexpr int64_t kMaxChunkRows = 2048;
 constexpr int64_t kMinChunkRows = 16;
 
-bool use_avx2() {
+// The widest row kernels this CPU runs, capped by the environment variable TLK_KMEANS_SIMD
+// ('scalar', 'avx2' or 'avx512'; read at every call, so tests can compare the levels).
+kmeans_cpu::Simd simd_level() {
+  using kmeans_cpu::Simd;
+  Simd best = Simd::kScalar;
 #if TLK_KMEANS_X86
-  return kmeans_cpu::has_avx2();
-#else
-  return false;
+  if (kmeans_cpu::has_avx2()) best = kmeans_cpu::has_avx512() ? Simd::kAvx512 : Simd::kAvx2;
 #endif
+  const char* env = std::getenv("TLK_KMEANS_SIMD");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string want(env);
+  Simd cap = Simd::kAvx512;
+  if (want == "scalar") {
+    cap = Simd::kScalar;
+  } else if (want == "avx2") {
+    cap = Simd::kAvx2;
+  } else {
+    TORCH_CHECK_VALUE(want == "avx512", "TLK_KMEANS_SIMD must be 'scalar', 'avx2' or 'avx512', got '", want, "'");
+  }
+  return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
 }
+
+bool use_avx2() { return simd_level() != kmeans_cpu::Simd::kScalar; }
 
 // Keeps the smallest value stored (the first offending element in a fixed numbering), so that
 // error messages do not depend on thread timing.
@@ -181,7 +199,8 @@ template <typename T, bool FUSED, bool WEIGHTED>
 void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* W = nullptr, int64_t MW = 1,
                  T* sums = nullptr, T* counts = nullptr) {
   const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
-  const bool avx2 = use_avx2();
+  const kmeans_cpu::Simd level = simd_level();
+  const bool avx2 = level != kmeans_cpu::Simd::kScalar;
   // One data set shared by problems that also share C: all identical, solve one and copy.
   const bool identical = a.c_shared && a.per_x() > 1;
   const int64_t P_eff = identical ? 1 : P;
@@ -224,11 +243,16 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
         const int64_t r0 = ch * chunk;
         const int64_t rows = std::min(chunk, N - r0);
         at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
-        at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
-        at::mm_out(out, xs, Cg.t());
+        if (kmeans_cpu::gemm_transposed(level)) {  // (cols, rows): W rows per vector in the epilogue
+          at::Tensor out = at::from_blob(buf.data(), {cols, rows}, opts);
+          at::mm_out(out, Cg, xs.t());
+        } else {
+          at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
+          at::mm_out(out, xs, Cg.t());
+        }
         const kmeans_cpu::ChunkEpilogue<T> e{buf.data(), Xg + r0 * D, C, cnp, band_base, band_slope, rows, M, K, D,
                                              N, r0, g * M, a.c_shared, labels, dist2};
-        record_min(first_bad, kmeans_cpu::epilogue(e, avx2));
+        record_min(first_bad, kmeans_cpu::epilogue(e, level));
         if constexpr (FUSED) {
           // the chunk's rows, still in cache, into this task's partials (labels just written)
           RangeArgs<T, WEIGHTED> ra{Xg, labels + g * M * N, WEIGHTED ? W + ((g * M) / MW) * N : nullptr, 1, M, MW,

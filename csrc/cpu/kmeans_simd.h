@@ -94,7 +94,7 @@ inline T sqdist(const T* x, const T* c, int64_t D, bool avx2) {
   return sqdist_scalar(x, c, D);
 }
 
-// Minimum of s[k] = b[k] + g[k] over k, written back into g (scalar and AVX2 versions).
+// Minimum of s[k] = b[k] + g[k] over k, written back into g (the scalar row).
 template <typename T>
 inline T min_scores_scalar(T* g, const T* b, int64_t K) {
   T m = std::numeric_limits<T>::infinity();
@@ -105,53 +105,6 @@ inline T min_scores_scalar(T* g, const T* b, int64_t K) {
   return m;
 }
 
-#if TLK_KMEANS_X86
-__attribute__((target("avx2"))) inline float min_scores_avx2(float* g, const float* b, int64_t K) {
-  __m256 vmin = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 s = _mm256_add_ps(_mm256_loadu_ps(b + k), _mm256_loadu_ps(g + k));
-    _mm256_storeu_ps(g + k, s);
-    vmin = _mm256_min_ps(vmin, s);
-  }
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, vmin);
-  float m = lanes[0];
-  for (int i = 1; i < 8; ++i) m = lanes[i] < m ? lanes[i] : m;
-  for (; k < K; ++k) {
-    g[k] = b[k] + g[k];
-    m = g[k] < m ? g[k] : m;
-  }
-  return m;
-}
-
-__attribute__((target("avx2"))) inline double min_scores_avx2(double* g, const double* b, int64_t K) {
-  __m256d vmin = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-  int64_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    const __m256d s = _mm256_add_pd(_mm256_loadu_pd(b + k), _mm256_loadu_pd(g + k));
-    _mm256_storeu_pd(g + k, s);
-    vmin = _mm256_min_pd(vmin, s);
-  }
-  alignas(32) double lanes[4];
-  _mm256_store_pd(lanes, vmin);
-  double m = lanes[0];
-  for (int i = 1; i < 4; ++i) m = lanes[i] < m ? lanes[i] : m;
-  for (; k < K; ++k) {
-    g[k] = b[k] + g[k];
-    m = g[k] < m ? g[k] : m;
-  }
-  return m;
-}
-
-// Bit mask of the lanes of g[k0 .. k0 + lanes) that are <= thr.
-__attribute__((target("avx2"))) inline unsigned band_mask_avx2(const float* g, float thr) {
-  return static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(g), _mm256_set1_ps(thr), _CMP_LE_OQ)));
-}
-__attribute__((target("avx2"))) inline unsigned band_mask_avx2(const double* g, double thr) {
-  return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(g), _mm256_set1_pd(thr), _CMP_LE_OQ)));
-}
-#endif
 
 struct RowResult {
   int64_t label;
@@ -186,102 +139,114 @@ inline RowResult assign_row_scalar(T* g, const T* b, int64_t K, const T* x, cons
 }
 
 #if TLK_KMEANS_X86
-// Pass 1 of the AVX2 row: scores written back into g, their minimum and its lowest index.
-// Indices ride along as float (double) lanes: exact below 2^24 (2^53); the caller checks K.
-__attribute__((target("avx2"))) inline float min_arg_avx2(float* g, const float* b, int64_t K, int64_t& arg) {
-  __m256 vmin = _mm256_set1_ps(std::numeric_limits<float>::infinity());
-  __m256 vi = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256 vbi = _mm256_setzero_ps();
-  const __m256 step = _mm256_set1_ps(8.0f);
+// The minimum score of a row, min_k (b_k + g_k), over independent accumulators (no loop-carried
+// chain longer than K / 32 vectors). min(s, acc) keeps acc when s is NaN, so NaN scores are
+// never the minimum. The minimum of a set does not depend on the order it is taken in.
+__attribute__((target("avx2"), always_inline)) inline float min_score_avx2(const float* g, const float* b, int64_t K) {
+  const __m256 inf = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  __m256 a0 = inf, a1 = inf, a2 = inf, a3 = inf;
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    const __m256 s = _mm256_add_ps(_mm256_loadu_ps(b + k), _mm256_loadu_ps(g + k));
-    _mm256_storeu_ps(g + k, s);
-    const __m256 lt = _mm256_cmp_ps(s, vmin, _CMP_LT_OQ);
-    vmin = _mm256_blendv_ps(vmin, s, lt);
-    vbi = _mm256_blendv_ps(vbi, vi, lt);
-    vi = _mm256_add_ps(vi, step);
+  for (; k + 32 <= K; k += 32) {
+    a0 = _mm256_min_ps(_mm256_add_ps(_mm256_loadu_ps(b + k), _mm256_loadu_ps(g + k)), a0);
+    a1 = _mm256_min_ps(_mm256_add_ps(_mm256_loadu_ps(b + k + 8), _mm256_loadu_ps(g + k + 8)), a1);
+    a2 = _mm256_min_ps(_mm256_add_ps(_mm256_loadu_ps(b + k + 16), _mm256_loadu_ps(g + k + 16)), a2);
+    a3 = _mm256_min_ps(_mm256_add_ps(_mm256_loadu_ps(b + k + 24), _mm256_loadu_ps(g + k + 24)), a3);
   }
-  // the minimum, then the lowest index among the lanes holding it (vbi = +inf elsewhere)
-  const __m256 vm = hmin_ps(vmin);
-  const __m256 cand = _mm256_blendv_ps(_mm256_set1_ps(std::numeric_limits<float>::infinity()), vbi,
-                                       _mm256_cmp_ps(vmin, vm, _CMP_EQ_OQ));
-  float m = _mm256_cvtss_f32(vm);
-  arg = K >= 8 ? static_cast<int64_t>(_mm256_cvtss_f32(hmin_ps(cand))) : 0;
+  for (; k + 8 <= K; k += 8) a0 = _mm256_min_ps(_mm256_add_ps(_mm256_loadu_ps(b + k), _mm256_loadu_ps(g + k)), a0);
+  float m = _mm256_cvtss_f32(hmin_ps(_mm256_min_ps(_mm256_min_ps(a0, a1), _mm256_min_ps(a2, a3))));
   for (; k < K; ++k) {
-    g[k] = b[k] + g[k];
-    if (g[k] < m) {
-      m = g[k];
-      arg = k;
-    }
+    const float sk = b[k] + g[k];
+    m = sk < m ? sk : m;
   }
   return m;
 }
 
-__attribute__((target("avx2"))) inline double min_arg_avx2(double* g, const double* b, int64_t K, int64_t& arg) {
-  __m256d vmin = _mm256_set1_pd(std::numeric_limits<double>::infinity());
-  __m256d vi = _mm256_setr_pd(0, 1, 2, 3);
-  __m256d vbi = _mm256_setzero_pd();
-  const __m256d step = _mm256_set1_pd(4.0);
+__attribute__((target("avx2"), always_inline)) inline double min_score_avx2(const double* g, const double* b, int64_t K) {
+  const __m256d inf = _mm256_set1_pd(std::numeric_limits<double>::infinity());
+  __m256d a0 = inf, a1 = inf, a2 = inf, a3 = inf;
   int64_t k = 0;
-  for (; k + 4 <= K; k += 4) {
-    const __m256d s = _mm256_add_pd(_mm256_loadu_pd(b + k), _mm256_loadu_pd(g + k));
-    _mm256_storeu_pd(g + k, s);
-    const __m256d lt = _mm256_cmp_pd(s, vmin, _CMP_LT_OQ);
-    vmin = _mm256_blendv_pd(vmin, s, lt);
-    vbi = _mm256_blendv_pd(vbi, vi, lt);
-    vi = _mm256_add_pd(vi, step);
+  for (; k + 16 <= K; k += 16) {
+    a0 = _mm256_min_pd(_mm256_add_pd(_mm256_loadu_pd(b + k), _mm256_loadu_pd(g + k)), a0);
+    a1 = _mm256_min_pd(_mm256_add_pd(_mm256_loadu_pd(b + k + 4), _mm256_loadu_pd(g + k + 4)), a1);
+    a2 = _mm256_min_pd(_mm256_add_pd(_mm256_loadu_pd(b + k + 8), _mm256_loadu_pd(g + k + 8)), a2);
+    a3 = _mm256_min_pd(_mm256_add_pd(_mm256_loadu_pd(b + k + 12), _mm256_loadu_pd(g + k + 12)), a3);
   }
-  const __m256d vm = hmin_pd(vmin);
-  const __m256d cand = _mm256_blendv_pd(_mm256_set1_pd(std::numeric_limits<double>::infinity()), vbi,
-                                        _mm256_cmp_pd(vmin, vm, _CMP_EQ_OQ));
-  double m = _mm256_cvtsd_f64(vm);
-  arg = K >= 4 ? static_cast<int64_t>(_mm256_cvtsd_f64(hmin_pd(cand))) : 0;
+  for (; k + 4 <= K; k += 4) a0 = _mm256_min_pd(_mm256_add_pd(_mm256_loadu_pd(b + k), _mm256_loadu_pd(g + k)), a0);
+  double m = _mm256_cvtsd_f64(hmin_pd(_mm256_min_pd(_mm256_min_pd(a0, a1), _mm256_min_pd(a2, a3))));
   for (; k < K; ++k) {
-    g[k] = b[k] + g[k];
-    if (g[k] < m) {
-      m = g[k];
-      arg = k;
-    }
+    const double sk = b[k] + g[k];
+    m = sk < m ? sk : m;
   }
   return m;
 }
 
-// Pass 2: how many scores lie within the band (branch-free).
+__attribute__((target("avx2"), always_inline)) inline unsigned le_mask_avx2(const float* g, const float* b, __m256 thr) {
+  return static_cast<unsigned>(
+      _mm256_movemask_ps(_mm256_cmp_ps(_mm256_add_ps(_mm256_loadu_ps(b), _mm256_loadu_ps(g)), thr, _CMP_LE_OQ)));
+}
+__attribute__((target("avx2"), always_inline)) inline unsigned le_mask_avx2(const double* g, const double* b, __m256d thr) {
+  return static_cast<unsigned>(
+      _mm256_movemask_pd(_mm256_cmp_pd(_mm256_add_pd(_mm256_loadu_pd(b), _mm256_loadu_pd(g)), thr, _CMP_LE_OQ)));
+}
+
+__attribute__((target("avx2"), always_inline)) inline __m256 set1_avx2(float v) { return _mm256_set1_ps(v); }
+__attribute__((target("avx2"), always_inline)) inline __m256d set1_avx2(double v) { return _mm256_set1_pd(v); }
+
+// How many scores lie within the band [min, min + band]; `only` is the index of the hit when
+// there is exactly one. Branch-free: which vector holds the minimum is random, a branch on it
+// would mispredict; `only` sums k + ctz over the vectors with a hit.
 template <typename T>
-__attribute__((target("avx2,popcnt"))) inline int64_t count_band_avx2(const T* g, int64_t K, T thr) {
+__attribute__((target("avx2,popcnt"), always_inline)) inline int64_t band_avx2(const T* g, const T* b, int64_t K, T thr,
+                                                                           int64_t& only) {
   constexpr int64_t W = 32 / sizeof(T);
+  const auto vthr = set1_avx2(thr);
   int64_t cnt = 0, k = 0;
-  for (; k + W <= K; k += W) cnt += __builtin_popcount(band_mask_avx2(g + k, thr));
-  for (; k < K; ++k) cnt += g[k] <= thr;
+  only = 0;
+  for (; k + W <= K; k += W) {
+    const unsigned m = le_mask_avx2(g + k, b + k, vthr);
+    cnt += __builtin_popcount(m);
+    only += m ? k + __builtin_ctz(m) : 0;
+  }
+  for (; k < K; ++k) {
+    const bool hit = b[k] + g[k] <= thr;
+    cnt += hit;
+    only += hit ? k : 0;
+  }
   return cnt;
 }
 
-template <typename T>
-__attribute__((target("avx2,popcnt"), always_inline)) inline RowResult assign_row_avx2(T* g, const T* b, int64_t K, const T* x,
-                                                                 const T* C, int64_t D, T band) {
-  int64_t arg = 0;
-  const T m = min_arg_avx2(g, b, K, arg);
-  const T thr = m + band;
-  if (count_band_avx2<T>(g, K, thr) == 1) {  // the usual case: no other centroid within the band
-    return {arg, static_cast<double>(sqdist_avx2(x, C + arg * D, D))};
-  }
+// Candidates of a row that has several scores within the band: the least exact distance wins,
+// ties to the lowest index; no candidate (NaN scores): label 0 and its (non-finite) distance.
+template <typename T, typename SqDist>
+inline RowResult resolve_band(const T* g, const T* b, int64_t K, const T* x, const T* C, int64_t D, T thr,
+                              SqDist sqd) {
   int64_t best = -1;
   T best_d = std::numeric_limits<T>::infinity();
   for (int64_t k = 0; k < K; ++k) {
-    if (g[k] <= thr) {
-      const T d = sqdist_avx2(x, C + k * D, D);
+    if (b[k] + g[k] <= thr) {
+      const T d = sqd(x, C + k * D, D);
       if (best < 0 || d < best_d) {
         best = k;
         best_d = d;
       }
     }
   }
-  if (best < 0) {  // NaN scores (NaN / inf in x): label 0 and its (non-finite) distance
+  if (best < 0) {
     best = 0;
-    best_d = sqdist_avx2(x, C, D);
+    best_d = sqd(x, C, D);
   }
   return {best, static_cast<double>(best_d)};
+}
+
+template <typename T>
+__attribute__((target("avx2,popcnt"), always_inline)) inline RowResult assign_row_avx2(T* g, const T* b, int64_t K, const T* x,
+                                                                 const T* C, int64_t D, T band) {
+  const T thr = min_score_avx2(g, b, K) + band;
+  int64_t only = 0;
+  if (band_avx2<T>(g, b, K, thr, only) == 1) {  // the usual case: no other centroid within the band
+    return {only, static_cast<double>(sqdist_avx2(x, C + only * D, D))};
+  }
+  return resolve_band<T>(g, b, K, x, C, D, thr, [](const T* u, const T* v, int64_t n) { return sqdist_avx2(u, v, n); });
 }
 
 template <typename T>
@@ -313,8 +278,7 @@ __attribute__((target("avx2"), always_inline)) inline T sqnorm_avx2(const T* x, 
 template <typename T>
 inline RowResult assign_row(T* g, const T* b, int64_t K, const T* x, const T* C, int64_t D, T band, bool avx2) {
 #if TLK_KMEANS_X86
-  // float lanes carry the indices of pass 1 exactly below 2^24
-  if (avx2 && (sizeof(T) == 8 || K < (int64_t{1} << 24))) return assign_row_avx2<T>(g, b, K, x, C, D, band);
+  if (avx2) return assign_row_avx2<T>(g, b, K, x, C, D, band);
 #endif
   return assign_row_scalar<T>(g, b, K, x, C, D, band);
 }
@@ -345,6 +309,12 @@ struct ChunkEpilogue {
   int64_t* labels;        // (P, N)
   T* dist2;               // (P, N)
 };
+
+}  // namespace tlk::kmeans_cpu
+
+#include "cpu/kmeans_avx512.h"
+
+namespace tlk::kmeans_cpu {
 
 #define TLK_KMEANS_EPILOGUE_BODY(SQNORM, ASSIGN_ROW)                                                \
   int64_t bad = std::numeric_limits<int64_t>::max();                                                \
@@ -384,14 +354,22 @@ template <typename T>
 __attribute__((target("avx2,popcnt"))) int64_t epilogue_avx2(const ChunkEpilogue<T>& e) {
   TLK_KMEANS_EPILOGUE_BODY(sqnorm_avx2<T>, assign_row_avx2<T>)
 }
+
 #endif
 #undef TLK_KMEANS_EPILOGUE_BODY
 
+// Instruction-set levels of the row kernels; all give the same labels (exact distances decide
+// between near ties), distances differ only in the summation order of Σ (x − c)².
+enum class Simd : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+
+// The AVX-512 level reads a transposed GEMM block (M·K, rows): see gemm_transposed().
+inline bool gemm_transposed(Simd level) { return level == Simd::kAvx512; }
+
 template <typename T>
-int64_t epilogue(const ChunkEpilogue<T>& e, bool avx2) {
+int64_t epilogue(const ChunkEpilogue<T>& e, Simd level) {
 #if TLK_KMEANS_X86
-  // float lanes carry the indices of pass 1 exactly below 2^24
-  if (avx2 && (sizeof(T) == 8 || e.K < (int64_t{1} << 24))) return epilogue_avx2<T>(e);
+  if (level == Simd::kAvx512) return epilogue_avx512_t<T>(e);
+  if (level == Simd::kAvx2) return epilogue_avx2<T>(e);
 #endif
   return epilogue_scalar<T>(e);
 }
