@@ -96,7 +96,8 @@ TLK_AVX512 inline T sqnorm_avx512(const T* x, int64_t D) {
   return S::reduce_add(acc);
 }
 
-// The epilogue of one chunk from the TRANSPOSED GEMM block gt (M·K, rows): W rows per vector,
+// The epilogue of one chunk from the TRANSPOSED GEMM block gt (M·K, rows), leading dimension
+// e.ldg (padded so that the column walk does not hit one L1 set): W rows per vector,
 // centroids along the loop. No horizontal reduction and no data-dependent branch per row: the
 // minimum, the band count and the index of a single in-band score are lane-wise. Four
 // accumulator sets over k (k mod 4) break the dependency chains. The decisions are those of the
@@ -107,7 +108,7 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
   using S = Avx512<T>;
   constexpr int64_t W = S::W;
   using V = typename S::V;
-  const int64_t K = e.K, D = e.D, rows = e.rows;
+  const int64_t K = e.K, D = e.D, rows = e.rows, ld = e.ldg;
   const V inf = S::set1(std::numeric_limits<T>::infinity()), one = S::set1(T(1)), zero = S::zero();
   int64_t bad = std::numeric_limits<int64_t>::max();
   alignas(64) T band[W], thr[W], cnt[W], only[W];
@@ -116,7 +117,7 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
     const int64_t cp = e.c_shared ? 0 : p;
     const T* bq = e.b + cp * K;
     const T* Cq = e.C + cp * K * D;
-    const T* gq = e.g + q * K * rows;
+    const T* gq = e.g + q * K * ld;
     for (int64_t i0 = 0; i0 < rows; i0 += W) {
       const int64_t nr = std::min<int64_t>(W, rows - i0);
       const auto lanes = nr == W ? static_cast<typename S::M>(~0u) : S::tail(nr);
@@ -126,17 +127,17 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
       V m0 = inf, m1 = inf, m2 = inf, m3 = inf;
       int64_t k = 0;
       for (; k + 4 <= K; k += 4) {
-        m0 = S::min(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * rows + i0)), m0);
-        m1 = S::min(S::add(S::set1(bq[k + 1]), S::loadz(lanes, gq + (k + 1) * rows + i0)), m1);
-        m2 = S::min(S::add(S::set1(bq[k + 2]), S::loadz(lanes, gq + (k + 2) * rows + i0)), m2);
-        m3 = S::min(S::add(S::set1(bq[k + 3]), S::loadz(lanes, gq + (k + 3) * rows + i0)), m3);
+        m0 = S::min(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * ld + i0)), m0);
+        m1 = S::min(S::add(S::set1(bq[k + 1]), S::loadz(lanes, gq + (k + 1) * ld + i0)), m1);
+        m2 = S::min(S::add(S::set1(bq[k + 2]), S::loadz(lanes, gq + (k + 2) * ld + i0)), m2);
+        m3 = S::min(S::add(S::set1(bq[k + 3]), S::loadz(lanes, gq + (k + 3) * ld + i0)), m3);
       }
-      for (; k < K; ++k) m0 = S::min(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * rows + i0)), m0);
+      for (; k < K; ++k) m0 = S::min(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * ld + i0)), m0);
       const V vthr = S::add(S::min(S::min(m0, m1), S::min(m2, m3)), S::load(band));
       V c0 = zero, c1 = zero, c2 = zero, c3 = zero, o0 = zero, o1 = zero, o2 = zero, o3 = zero;
 #define TLK_BAND_STEP(C, O, KK)                                                                 \
   {                                                                                             \
-    const auto hit = S::le(S::add(S::set1(bq[KK]), S::loadz(lanes, gq + (KK) * rows + i0)), vthr) & lanes; \
+    const auto hit = S::le(S::add(S::set1(bq[KK]), S::loadz(lanes, gq + (KK) * ld + i0)), vthr) & lanes; \
     C = S::madd(C, hit, C, one);                                                                \
     O = S::blend(hit, O, S::set1(static_cast<T>(KK)));                                          \
   }
@@ -164,7 +165,7 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
           label = -1;
           d2 = std::numeric_limits<T>::infinity();
           for (int64_t kk = 0; kk < K; ++kk) {
-            if (bq[kk] + gq[kk * rows + i0 + r] <= thr[r]) {
+            if (bq[kk] + gq[kk * ld + i0 + r] <= thr[r]) {
               const T d = sqdist_avx512(x, Cq + kk * D, D);
               if (label < 0 || d < d2) {
                 label = kk;

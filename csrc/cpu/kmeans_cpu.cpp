@@ -230,7 +230,11 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
 
   at::parallel_for(0, groups * R, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlas sequential_blas;
-    std::vector<T> buf(static_cast<size_t>(std::min(chunk, N) * cols));
+    // A transposed block (cols, rows) gets a padded leading dimension: with rows · sizeof(T) a
+    // multiple of 4 KiB, walking down a column would hit a single L1 set.
+    const int64_t ld_t = (std::min(chunk, N) + 15) / 16 * 16 + 16;
+    const bool transposed = kmeans_cpu::gemm_transposed(level);
+    std::vector<T> buf(static_cast<size_t>(transposed ? cols * ld_t : std::min(chunk, N) * cols));
     const auto opts = a.X.options();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / R, r = task % R;
@@ -243,15 +247,15 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
         const int64_t r0 = ch * chunk;
         const int64_t rows = std::min(chunk, N - r0);
         at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
-        if (kmeans_cpu::gemm_transposed(level)) {  // (cols, rows): W rows per vector in the epilogue
-          at::Tensor out = at::from_blob(buf.data(), {cols, rows}, opts);
+        if (transposed) {  // (cols, rows): W rows per vector in the epilogue
+          at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
           at::mm_out(out, Cg, xs.t());
         } else {
           at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
           at::mm_out(out, xs, Cg.t());
         }
         const kmeans_cpu::ChunkEpilogue<T> e{buf.data(), Xg + r0 * D, C, cnp, band_base, band_slope, rows, M, K, D,
-                                             N, r0, g * M, a.c_shared, labels, dist2};
+                                             N, r0, g * M, a.c_shared, labels, dist2, ld_t};
         record_min(first_bad, kmeans_cpu::epilogue(e, level));
         if constexpr (FUSED) {
           // the chunk's rows, still in cache, into this task's partials (labels just written)

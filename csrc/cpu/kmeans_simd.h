@@ -308,6 +308,7 @@ struct ChunkEpilogue {
   bool c_shared;
   int64_t* labels;        // (P, N)
   T* dist2;               // (P, N)
+  int64_t ldg = 0;        // leading dimension of a transposed g (M·K, rows) (the AVX-512 epilogue)
 };
 
 }  // namespace tlk::kmeans_cpu
