@@ -162,21 +162,10 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
           label = static_cast<int64_t>(only[r]);
           d2 = sqdist_avx512(x, Cq + label * D, D);
         } else {  // several scores within the band (or none: NaN): exact distances decide
-          label = -1;
-          d2 = std::numeric_limits<T>::infinity();
-          for (int64_t kk = 0; kk < K; ++kk) {
-            if (bq[kk] + gq[kk * ld + i0 + r] <= thr[r]) {
-              const T d = sqdist_avx512(x, Cq + kk * D, D);
-              if (label < 0 || d < d2) {
-                label = kk;
-                d2 = d;
-              }
-            }
-          }
-          if (label < 0) {
-            label = 0;
-            d2 = sqdist_avx512(x, Cq, D);
-          }
+          const RowResult rr = resolve_band<T>(gq + i0 + r, ld, bq, K, x, Cq, D, thr[r],
+                                               [](const T* u, const T* v, int64_t n) { return sqdist_avx512(u, v, n); });
+          label = rr.label;
+          d2 = static_cast<T>(rr.dist2);
         }
         e.labels[p * e.N + n] = label;
         e.dist2[p * e.N + n] = d2;

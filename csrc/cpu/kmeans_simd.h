@@ -217,13 +217,15 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline int64_t band_avx2(c
 
 // Candidates of a row that has several scores within the band: the least exact distance wins,
 // ties to the lowest index; no candidate (NaN scores): label 0 and its (non-finite) distance.
+// g[k * g_stride] is the row's GEMM entry of centroid k (stride 1 in a row block, the leading
+// dimension in a transposed one).
 template <typename T, typename SqDist>
-inline RowResult resolve_band(const T* g, const T* b, int64_t K, const T* x, const T* C, int64_t D, T thr,
-                              SqDist sqd) {
+inline RowResult resolve_band(const T* g, int64_t g_stride, const T* b, int64_t K, const T* x, const T* C, int64_t D,
+                              T thr, SqDist sqd) {
   int64_t best = -1;
   T best_d = std::numeric_limits<T>::infinity();
   for (int64_t k = 0; k < K; ++k) {
-    if (b[k] + g[k] <= thr) {
+    if (b[k] + g[k * g_stride] <= thr) {
       const T d = sqd(x, C + k * D, D);
       if (best < 0 || d < best_d) {
         best = k;
@@ -246,7 +248,7 @@ __attribute__((target("avx2,popcnt"), always_inline)) inline RowResult assign_ro
   if (band_avx2<T>(g, b, K, thr, only) == 1) {  // the usual case: no other centroid within the band
     return {only, static_cast<double>(sqdist_avx2(x, C + only * D, D))};
   }
-  return resolve_band<T>(g, b, K, x, C, D, thr, [](const T* u, const T* v, int64_t n) { return sqdist_avx2(u, v, n); });
+  return resolve_band<T>(g, 1, b, K, x, C, D, thr, [](const T* u, const T* v, int64_t n) { return sqdist_avx2(u, v, n); });
 }
 
 template <typename T>
