@@ -21,6 +21,7 @@ from torch import nn
 from ..data import load_digits, stratified_split
 from ..transfer import FineTune
 from ..transfer.distill import Distill, distillation_targets
+from ._cli import add_common_args, seeds_of
 
 __all__ = ["ROWS", "LABELS", "make_mlp", "run", "table", "plot", "add_parser"]
 
@@ -193,7 +194,7 @@ def plot(result: dict, path: str) -> None:
 def _cmd(args) -> int:
     from ..cli import _write_json
 
-    seeds = [args.seed + k for k in range(args.seeds)]
+    seeds = seeds_of(args)
     opts = {"n_labelled": args.n_labelled, "epochs": args.epochs}
     result = run(seeds, verbose=not args.quiet, **opts)
     print(f"digits, {args.n_labelled} labelled; test accuracy (%) mean ± std over seeds {seeds} "
@@ -209,11 +210,7 @@ def _cmd(args) -> int:
 def add_parser(subparsers) -> None:
     """Registers the `distill` subcommand."""
     p = subparsers.add_parser("distill", help="knowledge distillation on digits: teacher / ensemble -> small student")
+    add_common_args(p, plot_help='test accuracy vs optimiser steps (PNG)')
     p.add_argument("--n-labelled", type=int, default=DEFAULTS["n_labelled"], help="labelled training examples")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="student epochs")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--plot", metavar="PATH", help="test accuracy vs optimiser steps (PNG)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd)

@@ -33,6 +33,7 @@ import torch
 
 from ..data import load_digits, shift_images
 from ..multitask import ContextualClassifier, MultiTaskClassifier
+from ._cli import add_common_args, seeds_of
 
 __all__ = ["TASKS", "MT_METHODS", "DG_METHODS", "digit_tasks", "run", "run_multitask", "run_domaingen", "table",
            "table_multitask", "table_domaingen", "plot_domaingen", "add_parser"]
@@ -301,7 +302,7 @@ def _cmd(args) -> int:
     from ..cli import _write_json
 
     torch.set_num_threads(1)
-    seeds = tuple(args.seed + k for k in range(args.seeds))
+    seeds = tuple(seeds_of(args))
     t0 = time.time()
     if args.command == "multitask":
         result = run_multitask(seeds, not args.quiet, n_labels=args.n_labels, n_unrelated=args.n_unrelated,
@@ -332,8 +333,7 @@ def add_parser(subparsers) -> None:
     for name, helptext in (("multitask", "multi-task digits: separate / hard / soft sharing / + unrelated task"),
                            ("domaingen", "domain generalisation: rotated digits with the angle as task context")):
         p = subparsers.add_parser(name, help=helptext)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")
+        add_common_args(p, plot_help="accuracy against angle (PNG)" if name == "domaingen" else None)
         if name == "multitask":
             p.add_argument("--steps", type=int, default=400, help="optimiser steps of every network")
             p.add_argument("--n-labels", type=int, default=40, help="labelled images per task (3/4 train, 1/4 val)")
@@ -344,9 +344,6 @@ def add_parser(subparsers) -> None:
             p.add_argument("--epochs", type=int, default=60)
             p.add_argument("--context", choices=["linear", "trig"], default="linear",
                            help="mu = theta/90 (linear) or (cos theta, sin theta) (trig)")
-            p.add_argument("--plot", metavar="PATH", help="accuracy against angle (PNG)")
-        p.add_argument("--json", metavar="PATH")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
         if name == "multitask":
             p.set_defaults(plot=None)
         p.set_defaults(func=_cmd)

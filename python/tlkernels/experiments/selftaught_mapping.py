@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..data import class_split, load_digits, shift_images, stratified_split
+from ._cli import add_common_args, seeds_of
 
 __all__ = ["make_shared_feature_problem", "run_stc", "run_mapping", "run", "table", "table_stc",
            "table_mapping", "plot_mapping", "add_parser"]
@@ -243,7 +244,7 @@ def _cmd(args) -> int:
     from ..cli import _write_json
 
     torch.set_num_threads(1)
-    seeds = tuple(range(args.seed, args.seed + args.seeds))
+    seeds = tuple(seeds_of(args))
     t0 = time.time()
     if args.experiment == "stc":
         result = run_stc(seeds=seeds, verbose=not args.quiet)
@@ -263,17 +264,10 @@ def _cmd(args) -> int:
 def add_parser(subparsers) -> None:
     """Registers the ``stc`` and ``mapping`` subcommands."""
     p = subparsers.add_parser("stc", help="self-taught clustering on digits 0-4 with digits 5-9 as auxiliary data (NMI)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--quiet", action="store_true")
+    add_common_args(p)
     p.set_defaults(func=_cmd, experiment="stc", plot=None)
 
     p = subparsers.add_parser("mapping", help="CycleGAN domain mapping on shifted digits: source-only / mapped / oracle")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")
+    add_common_args(p, plot_help="PNG of source images and their mapped versions")
     p.add_argument("--epochs", type=int, default=30, help="CycleGAN epochs")
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--plot", metavar="PATH", help="PNG of source images and their mapped versions")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd, experiment="mapping")

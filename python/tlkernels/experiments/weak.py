@@ -23,6 +23,7 @@ import torch
 
 from ..data import load_digits, stratified_split
 from ..weak import SelfTraining, WeakLocalizer, iou, localize, make_canvas_digits
+from ._cli import add_common_args, seeds_of
 
 __all__ = ["run", "table", "add_parser", "run_selftraining", "run_localization"]
 
@@ -229,7 +230,7 @@ def plot(result: dict, path: str) -> None:
 def _cmd(args) -> int:
     from ..cli import _write_json
 
-    seeds = [args.seed + k for k in range(args.seeds)]
+    seeds = seeds_of(args)
     ns = [int(v) for v in args.n_per_class.split(",")]
     result = run(seeds, verbose=not args.quiet, n_per_class=ns, n_train=args.n_train, n_test=args.n_test,
                  epochs=args.epochs)
@@ -245,13 +246,9 @@ def _cmd(args) -> int:
 def add_parser(subparsers) -> None:
     """Registers the ``weak`` subcommand."""
     p = subparsers.add_parser("weak", help="weak supervision: self-training on digits, weakly-supervised localisation")
+    add_common_args(p, plot_help='canvases with true and predicted boxes (PNG)')
     p.add_argument("--n-per-class", default="2,5", help="labelled digits per class for self-training (comma-separated)")
     p.add_argument("--n-train", type=int, default=800, help="training canvases (image-level labels only)")
     p.add_argument("--n-test", type=int, default=400, help="test canvases (half hold a digit)")
     p.add_argument("--epochs", type=int, default=8, help="epochs of the localiser")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")
-    p.add_argument("--json", metavar="PATH")
-    p.add_argument("--plot", metavar="PATH", help="canvases with true and predicted boxes (PNG)")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd)

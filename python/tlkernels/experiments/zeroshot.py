@@ -30,6 +30,7 @@ import torch
 
 from ..data import Dataset, class_split, load_digits, stratified_split
 from ..zeroshot import DAP, DIGIT_ATTRIBUTES, ConSE, EmbeddingZeroShot
+from ._cli import add_common_args, seeds_of
 
 __all__ = ["run", "table", "plot", "add_parser", "LABELS"]
 
@@ -245,7 +246,7 @@ def plot(result: dict, path: str) -> None:
 def _cmd(args) -> int:
     from ..cli import _write_json
 
-    seeds = [args.seed + k for k in range(args.seeds)]
+    seeds = seeds_of(args)
     result = run(seeds=seeds, verbose=not args.quiet, epochs=args.epochs)
     print(f"digits: seen 0-6 -> unseen 7-9, accuracy (%) mean ± std over seeds {seeds}; "
           f"{result['seconds']:.0f} s")
@@ -260,10 +261,6 @@ def _cmd(args) -> int:
 def add_parser(subparsers) -> None:
     """Registers ``tlkernels zeroshot``."""
     p = subparsers.add_parser("zeroshot", help="zero-shot digits 0-6 -> 7-9: DAP, bilinear hinge, ConSE, few-shot")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds: seed, seed + 1, ...")
+    add_common_args(p, plot_help='zero-shot accuracy against few-shot (PNG)')
     p.add_argument("--epochs", type=int, default=30, help="epochs of the bilinear embedding")
-    p.add_argument("--json", default=None, metavar="PATH")
-    p.add_argument("--plot", default=None, metavar="PATH")
-    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd)
