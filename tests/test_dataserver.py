@@ -228,6 +228,7 @@ def test_classification_experts(tmp_path):
 def _experts_worker(rank: int, world: int, port: int, root: str) -> None:
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    torch.set_num_threads(1)  # as the single process below: one thread count, one summation order
     try:
         train_experts(Store(root), epochs=1, seed=5, rank=rank, world_size=world)
     finally:
@@ -245,7 +246,14 @@ def test_experts_trained_partition_parallel_match_one_process(tmp_path):
         store, _ = small_store(tmp_path / name)
         store.save_partitions(np.arange(160) % 4)
         stores.append(store)
-    train_experts(stores[0], epochs=1, seed=5)
+    # Bit-identical experts need the same GEMM blocking: a fixed single thread in both runs (with
+    # more threads, MKL may pick its thread count by the machine's load and sum in another order).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_experts(stores[0], epochs=1, seed=5)
+    finally:
+        torch.set_num_threads(threads)
     mp.spawn(_experts_worker, args=(2, _free_port(), stores[1].root), nprocs=2, join=True)
     for i in range(4):
         a = load_file(os.path.join(stores[0].root, "experts", f"expert-{i:03d}.safetensors"))
