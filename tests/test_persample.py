@@ -320,6 +320,29 @@ def test_frozen_parameters_are_left_out():
     assert "fc1.weight" not in cap.params and "fc1.bias" in cap.params
 
 
+def test_names_follow_named_parameters_and_dot_sums_in_their_order():
+    """capture walks the model once for its layers and the parameter names: the names are those of
+    named_parameters() (a shared parameter under its first name, frozen ones left out); dot adds
+    the parameters' terms in the order of cap.params, so s is the same in every process."""
+    torch.manual_seed(0)
+    shared = nn.Linear(6, 6)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), shared, nn.Tanh(), shared, nn.Linear(6, 3)).float()
+    model[5].bias.requires_grad_(False)
+    gen = torch.Generator().manual_seed(2)
+    batch = (torch.randn(9, 5, generator=gen), torch.randint(0, 3, (9,), generator=gen))
+    cap = persample.capture(model, ce_loss, batch)
+    want = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert sorted(cap.params) == sorted(want) and "2.weight" in cap.params and "4.weight" not in cap.params
+    assert len(cap.reps["2.weight"]) == 2  # the shared layer, called twice
+    v = {n: torch.randn(p.shape, generator=gen) for n, p in cap.params.items()}
+    s = torch.zeros(9)
+    for n in cap.params:
+        for rep in cap.reps[n]:
+            s += rep.dot(v[n])
+    assert torch.equal(cap.dot(v), s)
+    torch.testing.assert_close(cap.dot([v, v]), torch.stack([s, s], 1))  # (V = 2 GEMMs round differently)
+
+
 def test_batchnorm_in_training_mode_is_refused():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     batch = (torch.randn(5, 3), torch.randint(0, 2, (5,)))

@@ -61,6 +61,42 @@ def test_one_step_matches_the_equations(alpha_step, shared):
             torch.testing.assert_close(p, p0 - 0.1 * gg, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_frozen_parameters_stay_frozen_and_alpha_still_moves(shared):
+    """A frozen first layer (fine-tuning a pretrained backbone) gets no target gradient and no
+    step; the trainable rest still defines s = Q^T g."""
+    gen = torch.Generator().manual_seed(2)
+    xs, ys = torch.randn(6, 2, generator=gen), torch.randint(0, 2, (6,), generator=gen)
+    xt, yt = torch.randn(4, 2, generator=gen), torch.randint(0, 2, (4,), generator=gen)
+    backbone, sh, th = tiny(shared=shared)
+    backbone[0].weight.requires_grad_(False)
+    frozen = backbone[0].weight.detach().clone()
+    m = Soseleto(backbone, sh, th, 6, lr=0.1, lr_alpha=0.3, alpha_init=0.5)
+    m.step((xs, ys), (xt, yt), torch.arange(6))
+    assert torch.equal(backbone[0].weight, frozen)
+    assert not torch.equal(m.alpha_, torch.full((6,), 0.5))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_step_puts_both_nets_in_training_mode(shared):
+    """step() calls Module.train() only where some module is not training: after predict() (eval)
+    and after the user switches one layer to eval, every module of both nets trains again."""
+    backbone, head, target_head = tiny(seed=0, shared=shared)
+    backbone.append(nn.Dropout(0.1))
+    m = Soseleto(backbone, head, target_head, 6)
+    gen = torch.Generator().manual_seed(1)
+    source = (torch.randn(6, 2, generator=gen), torch.randint(0, 2, (6,), generator=gen))
+    target = (torch.randn(4, 2, generator=gen), torch.randint(0, 2, (4,), generator=gen))
+    m.predict(target[0])
+    assert not any(mod.training for mod in m.target_net.modules())
+    m.step(source, target, torch.arange(6))
+    nets = (m.source_net, m.target_net)
+    assert all(mod.training for net in nets for mod in net.modules())
+    backbone[2].eval()
+    m.step(source, target, torch.arange(6))
+    assert all(mod.training for net in nets for mod in net.modules())
+
+
 def test_resume_gives_the_uninterrupted_continuation():
     src, tgt = make_noisy_2d(n_source=90, n_target=20, random_state=3)
 

@@ -92,21 +92,23 @@ class Capture:
         for m in maps:
             if not isinstance(m, Mapping):
                 raise TypeError(f"vectors must map parameter names to tensors, got {type(m).__name__}")
-            names |= set(m)
-        unknown = names - set(self.params)
+            names.update(m)
+        unknown = names.difference(self.params)
         if unknown:
             raise KeyError(f"vectors name parameters that are not trainable parameters of the model: {sorted(unknown)}")
-        ref = self.losses
-        s = ref.new_zeros(self.batch_size, len(maps))
-        for name in names:
-            p = self.params[name]
-            if len(maps) == 1:  # a view, no copy of a possibly large vector
-                stacked = self._vector(maps[0], name, p).unsqueeze(0)
+        # One map: (B,) terms, the vectors passed as they are (no copy of a possibly large vector).
+        s = self.losses.new_zeros((self.batch_size, len(maps)) if many else (self.batch_size,))
+        for name, p in self.params.items():  # the parameters' order: the same sum in every run
+            if name not in names:
+                continue
+            if many:
+                v = torch.stack([self._vector(m, name, p) for m in maps])  # (V, *shape)
             else:
-                stacked = torch.stack([self._vector(m, name, p) for m in maps])  # (V, *shape)
+                v = self._vector(maps[0], name, p)
             for rep in self.reps[name]:
-                s += rep.dot(stacked.to(_rep_dtype(rep)))
-        return s if many else s[:, 0]
+                dtype = _rep_dtype(rep)
+                s += rep.dot(v if v.dtype == dtype else v.to(dtype))
+        return s
 
     def gram(self, other: "Capture | None" = None) -> Tensor:
         """(B1, B2) Gram <dl_i/dθ, dl'_j/dθ> over all captured parameters; other=None: with itself."""
@@ -147,7 +149,15 @@ class Capture:
             raise ValueError(f"weights must have shape (B,) = ({self.batch_size},), got {tuple(weights.shape)}")
         for name, reps in self.reps.items():
             p = self.params[name]
-            g = sum(r.weighted(weights.to(_rep_dtype(r))) for r in reps).to(p.dtype).reshape(p.shape)
+            g = None
+            for r in reps:
+                dtype = _rep_dtype(r)
+                part = r.weighted(weights if weights.dtype == dtype else weights.to(dtype))
+                g = part if g is None else g + part
+            if g.dtype != p.dtype:
+                g = g.to(p.dtype)
+            if g.shape != p.shape:
+                g = g.reshape(p.shape)
             if p.grad is None:
                 p.grad = g.clone() if g.data_ptr() == p.data_ptr() else g
             else:
@@ -161,7 +171,8 @@ class Capture:
         if not isinstance(v, Tensor) or v.shape != p.shape:
             raise ValueError(f"vectors[{name!r}] must be a tensor of shape {tuple(p.shape)}, got "
                              f"{tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__}")
-        return v.detach().to(p.device)
+        v = v.detach()
+        return v if v.device == p.device else v.to(p.device)
 
 
 def _rep_dtype(rep) -> torch.dtype:
@@ -185,8 +196,8 @@ def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = T
     The parameters' ``.grad`` are not touched. Raises ``UnsupportedModuleError`` for BatchNorm in
     training mode, and for unknown parametrised modules when ``fallback=False``.
     """
-    names = {id(p): n for n, p in model.named_parameters() if p.requires_grad}
-    owners = _owners(model, fallback)
+    owners, trainable = _owners(model, fallback)
+    names = {id(p): n for n, p in trainable.items()}
     try:
         losses, calls = _forward_backward(model, loss_fn, batch, owners, clone_outputs=False)
     except _ModifiedInPlace:
@@ -203,20 +214,24 @@ def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = T
             full = names[id(p)]
             cap.params[full] = p
             cap.reps.setdefault(full, []).append(rep)
-    missing = set(names.values()) - set(cap.reps)
-    for full in missing:  # trainable but unused in this forward: zero per-sample gradients
-        p = dict(model.named_parameters())[full]
+    for full, p in trainable.items():
+        if full in cap.reps:
+            continue
+        # trainable but unused in this forward: zero per-sample gradients
         cap.params[full] = p
         cap.reps[full] = [DenseRep(p.new_zeros((batch_size,) + tuple(p.shape)))]
     return cap
 
 
-def _owners(model: nn.Module, fallback: bool) -> list[nn.Module]:
-    """The modules owning trainable parameters, each once; refuses training-mode BatchNorm, and
-    unknown parametrised modules when fallback=False."""
+def _owners(model: nn.Module, fallback: bool) -> tuple[list[nn.Module], dict[str, nn.Parameter]]:
+    """The modules owning trainable parameters, each once, and the trainable parameters by full
+    name (as ``model.named_parameters()`` names them: the first name of a shared parameter), from
+    one walk of the model; refuses training-mode BatchNorm, and unknown parametrised modules when
+    fallback=False."""
     owners: list[nn.Module] = []
-    seen = set()
-    for mname, module in model.named_modules():
+    trainable: dict[str, nn.Parameter] = {}
+    seen_params: set[int] = set()
+    for mname, module in model.named_modules():  # each module once
         own = _own_trainable(module)
         if not own:
             continue
@@ -230,10 +245,12 @@ def _owners(model: nn.Module, fallback: bool) -> list[nn.Module]:
                 f"module {mname or '<root>'} ({type(module).__name__}) owns trainable parameters "
                 f"{sorted(own)} that the per-sample capture does not support; pass fallback=True "
                 "to handle it with torch.func, or freeze those parameters")
-        if id(module) not in seen:
-            seen.add(id(module))
-            owners.append(module)
-    return owners
+        owners.append(module)
+        for pname, p in own.items():
+            if id(p) not in seen_params:
+                seen_params.add(id(p))
+                trainable[f"{mname}.{pname}" if mname else pname] = p
+    return owners, trainable
 
 
 class _ModifiedInPlace(Exception):
@@ -355,7 +372,8 @@ def _backward_to_outputs(losses: Tensor, calls: list[_Call]) -> None:
     outs = [o for c in calls for o in _tensors(c.output)]
     if any(o._version != v for c in calls for o, v in zip(_tensors(c.output), c.version)):
         raise _ModifiedInPlace()
-    grads = torch.autograd.grad(losses.sum(), outs, allow_unused=True) if outs else []
+    # d(sum_i l_i)/d(outputs): ones as the losses' gradient, without a sum node to differentiate
+    grads = torch.autograd.grad(losses, outs, torch.ones_like(losses), allow_unused=True) if outs else []
     it = iter(grads)
     for c in calls:
         gs = [next(it) for _ in _tensors(c.output)]
@@ -381,7 +399,8 @@ def _representations(call: _Call, batch_size: int, fallback: bool):
         if "weight" in own:
             yield "weight", LinearRep(a, d)
         if "bias" in own:
-            yield "bias", DenseRep(d.sum(1))
+            # a contiguous 2-D output gradient (B, O) is the per-sample bias gradient as it is
+            yield "bias", DenseRep(dy if dy.dim() == 2 and dy.is_contiguous() else d.sum(1))
     elif isinstance(m, _CONV):
         _batch_check(m, x, batch_size)
         unbatched = x.dim() == len(m.kernel_size) + 1
@@ -502,7 +521,7 @@ def grad_dot(model: nn.Module, loss_fn: LossFn, batch: Any,
                 part = rep.dot(stacked[name].to(_rep_dtype(rep)))
                 acc["s"] = part if "s" not in acc else acc["s"] + part
 
-    owners = _owners(model, fallback)
+    owners, _ = _owners(model, fallback)
     try:
         losses, _ = _forward_backward(model, loss_fn, batch, owners, clone_outputs=False, stream=on_call)
     except RuntimeError as e:

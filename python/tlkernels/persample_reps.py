@@ -73,7 +73,10 @@ class DenseRep:
         return self.g.flatten(1).pow(2).sum(1)
 
     def weighted(self, w: Tensor) -> Tensor:
-        return torch.tensordot(w, self.g, dims=([0], [0]))
+        if self.g.dim() == 1:  # a scalar parameter
+            return torch.tensordot(w, self.g, dims=([0], [0]))
+        # the (1, B) x (B, P) product tensordot forms, without its Python wrapper
+        return torch.mm(w.unsqueeze(0), self.g.reshape(self.g.shape[0], -1)).view(self.g.shape[1:])
 
 
 class LinearRep:

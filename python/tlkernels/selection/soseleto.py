@@ -141,10 +141,14 @@ class Soseleto:
         self.batch_size, self.target_batch_size = batch_size, target_batch_size
         self.random_state, self.verbose = random_state, verbose
         # theta = backbone (+ the head in shared mode); phi_s steps with theta on the source
-        self._theta = dict(self.backbone.named_parameters(prefix="backbone"))
+        # theta: the trainable shared parameters (frozen ones get no target gradient and no step)
+        self._theta = {n: p for n, p in self.backbone.named_parameters(prefix="backbone") if p.requires_grad}
         if self.shared_head:
-            self._theta.update(self.source_head.named_parameters(prefix="head"))
-        self._opt_source = self._make_opt(list(self.source_net.parameters()))
+            self._theta.update((n, p) for n, p in self.source_head.named_parameters(prefix="head") if p.requires_grad)
+        self._target_head_params = [] if self.shared_head else [p for p in self.target_head.parameters()
+                                                                if p.requires_grad]
+        self._source_params = list(self.source_net.parameters())
+        self._opt_source = self._make_opt(self._source_params)
         self._opt_target = None if self.shared_head else self._make_opt(list(self.target_head.parameters()))
         self.step_ = 0
         self.history_: list[dict] = []
@@ -198,10 +202,10 @@ class Soseleto:
         """One SOSELETO step. source_batch: (X (B, ...), y (B,)); target_batch: (X, y);
         index: (B,) positions of the source examples in the source set. Returns the mean
         unweighted source loss and the target loss."""
-        self.source_net.train()
-        self.target_net.train()
+        self._train_mode()
         lr_scale = self._lr_scale()
-        self._opt_source.zero_grad(set_to_none=True)  # last step's gradients: free them first
+        for p in self._source_params:  # = _opt_source.zero_grad(set_to_none=True): free them first
+            p.grad = None
         for opt in (self._opt_source, self._opt_target):
             if opt is not None:
                 for g in opt.param_groups:
@@ -210,7 +214,7 @@ class Soseleto:
         #    the capture, which lowers the peak memory; both are taken at the same theta)
         xt, yt = target_batch
         lt = F.cross_entropy(self.target_net(xt), yt)
-        tparams = list(self._theta.values()) + ([] if self.shared_head else list(self.target_head.parameters()))
+        tparams = list(self._theta.values()) + self._target_head_params
         grads = torch.autograd.grad(lt, tparams, allow_unused=True)
         grads = [gr if gr is not None else torch.zeros_like(p) for gr, p in zip(grads, tparams)]
         if self._dist:  # every rank sees the mean target gradient
@@ -219,25 +223,26 @@ class Soseleto:
                    for (n, p), gr in zip(self._theta.items(), grads[: len(self._theta)])}
         if not self.shared_head:
             self._opt_target.zero_grad(set_to_none=True)
-            for p, gr in zip(self.target_head.parameters(), grads[len(self._theta):]):
+            for p, gr in zip(self._target_head_params, grads[len(self._theta):]):
                 p.grad = gr
             self._opt_target.step()
         # 2. unweighted per-sample source losses, captured
         cap = persample.capture(self.source_net, _ce_per_sample, source_batch)
-        b = self._all_sum(torch.tensor(float(cap.batch_size))).item()  # the global batch
+        # the global batch
+        b = self._all_sum(torch.tensor(float(cap.batch_size))).item() if self._dist else float(cap.batch_size)
         # 3. s = Q^T g with column j of Q = dl_j/dtheta / B; alpha step fused with the clip
         s = cap.dot(g_theta) / b
         del g_theta, grads  # the target gradient is not needed any more: free it before step 4
         if self.alpha_step == "normalized":
             rms = (self._all_sum(s.pow(2).sum()) / b).sqrt()
-            s = s / rms if rms > 0 else s
+            s = s / rms if rms.item() > 0 else s
             lr_a = self.lr_alpha
         else:
             lr_a = self.lr_alpha * self.lr * lr_scale
         aidx = index if self.groups is None else self.groups[index]
         ops.clip_update_(self.alpha_, aidx, s.float(), float(lr_a))
         # 4. theta and phi_s step on sum_j alpha_j dl_j/dtheta / B (bookkeeping, no second backward)
-        cap.accumulate_grad(self.alpha_[aidx].to(cap.losses.dtype) / b)
+        cap.accumulate_grad(self.alpha_.index_select(0, aidx).to(cap.losses.dtype) / b)
         if self._dist:  # the weighted source gradient summed over the shards
             for p in self.source_net.parameters():
                 if p.grad is not None:
@@ -298,6 +303,16 @@ class Soseleto:
         if self.optimizer == "sgd":
             return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
         return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+
+    def _train_mode(self) -> None:
+        """source_net.train(); target_net.train(), which set the flag of every submodule through
+        nn.Module.__setattr__ (slower than a small model's layer): called only for a net where
+        some module is not in training mode. target_net's backbone is source_net's, and so is its
+        head in shared mode."""
+        for net in (self.source_net,) if self.shared_head else (self.source_net, self.target_head):
+            if not all(m.training for m in net.modules()):
+                net.train()
+        self.target_net.training = True
 
     def _lr_scale(self) -> float:
         if self.schedule != "cosine":
