@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch import Tensor
 
-__all__ = ["accuracy", "check_class_attributes", "check_labels", "resolve_candidates", "to_numpy_2d"]
+__all__ = ["accuracy", "check_class_attributes", "check_labels", "resolve_candidates", "to_numpy_2d",
+           "ZeroShotPredictMixin"]
 
 
 def _np(a):
@@ -80,3 +81,25 @@ def accuracy(pred, y, sample_weight=None) -> float:
     hit = (pred == y).astype(np.float64)
     w = np.ones_like(hit) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).ravel()
     return float((w * hit).sum() / w.sum())
+
+
+class ZeroShotPredictMixin:
+    """predict_proba / predict / score of a zero-shot estimator from its ``decision_function(X,
+    candidate_classes, class_attributes)`` (N, C) scores over the candidates and its ``_table``."""
+
+    def predict_proba(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+        """Softmax of the scores over the candidates (N, C): for DAP the posterior of its rule,
+        for the embedding methods a ranking, not calibrated."""
+        s = self.decision_function(X, candidate_classes, class_attributes)
+        e = np.exp(s - s.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    def predict(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+        """X (N, ...) -> predicted classes (N,), table indices taken from the candidates."""
+        table = self._table(class_attributes)
+        cand = resolve_candidates(candidate_classes, table.shape[0], self.seen_classes_)
+        return cand[self.decision_function(X, cand, class_attributes).argmax(1)]
+
+    def score(self, X, y, candidate_classes=None, class_attributes=None, sample_weight=None) -> float:
+        """(Weighted) accuracy of ``predict`` on (X, y)."""
+        return accuracy(self.predict(X, candidate_classes, class_attributes), y, sample_weight)

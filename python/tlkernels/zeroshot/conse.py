@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import accuracy, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
+from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
 from .embedding import encode_classes
 
 __all__ = ["ConSE"]
 
 
-class ConSE:
+class ConSE(ZeroShotPredictMixin):
     """ConSE: embed x as the convex combination of the embeddings of its top-T seen classes,
 
         s(x) = sum_{t<=T} p(y_t | x) w_{y_t} / sum_{t<=T} p(y_t | x),
@@ -104,19 +104,3 @@ class ConSE:
         s = s / np.maximum(np.linalg.norm(s, axis=1, keepdims=True), 1e-12)
         Wc = Wc / np.maximum(np.linalg.norm(Wc, axis=1, keepdims=True), 1e-12)
         return s @ Wc.T
-
-    def predict_proba(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
-        """softmax of the cosines over the candidates (N, C): a ranking, not calibrated."""
-        s = self.decision_function(X, candidate_classes, class_attributes)
-        e = np.exp(s - s.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
-
-    def predict(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
-        """X (N, ...) -> the candidate classes (N,) nearest to s(x) by cosine."""
-        W = self._table(class_attributes)
-        cand = resolve_candidates(candidate_classes, W.shape[0], self.seen_classes_)
-        return cand[self.decision_function(X, cand, class_attributes).argmax(1)]
-
-    def score(self, X, y, candidate_classes=None, class_attributes=None, sample_weight=None) -> float:
-        """(Weighted) accuracy of ``predict`` on (X, y)."""
-        return accuracy(self.predict(X, candidate_classes, class_attributes), y, sample_weight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import accuracy, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
+from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
 
 __all__ = ["DAP"]
 
@@ -21,7 +21,7 @@ class _Constant:
         return np.stack([1.0 - p1, p1], 1)
 
 
-class DAP:
+class DAP(ZeroShotPredictMixin):
     """Direct Attribute Prediction.
 
     Step 1 (``fit``): from the labels of the seen classes build one binary training set per
@@ -155,20 +155,3 @@ class DAP:
         log_lik = np.log(P) @ Z.T + np.log1p(-P) @ (1 - Z).T  # (N, C)
         log_prior = (np.log(prior) * Z + np.log1p(-prior) * (1 - Z)).sum(1)  # (C,)
         return log_lik - log_prior
-
-    def predict_proba(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
-        """Posterior over the candidates (N, C), the DAP scores normalised to sum to 1 per row."""
-        s = self.decision_function(X, candidate_classes, class_attributes)
-        s = np.exp(s - s.max(1, keepdims=True))
-        return s / s.sum(1, keepdims=True)
-
-    def predict(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
-        """X (N, ...) -> predicted classes (N,), table indices taken from the candidates."""
-        S = self._table(class_attributes)
-        cand = resolve_candidates(candidate_classes, S.shape[0], self.seen_classes_)
-        return cand[self.decision_function(X, cand, class_attributes).argmax(1)]
-
-    def score(self, X, y, candidate_classes=None, class_attributes=None, sample_weight=None) -> float:
-        """(Weighted) accuracy of ``predict`` on (X, y)."""
-        return accuracy(self.predict(X, candidate_classes, class_attributes), y, sample_weight)
-

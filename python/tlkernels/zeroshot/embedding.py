@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..transfer._common import as_weights, torch_generator, train_loop
-from ._common import accuracy, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
+from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
 
 __all__ = ["BilinearCompatibility", "ZeroShotHingeLoss", "EmbeddingZeroShot", "encode_classes"]
 
@@ -108,7 +108,7 @@ class _Scorer(nn.Module):
         return self.comp(x, self.W)
 
 
-class EmbeddingZeroShot:
+class EmbeddingZeroShot(ZeroShotPredictMixin):
     """Bilinear embedding zero-shot classifier: f(x) = argmax_{y in candidates} v(x)^T M w_y.
 
     Args:
@@ -191,18 +191,3 @@ class EmbeddingZeroShot:
         W = self._table(class_attributes)
         cand = resolve_candidates(candidate_classes, W.shape[0], self.seen_classes_)
         return self.compatibility_(self._features(X), torch.as_tensor(W[cand], dtype=torch.float32)).numpy()
-
-    def predict_proba(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
-        """softmax of the compatibilities over the candidates (N, C): a ranking, not calibrated."""
-        s = torch.as_tensor(self.decision_function(X, candidate_classes, class_attributes))
-        return torch.softmax(s, 1).numpy()
-
-    def predict(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
-        """X (N, ...) -> classes (N,) (table indices) maximising F(x, w_z) over the candidates."""
-        W = self._table(class_attributes)
-        cand = resolve_candidates(candidate_classes, W.shape[0], self.seen_classes_)
-        return cand[self.decision_function(X, cand, class_attributes).argmax(1)]
-
-    def score(self, X, y, candidate_classes=None, class_attributes=None, sample_weight=None) -> float:
-        """(Weighted) accuracy of ``predict`` on (X, y)."""
-        return accuracy(self.predict(X, candidate_classes, class_attributes), y, sample_weight)
