@@ -48,3 +48,16 @@ def test_dataserver_build_from_npz_and_an_image_folder(tmp_path, capsys):
     assert store.partitions is not None and os.path.exists(store_dir / "experts" / "manifest.json")
     with pytest.raises(SystemExit, match="NAME=PATH"):
         main(["dataserver", "build", "--store", str(tmp_path / "x"), "--npz", "missing-equals"])
+
+
+def test_soseleto_domain_writes_its_table_and_json(tmp_path, capsys):
+    js = tmp_path / "domain.json"
+    assert main(["soseleto", "--experiment", "domain", "--n-target", "20", "--epochs", "2", "--quiet",
+                 "--json", str(js)]) == 0
+    out = capsys.readouterr().out
+    assert "Fine-tuning" in out and "SOSELETO (shared head)" in out and "alpha soseleto" in out
+    r = json.loads(js.read_text())
+    assert set(r["accuracy"]) == {"target_only", "fine_tuning", "soseleto", "soseleto_ft", "soseleto_shared",
+                                  "soseleto_shared_ft"}
+    assert r["shift"] == "rotation" and r["n_target"] == 20 and len(r["alpha"]["soseleto"]["mean_per_class"]) == 10
+    assert all(0.0 <= v <= 1.0 for v in r["accuracy"].values())

@@ -76,6 +76,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_soseleto(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .experiments import soseleto as ex
 
     seeds = [args.seed + k for k in range(args.seeds)]
@@ -90,10 +92,34 @@ def _cmd_soseleto(args: argparse.Namespace) -> int:
                                 kind=args.kind, plot=args.plot if k == 0 else None, verbose=not args.quiet)
                    for k, s in enumerate(seeds)]
         _print_table(results)
-    else:
+    elif args.experiment == "disjoint":
         results = [ex.run_disjoint(n_target=args.n_target or 25, seed=s, epochs=args.epochs or 30,
                                    verbose=not args.quiet) for s in seeds]
         _print_table(results)
+    else:
+        results = [ex.run_domain(n_target=args.n_target or 20, seed=s, epochs=args.epochs or 30, shift=args.shift,
+                                 verbose=not args.quiet) for s in seeds]
+        labels = {"target_only": "Target only", "fine_tuning": "Fine-tuning",
+                  "soseleto": "SOSELETO (separate heads)", "soseleto_ft": "  + fine-tuning",
+                  "soseleto_shared": "SOSELETO (shared head)", "soseleto_shared_ft": "  + fine-tuning"}
+        print(f"digits -> digits under '{args.shift}', {results[0]['n_target']} labelled target examples; "
+              f"test accuracy % (mean ± std over {len(results)} seed(s))")
+        rows = [("Source only (no target)", [r["source_only"] for r in results])]
+        rows += [(labels[m], [r["accuracy"][m] for r in results]) for m in results[0]["accuracy"]]
+        for name, v in rows:
+            v = np.array(v) * 100
+            print(f"{name:<27} {v.mean():5.1f} ± {v.std():4.1f}")
+        for key in results[0]["alpha"]:
+            a = [r["alpha"][key] for r in results]
+            per_class = np.mean([x["mean_per_class"] for x in a], 0)
+            line = (f"alpha {key}: mean {np.mean([x['mean'] for x in a]):.2f}, per class "
+                    f"[{' '.join(f'{c:.2f}' for c in per_class)}]")
+            for m in ("spearman_target_p_true", "spearman_slant"):
+                vals = [x[m] for x in a if x[m] is not None]
+                if vals:
+                    line += f", {m} {np.mean(vals):+.2f}"
+            print(line)
+        print(f"{sum(r['seconds'] for r in results):.0f} s")
     _write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
 
@@ -229,11 +255,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("soseleto", help="SOSELETO experiments: synthetic 2-D, noisy digits, disjoint digit classes")
-    p.add_argument("--experiment", choices=["synthetic", "noisy", "disjoint"], default="noisy")
+    p = sub.add_parser("soseleto", help="SOSELETO experiments: synthetic 2-D, noisy digits, disjoint digit "
+                                        "classes, domain-shifted digits")
+    p.add_argument("--experiment", choices=["synthetic", "noisy", "disjoint", "domain"], default="noisy")
+    p.add_argument("--shift", choices=["rotation", "blur_noise"], default="rotation",
+                   help="domain: the target's shift (rotation 30°, or blur σ=1 + noise 0.2)")
     p.add_argument("--noise", type=float, default=0.4)
     p.add_argument("--kind", choices=["symmetric", "pairwise"], default="symmetric")
-    p.add_argument("--n-target", type=int, default=None, help="labelled target examples (100 noisy, 25 disjoint)")
+    p.add_argument("--n-target", type=int, default=None,
+                   help="labelled target examples (100 noisy, 25 disjoint, 20 domain)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1, help="run seeds seed, seed+1, ...")
