@@ -130,16 +130,7 @@ def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: in
     source = Dataset(source.X, noisy, flipped)
     n_val = max(10, n_target // 4)
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 1)
-    steps = epochs * -(-len(source) // 64)
-
-    acc, chosen = {}, {}
-    p, net, _ = target_only(tgt_tr, tgt_val, 64, 10, seed, steps)
-    acc["target_only"], chosen["target_only"] = accuracy(net, test), p
-
-    _seed_all(seed)
-    pre = train(nn.Sequential(mlp(64), nn.Linear(64, 10)), source, epochs, lr=0.05, batch_size=64, seed=seed)
-    p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed)
-    acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
+    acc, chosen, pre, _ = _baselines(source, tgt_tr, tgt_val, test, 10, seed, epochs)
 
     model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 10, shared=True, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
@@ -166,16 +157,7 @@ def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, verbose: b
     test, target = stratified_split(target_all, [400, n_target], random_state=seed)
     n_val = max(5, n_target // 5)
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 1)
-    steps = epochs * -(-len(source) // 64)
-
-    acc, chosen = {}, {}
-    p, net, _ = target_only(tgt_tr, tgt_val, 64, 5, seed, steps)
-    acc["target_only"], chosen["target_only"] = accuracy(net, test), p
-
-    _seed_all(seed)
-    pre = train(nn.Sequential(mlp(64), nn.Linear(64, 5)), source, epochs, lr=0.05, batch_size=64, seed=seed)
-    p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed, new_head=5)
-    acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
+    acc, chosen, pre, _ = _baselines(source, tgt_tr, tgt_val, test, 5, seed, epochs, new_head=5)
 
     model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 5, shared=False, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
@@ -231,17 +213,8 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
     src_img = src.X  # kept as images for the slant measure below
     flat = lambda d: Dataset(d.X.reshape(len(d), -1).contiguous(), d.y)  # noqa: E731
     source, test, tgt_val, tgt_tr = flat(src), flat(test), flat(tgt_val), flat(tgt_tr)
-    steps = epochs * -(-len(source) // 64)
-
-    acc, chosen = {}, {}
-    p, net_to, _ = target_only(tgt_tr, tgt_val, 64, 10, seed, steps)
-    acc["target_only"], chosen["target_only"] = accuracy(net_to, test), p
-
-    _seed_all(seed)
-    pre = train(nn.Sequential(mlp(64), nn.Linear(64, 10)), source, epochs, lr=0.05, batch_size=64, seed=seed)
+    acc, chosen, pre, net_to = _baselines(source, tgt_tr, tgt_val, test, 10, seed, epochs)
     source_only = accuracy(pre, test)
-    p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed)
-    acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
 
     alphas = {}
     for key, shared in (("soseleto", False), ("soseleto_shared", True)):
@@ -296,6 +269,22 @@ def _plot_alpha_hist(alpha, flipped, auroc: float, title: str, path: str) -> Non
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _baselines(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, test: Dataset, n_classes: int, seed: int,
+               epochs: int, new_head: int | None = None):
+    """The rows every experiment shares: Target only, and Fine-tuning of a network pre-trained on
+    the whole (unweighted) source. Returns ({method: test accuracy}, {method: chosen setting},
+    the pre-trained network, the target-only network)."""
+    steps = epochs * -(-len(source) // 64)
+    acc, chosen = {}, {}
+    p, net_to, _ = target_only(tgt_tr, tgt_val, 64, n_classes, seed, steps)
+    acc["target_only"], chosen["target_only"] = accuracy(net_to, test), p
+    _seed_all(seed)
+    pre = train(nn.Sequential(mlp(64), nn.Linear(64, n_classes)), source, epochs, lr=0.05, batch_size=64, seed=seed)
+    p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed, new_head=new_head)
+    acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
+    return acc, chosen, pre, net_to
 
 
 def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, verbose: bool = False) -> dict:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
-from .embedding import encode_classes
+from .embedding import encode_classes, encoded_table
 
 __all__ = ["ConSE"]
 
@@ -88,12 +88,7 @@ class ConSE(ZeroShotPredictMixin):
         return (p[..., None] * E).sum(1) / np.maximum(p.sum(1, keepdims=True), 1e-12)
 
     def _table(self, class_attributes):
-        if class_attributes is None:
-            return self.class_embeddings_
-        S = check_class_attributes(class_attributes)
-        if S.shape[1] != self.class_embeddings_.shape[1]:
-            raise ValueError(f"class_attributes must have {self.class_embeddings_.shape[1]} attributes, got {S.shape}")
-        return encode_classes(S, self.signed, self.normalize)
+        return encoded_table(self, class_attributes)
 
     def decision_function(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
         """Cosine similarities (N, len(candidates)) between s(x) and the candidates' embeddings."""

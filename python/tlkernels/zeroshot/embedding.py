@@ -27,6 +27,17 @@ def encode_classes(class_attributes: np.ndarray, signed: bool = True, normalize:
     return S
 
 
+def encoded_table(est, class_attributes):
+    """The class embeddings an embedding estimator scores against: its fitted ones
+    (``est.class_embeddings_``) or, for a new table (K, A), that table encoded the same way."""
+    if class_attributes is None:
+        return est.class_embeddings_
+    S = check_class_attributes(class_attributes)
+    if S.shape[1] != est.class_embeddings_.shape[1]:
+        raise ValueError(f"class_attributes must have {est.class_embeddings_.shape[1]} attributes, got {S.shape}")
+    return encode_classes(S, est.signed, est.normalize)
+
+
 class BilinearCompatibility(nn.Module):
     """F(v, w) = v^T M w (+ b^T w when bias=True, i.e. v augmented with a constant 1).
 
@@ -176,12 +187,7 @@ class EmbeddingZeroShot(ZeroShotPredictMixin):
         return self
 
     def _table(self, class_attributes):
-        if class_attributes is None:
-            return self.class_embeddings_
-        S = check_class_attributes(class_attributes)
-        if S.shape[1] != self.class_embeddings_.shape[1]:
-            raise ValueError(f"class_attributes must have {self.class_embeddings_.shape[1]} attributes, got {S.shape}")
-        return encode_classes(S, self.signed, self.normalize)
+        return encoded_table(self, class_attributes)
 
     @torch.no_grad()
     def decision_function(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
