@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: median timing after warm-up, machine description, JSON + PNG."""
+"""Shared benchmark helpers: median timing after warm-up (alone, or interleaved), machine description, JSON + PNG."""
 
 from __future__ import annotations
 
@@ -26,6 +26,27 @@ def median_time(fn: Callable[[], object], repeats: int = 15, warmup: int = 3, mi
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int = 200,
+                             warmup: int = 10) -> dict[str, float]:
+    """{name: median wall time in seconds}, the functions run in turn within each repeat, so a
+    drift of the machine's speed (frequency, a neighbour's load: 20-30% on these 2 vCPUs) hits
+    every function alike and their ratios stay meaningful. For fast functions (< ~10 ms)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def machine() -> dict:
