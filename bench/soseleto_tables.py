@@ -34,13 +34,17 @@ def main(folder: str) -> None:
         print(f"| {LABELS[m]} | " + " | ".join(ms([r["accuracy"][m] for r in rs]) for rs in noisy.values()) + " |")
     print("| alpha AUROC clean/noisy | " + " | ".join(
         f"{np.mean([r['auroc'] for r in rs]):.3f} ± {np.std([r['auroc'] for r in rs]):.3f}" for rs in noisy.values()) + " |")
-    dis = {n: load(f"soseleto_disjoint_{n}.json") for n in ("20", "25")}
-    print("\n(c) digits 0-4 (source) -> 5-9 (target), n_t labelled target examples in all, test accuracy (%)\n")
-    print("| method | " + " | ".join(f"n_t = {n}" for n in dis) + " |")
+    dis = {f"{shift}, n_t = {n}": load(f"soseleto_disjoint_{shift + '_' if shift != 'clean' else ''}{n}.json")
+           for shift in ("clean", "rotation", "blur_noise") for n in ("20", "25")}
+    print("\n(c) digits 0-4 (source) -> 5-9 (target), n_t labelled target examples in all; the target clean, or "
+          "shifted (disjoint images), test accuracy (%)\n")
+    print("| method | " + " | ".join(dis) + " |")
     print("| --- |" + " --- |" * len(dis))
     for m in LABELS:
         print(f"| {LABELS[m]} | " + " | ".join(ms([r["accuracy"][m] for r in rs]) for rs in dis.values()) + " |")
-
+    for k in ("pretrained", "random"):
+        print(f"| linear probe, {k} features | "
+              + " | ".join(ms([r["linear_probe"][k] for r in rs]) for rs in dis.values()) + " |")
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "bench/results")

@@ -61,3 +61,15 @@ def test_soseleto_domain_writes_its_table_and_json(tmp_path, capsys):
                                   "soseleto_shared_ft"}
     assert r["shift"] == "rotation" and r["n_target"] == 20 and len(r["alpha"]["soseleto"]["mean_per_class"]) == 10
     assert all(0.0 <= v <= 1.0 for v in r["accuracy"].values())
+
+
+def test_soseleto_disjoint_with_a_shift_writes_its_json(tmp_path, capsys):
+    js = tmp_path / "disjoint.json"
+    assert main(["soseleto", "--experiment", "disjoint", "--shift", "blur_noise", "--n-target", "20", "--epochs", "2",
+                 "--quiet", "--json", str(js)]) == 0
+    r = json.loads(js.read_text())
+    assert r["shift"] == "blur_noise" and r["n_target"] == 20 and set(r["linear_probe"]) == {"pretrained", "random"}
+    assert set(r["accuracy"]) == {"target_only", "fine_tuning", "soseleto", "soseleto_ft"}
+    with pytest.raises(ValueError, match="shift must be None or one of"):
+        from tlkernels.experiments.soseleto import run_disjoint
+        run_disjoint(shift="flip")

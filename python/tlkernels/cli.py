@@ -51,6 +51,10 @@ def _print_table(results: list[dict]) -> None:
     if "auroc" in results[0]:
         a = np.array([r["auroc"] for r in results])
         print(f"{'alpha AUROC clean/noisy':<24} {a.mean():.3f} ± {a.std():.3f}")
+    if "linear_probe" in results[0]:
+        for k in results[0]["linear_probe"]:
+            v = np.array([r["linear_probe"][k] for r in results]) * 100
+            print(f"{'linear probe, ' + k:<24} {v.mean():5.1f} ± {v.std():4.1f}  (frozen features, new last layer)")
 
 
 def _write_json(path: str | None, payload) -> None:
@@ -93,10 +97,11 @@ def _cmd_soseleto(args: argparse.Namespace) -> int:
                    for k, s in enumerate(seeds)]
         _print_table(results)
     elif args.experiment == "disjoint":
-        results = [ex.run_disjoint(n_target=args.n_target or 25, seed=s, epochs=args.epochs or 30,
+        results = [ex.run_disjoint(n_target=args.n_target or 25, seed=s, epochs=args.epochs or 30, shift=args.shift,
                                    verbose=not args.quiet) for s in seeds]
         _print_table(results)
     else:
+        args.shift = args.shift or "rotation"
         results = [ex.run_domain(n_target=args.n_target or 20, seed=s, epochs=args.epochs or 30, shift=args.shift,
                                  verbose=not args.quiet) for s in seeds]
         labels = {"target_only": "Target only", "fine_tuning": "Fine-tuning",
@@ -258,8 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("soseleto", help="SOSELETO experiments: synthetic 2-D, noisy digits, disjoint digit "
                                         "classes, domain-shifted digits")
     p.add_argument("--experiment", choices=["synthetic", "noisy", "disjoint", "domain"], default="noisy")
-    p.add_argument("--shift", choices=["rotation", "blur_noise"], default="rotation",
-                   help="domain: the target's shift (rotation 30°, or blur σ=1 + noise 0.2)")
+    p.add_argument("--shift", choices=["rotation", "blur_noise"], default=None,
+                   help="the target's shift (rotation 30°, or blur σ=1 + noise 0.2): domain (default rotation); "
+                        "disjoint (default none: with a shift, clean 0-4 -> shifted 5-9, disjoint images)")
     p.add_argument("--noise", type=float, default=0.4)
     p.add_argument("--kind", choices=["symmetric", "pairwise"], default="symmetric")
     p.add_argument("--n-target", type=int, default=None,

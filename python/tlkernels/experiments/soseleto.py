@@ -4,7 +4,9 @@
     target points; alpha's AUROC for clean vs noisy and a plot of alpha over the points.
 (b) ``run_noisy``: digits, symmetric noise on a source split, a small clean target, a held-out
     test split; Target only / Fine-tuning / SOSELETO / SOSELETO + fine-tuning.
-(c) ``run_disjoint``: digits 0-4 (source) -> 5-9 (target) with n_t labelled target examples.
+(c) ``run_disjoint``: digits 0-4 (source) -> 5-9 (target) with n_t labelled target examples;
+    optionally with the target shifted too (disjoint labels and domains, as SVHN 0-4 -> MNIST 5-9),
+    and linear probes of pre-trained vs random features (does the representation transfer?).
 (d) ``run_domain``: same 10 labels across a domain shift (an offline stand-in for the seeds'
     SVHN -> MNIST): clean source digits -> shifted target digits (default a 30 degree rotation),
     n_t labelled target examples; also where alpha puts its weight.
@@ -148,23 +150,41 @@ def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: in
             "seconds": time.perf_counter() - t0}
 
 
-def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, verbose: bool = False) -> dict:
-    """Experiment (c): digits 0-4 -> 5-9 with n_target labelled target examples in all."""
+def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str | None = None,
+                 verbose: bool = False) -> dict:
+    """Experiment (c): digits 0-4 (source) -> 5-9 (target) with n_target labelled target examples
+    in all. With `shift` (a DOMAIN_SHIFTS name) the labels are disjoint AND the domains differ, as
+    in the seeds' SVHN 0-4 -> MNIST 5-9: the digits are split in halves first, the source is the
+    clean 0-4 of one half, the target the shifted 5-9 of the other."""
+    if shift is not None and shift not in DOMAIN_SHIFTS:
+        raise ValueError(f"shift must be None or one of {sorted(DOMAIN_SHIFTS)}, got {shift!r}")
     t0 = time.perf_counter()
-    digits = load_digits()
-    source = class_split(digits, range(5))
-    target_all = class_split(digits, range(5, 10))
+    if shift is None:
+        digits = load_digits()
+        source = class_split(digits, range(5))
+        target_all = class_split(digits, range(5, 10))
+    else:
+        digits = load_digits(images=True)
+        src, tgt = stratified_split(digits, [len(digits) // 2, None], random_state=seed)
+        tgt = class_split(tgt, range(5, 10))
+        tgt = Dataset(DOMAIN_SHIFTS[shift](tgt.X, seed + 1000).reshape(len(tgt), -1).contiguous(), tgt.y)
+        src = class_split(src, range(5))
+        source, target_all = Dataset(src.X.reshape(len(src), -1).contiguous(), src.y), tgt
     test, target = stratified_split(target_all, [400, n_target], random_state=seed)
     n_val = max(5, n_target // 5)
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 1)
     acc, chosen, pre, _ = _baselines(source, tgt_tr, tgt_val, test, 5, seed, epochs, new_head=5)
+    _seed_all(seed + 7)
+    probe = {"pretrained": _linear_probe(pre, tgt_tr, test, seed),
+             "random": _linear_probe(nn.Sequential(mlp(64), nn.Linear(64, 5)), tgt_tr, test, seed)}
 
     model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 5, shared=False, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
     net_seq = nn.Sequential(*model.backbone, model.target_head)
     p2, net2, _ = fine_tune_grid(net_seq, tgt_tr, tgt_val, seed)
     acc["soseleto_ft"], chosen["soseleto_ft"] = accuracy(net2, test), p2
-    return {"experiment": "disjoint", "n_target": n_target, "seed": seed, "epochs": epochs, "accuracy": acc,
+    return {"experiment": "disjoint", "shift": shift, "n_target": n_target, "seed": seed, "epochs": epochs,
+            "accuracy": acc, "linear_probe": probe,
             "chosen": chosen, "alpha_mean": model.alpha_.mean().item(), "seconds": time.perf_counter() - t0}
 
 
@@ -254,6 +274,17 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
             "spearman_slant": None if (const or slant is None) else float(spearmanr(a, slant).statistic)}
     out["seconds"] = time.perf_counter() - t0
     return out
+
+
+def _linear_probe(net: nn.Sequential, tr: Dataset, test: Dataset, seed: int, steps: int = 400) -> float:
+    """Test accuracy of a new last layer trained (lr 0.1, `steps` SGD steps) on the frozen
+    features of net[:-1]: how much of the target task the representation keeps linearly."""
+    m = copy.deepcopy(net)
+    torch.manual_seed(seed)
+    m[-1] = nn.Linear(m[-1].in_features, int(test.y.max()) + 1)
+    per_epoch = -(-len(tr) // 32)
+    train(m, tr, max(1, steps // per_epoch), lr=0.1, seed=seed, params=m[-1].parameters())
+    return accuracy(m, test)
 
 
 def _plot_alpha_hist(alpha, flipped, auroc: float, title: str, path: str) -> None:
