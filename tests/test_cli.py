@@ -73,3 +73,12 @@ def test_soseleto_disjoint_with_a_shift_writes_its_json(tmp_path, capsys):
     with pytest.raises(ValueError, match="shift must be None or one of"):
         from tlkernels.experiments.soseleto import run_disjoint
         run_disjoint(shift="flip")
+
+
+def test_soseleto_device_is_checked():
+    with pytest.raises(SystemExit, match="--device"):
+        main(["soseleto", "--experiment", "synthetic", "--device", "nonsense", "--quiet"])
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device is visible"):
+            main(["demo", "--device", "cuda", "--quiet"])

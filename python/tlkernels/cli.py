@@ -57,6 +57,19 @@ def _print_table(results: list[dict]) -> None:
             print(f"{'linear probe, ' + k:<24} {v.mean():5.1f} ± {v.std():4.1f}  (frozen features, new last layer)")
 
 
+def _device(name: str):
+    """--device NAME -> torch.device, refusing a CUDA device this machine does not have."""
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise SystemExit(f"--device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: no CUDA device is visible (torch.cuda.is_available() is False)")
+    return dev
+
+
 def _write_json(path: str | None, payload) -> None:
     if path:
         with open(path, "w") as f:
@@ -69,7 +82,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     print("SOSELETO on digits with 40% symmetric label noise on the source, 100 clean target examples")
     r = run_noisy(noise=0.4, n_target=100, seed=args.seed, epochs=args.epochs, plot=args.plot,
-                  verbose=not args.quiet)
+                  device=_device(args.device), verbose=not args.quiet)
     _print_table([r])
     print(f"alpha: mean {r['alpha_mean_clean']:.2f} on clean labels, {r['alpha_mean_noisy']:.2f} on flipped labels; "
           f"{r['seconds']:.0f} s")
@@ -85,24 +98,28 @@ def _cmd_soseleto(args: argparse.Namespace) -> int:
     from .experiments import soseleto as ex
 
     seeds = [args.seed + k for k in range(args.seeds)]
+    dev = _device(args.device)
     if args.experiment == "synthetic":
-        results = [ex.run_synthetic(seed=s, epochs=args.epochs or 60, plot=args.plot if k == 0 else None,
+        results = [ex.run_synthetic(seed=s, epochs=args.epochs or 60, plot=args.plot if k == 0 else None, device=dev,
                                     verbose=not args.quiet) for k, s in enumerate(seeds)]
         for r in results:
             print(f"seed {r['seed']}: alpha AUROC clean/noisy {r['auroc']:.3f}, target accuracy "
                   f"{r['target_accuracy']:.3f}")
     elif args.experiment == "noisy":
         results = [ex.run_noisy(noise=args.noise, n_target=args.n_target or 100, seed=s, epochs=args.epochs or 30,
+                                device=dev,
                                 kind=args.kind, plot=args.plot if k == 0 else None, verbose=not args.quiet)
                    for k, s in enumerate(seeds)]
         _print_table(results)
     elif args.experiment == "disjoint":
         results = [ex.run_disjoint(n_target=args.n_target or 25, seed=s, epochs=args.epochs or 30, shift=args.shift,
+                                   device=dev,
                                    verbose=not args.quiet) for s in seeds]
         _print_table(results)
     else:
         args.shift = args.shift or "rotation"
         results = [ex.run_domain(n_target=args.n_target or 20, seed=s, epochs=args.epochs or 30, shift=args.shift,
+                                 device=dev,
                                  verbose=not args.quiet) for s in seeds]
         labels = {"target_only": "Target only", "fine_tuning": "Fine-tuning",
                   "soseleto": "SOSELETO (separate heads)", "soseleto_ft": "  + fine-tuning",
@@ -257,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plot", metavar="PATH", default="soseleto_demo.png")
+    p.add_argument("--device", default="cpu", help="torch device for every model (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
@@ -275,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=1, help="run seeds seed, seed+1, ...")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--plot", metavar="PATH")
+    p.add_argument("--device", default="cpu", help="torch device for every model (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_soseleto)
     p = sub.add_parser("dataserver", help="the dataserver of self-supervised experts (seed 002)")

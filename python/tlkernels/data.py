@@ -40,6 +40,11 @@ class Dataset:
     def __len__(self) -> int:
         return self.X.shape[0]
 
+    def to(self, device) -> "Dataset":
+        """The same examples with X, y and flipped on `device`."""
+        dev = torch.device(device)
+        return Dataset(self.X.to(dev), self.y.to(dev), None if self.flipped is None else self.flipped.to(dev))
+
     def subset(self, idx) -> "Dataset":
         idx = torch.as_tensor(idx, dtype=torch.long)
         return Dataset(self.X[idx], self.y[idx], None if self.flipped is None else self.flipped[idx])

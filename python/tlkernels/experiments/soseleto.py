@@ -83,7 +83,7 @@ def target_only(tr: Dataset, val: Dataset, in_dim: int, n_classes: int, seed: in
     cands = []
     for lr in (0.02, 0.1):
         _seed_all(seed)
-        net = nn.Sequential(mlp(in_dim), nn.Linear(64, n_classes))
+        net = nn.Sequential(mlp(in_dim), nn.Linear(64, n_classes)).to(tr.X.device)
         epochs = max(1, steps // max(1, -(-len(tr) // 32)))
         cands.append(({"lr": lr, "epochs": epochs}, train(net, tr, epochs, lr, seed=seed)))
     return _best(cands, val)
@@ -99,7 +99,7 @@ def fine_tune_grid(net: nn.Module, tr: Dataset, val: Dataset, seed: int, new_hea
         m = copy.deepcopy(net)
         if new_head is not None:
             torch.manual_seed(seed)
-            m[-1] = nn.Linear(m[-1].in_features, new_head)
+            m[-1] = nn.Linear(m[-1].in_features, new_head).to(tr.X.device)
         epochs = max(1, steps // per_epoch)
         cands.append(({"ft_steps": steps}, train(m, tr, epochs, lr=0.02, seed=seed)))
     return _best(cands, val)
@@ -114,7 +114,8 @@ def _soseleto_grid(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, seed: int
         backbone, head = mlp(64), nn.Linear(64, n_classes)
         target_head = head if shared else nn.Linear(64, n_classes)
         model = Soseleto(backbone, head, target_head, len(source), lr=0.05, lr_alpha=lr_alpha, batch_size=64,
-                         target_batch_size=min(32, len(tgt_tr)), random_state=seed, verbose=verbose)
+                         target_batch_size=min(32, len(tgt_tr)), random_state=seed, device=source.X.device,
+                         verbose=verbose)
         model.fit(source, tgt_tr, epochs=epochs)
         cands.append(({"lr_alpha": lr_alpha, "model": model}, model.target_net))
     p, net, _ = _best(cands, tgt_val)
@@ -122,7 +123,7 @@ def _soseleto_grid(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, seed: int
 
 
 def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: int = 30, kind: str = "symmetric",
-              plot: str | None = None, verbose: bool = False) -> dict:
+              plot: str | None = None, device="cpu", verbose: bool = False) -> dict:
     """Experiment (b). Returns accuracies, alpha's AUROC, the chosen hyper-parameters, seconds;
     `plot`: a PNG of alpha's distribution for clean and flipped source labels."""
     t0 = time.perf_counter()
@@ -132,25 +133,27 @@ def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: in
     source = Dataset(source.X, noisy, flipped)
     n_val = max(10, n_target // 4)
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 1)
+    source, tgt_tr, tgt_val, test = (d.to(device) for d in (source, tgt_tr, tgt_val, test))
     acc, chosen, pre, _ = _baselines(source, tgt_tr, tgt_val, test, 10, seed, epochs)
 
     model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 10, shared=True, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
-    auroc = roc_auc_score((~source.flipped).numpy(), model.alpha_.cpu().numpy())
+    flipped = source.flipped.cpu()
+    auroc = roc_auc_score((~flipped).numpy(), model.alpha_.cpu().numpy())
     net_seq = nn.Sequential(*model.backbone, model.target_head)
     p2, net2, _ = fine_tune_grid(net_seq, tgt_tr, tgt_val, seed)
     acc["soseleto_ft"], chosen["soseleto_ft"] = accuracy(net2, test), p2
     if plot:
-        _plot_alpha_hist(model.alpha_.cpu().numpy(), source.flipped.numpy(), auroc,
+        _plot_alpha_hist(model.alpha_.cpu().numpy(), flipped.numpy(), auroc,
                          f"digits, {int(noise * 100)}% {kind} noise, {n_target} clean target examples", plot)
     return {"experiment": "noisy", "noise": noise, "kind": kind, "n_target": n_target, "seed": seed,
             "epochs": epochs, "accuracy": acc, "auroc": auroc, "chosen": chosen,
-            "alpha_mean_clean": model.alpha_[~source.flipped].mean().item(),
-            "alpha_mean_noisy": model.alpha_[source.flipped].mean().item(),
+            "alpha_mean_clean": model.alpha_.cpu()[~flipped].mean().item(),
+            "alpha_mean_noisy": model.alpha_.cpu()[flipped].mean().item(),
             "seconds": time.perf_counter() - t0}
 
 
-def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str | None = None,
+def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str | None = None, device="cpu",
                  verbose: bool = False) -> dict:
     """Experiment (c): digits 0-4 (source) -> 5-9 (target) with n_target labelled target examples
     in all. With `shift` (a DOMAIN_SHIFTS name) the labels are disjoint AND the domains differ, as
@@ -173,10 +176,11 @@ def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str
     test, target = stratified_split(target_all, [400, n_target], random_state=seed)
     n_val = max(5, n_target // 5)
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 1)
+    source, tgt_tr, tgt_val, test = (d.to(device) for d in (source, tgt_tr, tgt_val, test))
     acc, chosen, pre, _ = _baselines(source, tgt_tr, tgt_val, test, 5, seed, epochs, new_head=5)
     _seed_all(seed + 7)
     probe = {"pretrained": _linear_probe(pre, tgt_tr, test, seed),
-             "random": _linear_probe(nn.Sequential(mlp(64), nn.Linear(64, 5)), tgt_tr, test, seed)}
+             "random": _linear_probe(nn.Sequential(mlp(64), nn.Linear(64, 5)).to(device), tgt_tr, test, seed)}
 
     model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 5, shared=False, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
@@ -210,7 +214,7 @@ def _slant(X: torch.Tensor) -> torch.Tensor:
     return (torch.remainder(axis, math.pi) - math.pi / 2).float()
 
 
-def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str = "rotation",
+def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str = "rotation", device="cpu",
                verbose: bool = False) -> dict:
     """Experiment (d): same label space across a domain shift. The digits are split first
     (stratified halves) so no target image is a source image; the source half stays clean and
@@ -232,7 +236,7 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 2)
     src_img = src.X  # kept as images for the slant measure below
     flat = lambda d: Dataset(d.X.reshape(len(d), -1).contiguous(), d.y)  # noqa: E731
-    source, test, tgt_val, tgt_tr = flat(src), flat(test), flat(tgt_val), flat(tgt_tr)
+    source, test, tgt_val, tgt_tr = (flat(d).to(device) for d in (src, test, tgt_val, tgt_tr))
     acc, chosen, pre, net_to = _baselines(source, tgt_tr, tgt_val, test, 10, seed, epochs)
     source_only = accuracy(pre, test)
 
@@ -252,10 +256,10 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
     # target examples recognise it?); (ii) for the rotation, the slant in the direction of the
     # shift, minus its class mean
     from scipy.stats import spearmanr
-    ys = source.y.numpy()
+    ys = source.y.cpu().numpy()
     with torch.no_grad():
         net_to.eval()
-        p_true = torch.softmax(net_to(source.X), 1)[torch.arange(len(source)), source.y].numpy()
+        p_true = torch.softmax(net_to(source.X), 1)[torch.arange(len(source), device=source.y.device), source.y].cpu().numpy()
     slant = None
     if shift == "rotation":
         s0, s1 = _slant(src_img), _slant(DOMAIN_SHIFTS[shift](src_img, 0))
@@ -281,7 +285,7 @@ def _linear_probe(net: nn.Sequential, tr: Dataset, test: Dataset, seed: int, ste
     features of net[:-1]: how much of the target task the representation keeps linearly."""
     m = copy.deepcopy(net)
     torch.manual_seed(seed)
-    m[-1] = nn.Linear(m[-1].in_features, int(test.y.max()) + 1)
+    m[-1] = nn.Linear(m[-1].in_features, int(test.y.max()) + 1).to(tr.X.device)
     per_epoch = -(-len(tr) // 32)
     train(m, tr, max(1, steps // per_epoch), lr=0.1, seed=seed, params=m[-1].parameters())
     return accuracy(m, test)
@@ -312,13 +316,15 @@ def _baselines(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, test: Dataset
     p, net_to, _ = target_only(tgt_tr, tgt_val, 64, n_classes, seed, steps)
     acc["target_only"], chosen["target_only"] = accuracy(net_to, test), p
     _seed_all(seed)
-    pre = train(nn.Sequential(mlp(64), nn.Linear(64, n_classes)), source, epochs, lr=0.05, batch_size=64, seed=seed)
+    pre = train(nn.Sequential(mlp(64), nn.Linear(64, n_classes)).to(source.X.device), source, epochs, lr=0.05,
+                batch_size=64, seed=seed)
     p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed, new_head=new_head)
     acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
     return acc, chosen, pre, net_to
 
 
-def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, verbose: bool = False) -> dict:
+def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, device="cpu",
+                  verbose: bool = False) -> dict:
     """Experiment (a): alpha's clean-vs-noisy AUROC on the 2-D set, optionally a PNG of alpha."""
     t0 = time.perf_counter()
     source, target = make_noisy_2d(random_state=seed)
@@ -326,7 +332,7 @@ def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, verb
     backbone = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
     head = nn.Linear(64, 2)
     model = Soseleto(backbone, head, head, len(source), lr=0.1, lr_alpha=0.05, batch_size=32,
-                     target_batch_size=25, random_state=seed, verbose=verbose)
+                     target_batch_size=25, random_state=seed, device=device, verbose=verbose)
     model.fit(source, target, epochs=epochs)
     alpha = model.alpha_.cpu().numpy()
     auroc = roc_auc_score((~source.flipped).numpy(), alpha)
