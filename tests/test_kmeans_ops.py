@@ -297,17 +297,20 @@ def test_torch_compile_fullgraph():
 
 
 # ---------------------------------------------------------------- CPU SIMD levels of the epilogue
-SIMD_LEVELS = ["scalar", "avx2", "avx512"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
+SIMD_LEVELS = ["scalar", "avx2", "avx512", "avx512_direct"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("level", SIMD_LEVELS)
 def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
-    """Every row kernel (scalar, AVX2, the transposed AVX-512 epilogue) gives the same labels as
-    the scalar one and the reference's distances, on sizes that leave partial vectors / row groups
-    everywhere, through assign and the fused step, with shared and batched centroids."""
+    """Every row kernel (scalar, AVX2, the transposed AVX-512 epilogue, the direct AVX-512 kernel
+    for float32 K <= 64) gives the same labels as the scalar one and the reference's distances, on
+    sizes that leave partial vectors / row groups everywhere (1, 2, 3 and 4 vectors of centroids),
+    through assign and the fused step, with shared and batched centroids and with one X shared by
+    several problems."""
     gen = torch.Generator().manual_seed(21)
-    for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7)]:
+    for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7), (300, 16, 64),
+                    (45, 40, 48), (129, 2, 33)]:
         X = torch.randn(2, N, D, generator=gen, dtype=torch.float64).to(dtype)
         C = torch.randn(2, K, D, generator=gen, dtype=torch.float64).to(dtype)
         monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
@@ -322,6 +325,12 @@ def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
         assert torch.equal(got_step[0], want_step[0])
         for g, w in zip(got_step[1:], want_step[1:]):
             assert_close(g, w, dtype)
+        monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
+        want_l, want_d = torch.ops.tlkernels.kmeans_assign(X[0], C)  # one X, two problems
+        monkeypatch.setenv("TLK_KMEANS_SIMD", level)
+        labels, dist2 = torch.ops.tlkernels.kmeans_assign(X[0], C)
+        assert torch.equal(labels, want_l), (N, D, K)
+        assert_close(dist2, want_d, dtype)
 
 
 @pytest.mark.parametrize("level", SIMD_LEVELS)
@@ -341,5 +350,5 @@ def test_cpu_simd_levels_break_ties_and_band_hits_exactly(monkeypatch, level):
 
 def test_cpu_simd_level_must_be_known(monkeypatch):
     monkeypatch.setenv("TLK_KMEANS_SIMD", "sse9")
-    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2' or 'avx512'"):
+    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512' or 'avx512_direct'"):
         torch.ops.tlkernels.kmeans_assign(torch.randn(4, 2), torch.randn(2, 2))

@@ -22,6 +22,7 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/kmeans_simd.h"
@@ -54,23 +55,27 @@ constexpr int64_t kMaxChunkRows = 2048;
 constexpr int64_t kMinChunkRows = 16;
 
 // The widest row kernels this CPU runs, capped by the environment variable TLK_KMEANS_SIMD
-// ('scalar', 'avx2' or 'avx512'; read at every call, so tests can compare the levels).
+// ('scalar', 'avx2', 'avx512' (GEMM + transposed epilogue) or 'avx512_direct' (the GEMM-free
+// kernel where it applies); read at every call, so tests can compare the levels).
 kmeans_cpu::Simd simd_level() {
   using kmeans_cpu::Simd;
   Simd best = Simd::kScalar;
 #if TLK_KMEANS_X86
-  if (kmeans_cpu::has_avx2()) best = kmeans_cpu::has_avx512() ? Simd::kAvx512 : Simd::kAvx2;
+  if (kmeans_cpu::has_avx2()) best = kmeans_cpu::has_avx512() ? Simd::kAvx512Direct : Simd::kAvx2;
 #endif
   const char* env = std::getenv("TLK_KMEANS_SIMD");
   if (env == nullptr || *env == '\0') return best;
   const std::string want(env);
-  Simd cap = Simd::kAvx512;
+  Simd cap = Simd::kAvx512Direct;
   if (want == "scalar") {
     cap = Simd::kScalar;
   } else if (want == "avx2") {
     cap = Simd::kAvx2;
+  } else if (want == "avx512") {
+    cap = Simd::kAvx512;
   } else {
-    TORCH_CHECK_VALUE(want == "avx512", "TLK_KMEANS_SIMD must be 'scalar', 'avx2' or 'avx512', got '", want, "'");
+    TORCH_CHECK_VALUE(want == "avx512_direct",
+                      "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512' or 'avx512_direct', got '", want, "'");
   }
   return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
 }
@@ -217,6 +222,17 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
   const T* band_base = sc.band_base.const_data_ptr<T>();
   const T* band_slope = sc.band_slope.const_data_ptr<T>();
   const T* X = a.X.const_data_ptr<T>();
+  // Few centroids, float32, AVX-512: the direct kernel replaces at::mm and the epilogue.
+  const bool direct = kmeans_cpu::use_direct<T>(level, K);
+  std::vector<kmeans_cpu::DirectCentroids> dcs;
+#if TLK_KMEANS_X86
+  if constexpr (std::is_same_v<T, float>) {
+    const float* cm2 = Cm2.const_data_ptr<float>();
+    for (int64_t cp = 0; direct && cp < (a.c_shared ? 1 : P); ++cp) {
+      dcs.push_back(kmeans_cpu::make_direct_centroids(cm2 + cp * K * D, cnp + cp * K, K, D));
+    }
+  }
+#endif
 
   int64_t chunk = kChunkBytes / std::max<int64_t>(1, cols * static_cast<int64_t>(sizeof(T)));
   chunk = std::clamp<int64_t>(chunk / kMinChunkRows * kMinChunkRows, kMinChunkRows, kMaxChunkRows);
@@ -234,7 +250,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
     // multiple of 4 KiB, walking down a column would hit a single L1 set.
     const int64_t ld_t = (std::min(chunk, N) + 15) / 16 * 16 + 16;
     const bool transposed = kmeans_cpu::gemm_transposed(level);
-    std::vector<T> buf(static_cast<size_t>(transposed ? cols * ld_t : std::min(chunk, N) * cols));
+    std::vector<T> buf(direct ? 0 : static_cast<size_t>(transposed ? cols * ld_t : std::min(chunk, N) * cols));
     const auto opts = a.X.options();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / R, r = task % R;
@@ -246,17 +262,23 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
       for (int64_t ch = r * chunks_per_task; ch < c1; ++ch) {
         const int64_t r0 = ch * chunk;
         const int64_t rows = std::min(chunk, N - r0);
-        at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
-        if (transposed) {  // (cols, rows): W rows per vector in the epilogue
-          at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
-          at::mm_out(out, Cg, xs.t());
-        } else {
-          at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
-          at::mm_out(out, xs, Cg.t());
-        }
         const kmeans_cpu::ChunkEpilogue<T> e{buf.data(), Xg + r0 * D, C, cnp, band_base, band_slope, rows, M, K, D,
                                              N, r0, g * M, a.c_shared, labels, dist2, ld_t};
-        record_min(first_bad, kmeans_cpu::epilogue(e, level));
+        if (direct) {
+#if TLK_KMEANS_X86
+          if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs));
+#endif
+        } else {
+          at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
+          if (transposed) {  // (cols, rows): W rows per vector in the epilogue
+            at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
+            at::mm_out(out, Cg, xs.t());
+          } else {
+            at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
+            at::mm_out(out, xs, Cg.t());
+          }
+          record_min(first_bad, kmeans_cpu::epilogue(e, level));
+        }
         if constexpr (FUSED) {
           // the chunk's rows, still in cache, into this task's partials (labels just written)
           RangeArgs<T, WEIGHTED> ra{Xg, labels + g * M * N, WEIGHTED ? W + ((g * M) / MW) * N : nullptr, 1, M, MW,

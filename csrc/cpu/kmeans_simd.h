@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -316,6 +317,7 @@ struct ChunkEpilogue {
 }  // namespace tlk::kmeans_cpu
 
 #include "cpu/kmeans_avx512.h"
+#include "cpu/kmeans_direct_avx512.h"
 
 namespace tlk::kmeans_cpu {
 
@@ -363,15 +365,29 @@ __attribute__((target("avx2,popcnt"))) int64_t epilogue_avx2(const ChunkEpilogue
 
 // Instruction-set levels of the row kernels; all give the same labels (exact distances decide
 // between near ties), distances differ only in the summation order of Σ (x − c)².
-enum class Simd : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// kAvx512Direct: the GEMM-free kernel of kmeans_direct_avx512.h for float32 with K ≤ 64, the
+// transposed-GEMM AVX-512 epilogue otherwise.
+enum class Simd : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Direct = 3 };
 
-// The AVX-512 level reads a transposed GEMM block (M·K, rows): see gemm_transposed().
-inline bool gemm_transposed(Simd level) { return level == Simd::kAvx512; }
+// The AVX-512 levels read a transposed GEMM block (M·K, rows): see gemm_transposed().
+inline bool gemm_transposed(Simd level) { return level == Simd::kAvx512 || level == Simd::kAvx512Direct; }
+
+// Whether a chunk of T rows against K centroids takes the direct kernel at this level.
+template <typename T>
+inline bool use_direct(Simd level, int64_t K) {
+#if TLK_KMEANS_X86
+  return std::is_same_v<T, float> && level == Simd::kAvx512Direct && K <= kDirectMaxK;
+#else
+  (void)level;
+  (void)K;
+  return false;
+#endif
+}
 
 template <typename T>
 int64_t epilogue(const ChunkEpilogue<T>& e, Simd level) {
 #if TLK_KMEANS_X86
-  if (level == Simd::kAvx512) return epilogue_avx512_t<T>(e);
+  if (gemm_transposed(level)) return epilogue_avx512_t<T>(e);
   if (level == Simd::kAvx2) return epilogue_avx2<T>(e);
 #endif
   return epilogue_scalar<T>(e);

@@ -1,0 +1,231 @@
+// Direct (GEMM-free) AVX-512 assignment of one chunk for few centroids (float32, K ≤ 64),
+// included by kmeans_simd.h after kmeans_avx512.h.
+//
+// Why: with K ≤ 64 one side of X·C'ᵀ is so narrow that at::mm reaches a fraction of the
+// machine's rate (MKL: 61 GFLOP/s at D=16 K=64 against 171 at D=64 K=256 on the 2-core AVX-512
+// machine), and the score block then makes a second pass through memory. Here the centroids run
+// along the lanes (KV = ⌈K/16⌉ vectors, padded), R rows are held in registers (R·KV
+// accumulators), and each x_d is broadcast into one FMA per vector: a row costs D·KV FMAs, one
+// horizontal minimum and one band count, and its scores never leave the registers.
+//
+// Same decisions as the other kernels: the score of centroid k is b_k + g_k with
+// g_k = Σ_d x_d·(−2c'_kd), summed in d order (another order than the GEMM's, within the same
+// rounding band, which bounds the error of any order); a single score within the band of the
+// minimum is the label, several (or none: NaN) go to the exact distances of resolve_band.
+// So the labels and distances equal the other levels' (tests compare them).
+#pragma once
+
+#if TLK_KMEANS_X86
+#include <vector>
+
+#define TLK_AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,popcnt,bmi")))
+
+// GCC 12 flags the _mm512_undefined_* inside its own reduction intrinsics (a false positive, GCC bug 105593).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace tlk::kmeans_cpu {
+
+constexpr int64_t kDirectMaxK = 64;  // 4 vectors of 16 centroids
+
+// One problem's centroids in the layout of the direct kernel.
+struct DirectCentroids {
+  std::vector<float> ct;  // (D, Kp): −2c'ᵀ, zero in the padding columns
+  std::vector<float> bp;  // (Kp,): b, +inf in the padding
+  std::vector<float> zeros;  // (Kp,): the b that resolve_band adds to scores that already hold b
+  int64_t Kp = 0;
+};
+
+// cm2 (K, D) = −2c' and b (K,) of one problem -> its DirectCentroids.
+inline DirectCentroids make_direct_centroids(const float* cm2, const float* b, int64_t K, int64_t D) {
+  DirectCentroids dc;
+  dc.Kp = (K + 15) / 16 * 16;
+  dc.ct.assign(static_cast<size_t>(D * dc.Kp), 0.0f);
+  dc.bp.assign(static_cast<size_t>(dc.Kp), std::numeric_limits<float>::infinity());
+  dc.zeros.assign(static_cast<size_t>(dc.Kp), 0.0f);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t d = 0; d < D; ++d) dc.ct[d * dc.Kp + k] = cm2[k * D + d];
+    dc.bp[k] = b[k];
+  }
+  return dc;
+}
+
+// Lane i of the result = OP-reduction of the 16 lanes of v[i]: the horizontal reductions of 16
+// rows at once in 15 OPs and 30 shuffles (one row alone costs 4 OPs and 4 shuffles in a
+// dependency chain). The tree leaves lane 4L + k holding the input at 4k + L, so the inputs are
+// read in that transposed order.
+struct AddOp {
+  TLK_AVX512_TARGET __m512 operator()(__m512 a, __m512 b) const { return _mm512_add_ps(a, b); }
+};
+struct MinOp {
+  TLK_AVX512_TARGET __m512 operator()(__m512 a, __m512 b) const { return _mm512_min_ps(a, b); }
+};
+
+template <typename Op>
+TLK_AVX512_TARGET inline __m512 reduce16(const __m512* v, Op op) {
+  __m512 t[8], u[4], w[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = v[((2 * i) % 4) * 4 + (2 * i) / 4], b = v[((2 * i + 1) % 4) * 4 + (2 * i + 1) / 4];
+    t[i] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    u[i] = op(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    w[i] = op(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  }
+  return op(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+// The scores s_k = b_k + g_k of rows i0 .. i0 + R − 1 against one problem into sbuf (R, Kp),
+// and each row's lane-wise minimum over its KV vectors into mins[r].
+template <int KV, int R>
+TLK_AVX512_TARGET inline void direct_scores(const float* x0, int64_t D, const DirectCentroids& dc, float* sbuf,
+                                            __m512* mins) {
+  const int64_t Kp = dc.Kp;
+  const float* ct = dc.ct.data();
+  __m512 acc[R][KV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) acc[r][j] = _mm512_setzero_ps();
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    __m512 c[KV];
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) c[j] = _mm512_loadu_ps(ct + d * Kp + 16 * j);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const __m512 xv = _mm512_set1_ps(x0[r * D + d]);
+#pragma GCC unroll 4
+      for (int j = 0; j < KV; ++j) acc[r][j] = _mm512_fmadd_ps(xv, c[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    __m512 mn = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) {
+      const __m512 sc = _mm512_add_ps(_mm512_loadu_ps(dc.bp.data() + 16 * j), acc[r][j]);
+      _mm512_store_ps(sbuf + r * Kp + 16 * j, sc);
+      mn = _mm512_min_ps(sc, mn);
+    }
+    mins[r] = mn;
+  }
+}
+
+// Σ over the D elements of (x − c)² (c = nullptr: of x²), as 16 lane-wise partial sums.
+TLK_AVX512_TARGET inline __m512 sq_partials(const float* x, const float* c, int64_t D) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t d = 0;
+  for (; d + 16 <= D; d += 16) {
+    const __m512 t = c ? _mm512_sub_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(c + d)) : _mm512_loadu_ps(x + d);
+    acc = _mm512_add_ps(acc, _mm512_mul_ps(t, t));
+  }
+  if (d < D) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (D - d)) - 1u);
+    const __m512 xv = _mm512_maskz_loadu_ps(m, x + d);
+    const __m512 t = c ? _mm512_sub_ps(xv, _mm512_maskz_loadu_ps(m, c + d)) : xv;
+    acc = _mm512_add_ps(acc, _mm512_mul_ps(t, t));
+  }
+  return acc;
+}
+
+// Rows i0 .. i0 + nr − 1 (nr ≤ 16) of the chunk against problem q: scores, then the decisions of
+// all 16 rows with the horizontal steps (norm, minimum, exact distance) done 16 rows at a time.
+template <int KV>
+TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, const DirectCentroids& dc, int64_t q,
+                                             int64_t i0, int nr, int64_t& bad) {
+  // R·KV accumulators + KV centroid vectors + one broadcast fit the 32 zmm registers; R | 16
+  constexpr int R = KV == 1 ? 16 : KV == 4 ? 4 : 8;
+  const int64_t D = e.D, K = e.K, Kp = dc.Kp;
+  const int64_t p = e.p0 + q;
+  const int64_t cp = e.c_shared ? 0 : p;
+  const float* x0 = e.x + i0 * D;
+  alignas(64) float sbuf[16 * 16 * KV];
+  __m512 mins[16], part[16];
+  if (nr == 16) {
+#pragma GCC unroll 4
+    for (int r = 0; r < 16; r += R) direct_scores<KV, R>(x0 + r * D, D, dc, sbuf + r * Kp, mins + r);
+  } else {
+    for (int r = 0; r < nr; ++r) direct_scores<KV, 1>(x0 + r * D, D, dc, sbuf + r * Kp, mins + r);
+    for (int r = nr; r < 16; ++r) mins[r] = _mm512_setzero_ps();
+  }
+  for (int r = 0; r < 16; ++r) part[r] = r < nr ? sq_partials(x0 + r * D, nullptr, D) : _mm512_setzero_ps();
+  const __m512 norm = _mm512_sqrt_ps(reduce16(part, AddOp{}));
+  const __m512 lo = reduce16(mins, MinOp{});
+  alignas(64) float thr[16], d2[16];
+  _mm512_store_ps(thr, _mm512_add_ps(lo, _mm512_add_ps(_mm512_set1_ps(e.band_base[cp]),
+                                                       _mm512_mul_ps(_mm512_set1_ps(e.band_slope[cp]), norm))));
+  const float* Cq = e.C + cp * K * D;
+  int64_t label[16];
+  unsigned several = 0;  // rows with more than one score in the band (or none: NaN)
+  for (int r = 0; r < 16; ++r) {
+    if (r >= nr) {
+      part[r] = _mm512_setzero_ps();
+      continue;
+    }
+    // the in-band centroids as one 64-bit mask: count and first index without a branch on
+    // which vector holds the minimum (a random, mispredicted one per row otherwise)
+    const __m512 vt = _mm512_set1_ps(thr[r]);
+    uint64_t in_band = 0;
+#pragma GCC unroll 4
+    for (int j = 0; j < KV; ++j) {
+      in_band |= static_cast<uint64_t>(_mm512_cmp_ps_mask(_mm512_load_ps(sbuf + r * Kp + 16 * j), vt, _CMP_LE_OQ))
+                 << (16 * j);
+    }
+    const bool one = __builtin_popcountll(in_band) == 1;
+    label[r] = one ? __builtin_ctzll(in_band) : 0;
+    several |= static_cast<unsigned>(!one) << r;
+    part[r] = sq_partials(x0 + r * D, Cq + label[r] * D, D);
+  }
+  _mm512_store_ps(d2, reduce16(part, AddOp{}));
+  for (; several != 0; several &= several - 1) {  // exact distances decide (sbuf holds b + g: b = 0 here)
+    const int r = __builtin_ctz(several);
+    const RowResult rr = resolve_band<float>(sbuf + r * Kp, 1, dc.zeros.data(), K, x0 + r * D, Cq, D, thr[r],
+                                             [](const float* u, const float* v, int64_t m) { return sqdist_avx512(u, v, m); });
+    label[r] = rr.label;
+    d2[r] = static_cast<float>(rr.dist2);
+  }
+  int64_t* labels = e.labels + p * e.N + e.n0 + i0;
+  float* dist2 = e.dist2 + p * e.N + e.n0 + i0;
+  for (int r = 0; r < nr; ++r) {
+    labels[r] = label[r];
+    dist2[r] = d2[r];
+    if (!std::isfinite(d2[r]) && p * e.N + e.n0 + i0 + r < bad) bad = p * e.N + e.n0 + i0 + r;
+  }
+}
+
+template <int KV>
+TLK_AVX512_TARGET int64_t direct_chunk_kv(const ChunkEpilogue<float>& e, const std::vector<DirectCentroids>& dcs) {
+  int64_t bad = std::numeric_limits<int64_t>::max();
+  for (int64_t q = 0; q < e.M; ++q) {
+    const DirectCentroids& dc = dcs[e.c_shared ? 0 : e.p0 + q];
+    for (int64_t i = 0; i < e.rows; i += 16) {
+      direct_block16<KV>(e, dc, q, i, static_cast<int>(std::min<int64_t>(16, e.rows - i)), bad);
+    }
+  }
+  return bad;
+}
+
+// The labels and distances of one chunk (e.g is unused: there is no GEMM block); dcs: one
+// DirectCentroids per problem (one when the centroids are shared). Returns the first non-finite
+// linear index p·N + n, or INT64_MAX.
+inline int64_t direct_chunk(const ChunkEpilogue<float>& e, const std::vector<DirectCentroids>& dcs) {
+  switch ((e.K + 15) / 16) {
+    case 1: return direct_chunk_kv<1>(e, dcs);
+    case 2: return direct_chunk_kv<2>(e, dcs);
+    case 3: return direct_chunk_kv<3>(e, dcs);
+    default: return direct_chunk_kv<4>(e, dcs);
+  }
+}
+
+}  // namespace tlk::kmeans_cpu
+
+#pragma GCC diagnostic pop
+#undef TLK_AVX512_TARGET
+#endif  // TLK_KMEANS_X86
