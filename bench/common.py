@@ -18,14 +18,19 @@ def median_time(fn: Callable[[], object], repeats: int = 15, warmup: int = 3, mi
         fn()
     times = []
     while len(times) < repeats or sum(times) < min_seconds:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(_timed(fn))
     return statistics.median(times)
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    """Wall time of one fn() in seconds (GPU work included)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int = 200,
@@ -39,13 +44,7 @@ def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int 
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            times[k].append(time.perf_counter() - t0)
+            times[k].append(_timed(fn))
     return {k: statistics.median(v) for k, v in times.items()}
 
 
