@@ -7,7 +7,9 @@
 // (ties → lowest index); the winner's exact distance is dist2, so float32 cancellation shows
 // neither in the labels nor in dist2 (nor in the inertia).
 // When X is shared by P problems (n_init runs, k-means++ candidates), one GEMM per chunk serves
-// all of them (P·K columns): X is read once.
+// all of them (P·K columns): X is read once. With AVX-512, float32 and K ≤ 64 the chunk skips the
+// GEMM and the score block: cpu/kmeans_direct_avx512.h keeps the scores in registers (same
+// decisions, same labels and distances).
 //
 // Update: rows are cut into ranges whose number depends only on the shapes (not on the thread
 // count); each range sums into its own float64 partials in row order, and the partials are
