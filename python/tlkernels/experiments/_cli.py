@@ -18,3 +18,15 @@ def add_common_args(p: argparse.ArgumentParser, plot_help: str | None = None, se
 def seeds_of(args: argparse.Namespace) -> list[int]:
     """[seed, seed + 1, ..., seed + seeds - 1]."""
     return [args.seed + k for k in range(args.seeds)]
+
+
+def write_outputs(args: argparse.Namespace, result: dict, plot=None, payload: dict | None = None) -> int:
+    """After the table: plot(result, args.plot) when --plot was given, the JSON of `payload`
+    (default: result) when --json was; returns the exit code 0."""
+    from ..cli import _write_json
+
+    if plot is not None and args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    _write_json(args.json, result if payload is None else payload)
+    return 0

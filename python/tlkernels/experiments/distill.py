@@ -21,7 +21,7 @@ from torch import nn
 from ..data import load_digits, stratified_split
 from ..transfer import FineTune
 from ..transfer.distill import Distill, distillation_targets
-from ._cli import add_common_args, seeds_of
+from ._cli import add_common_args, seeds_of, write_outputs
 
 __all__ = ["ROWS", "LABELS", "make_mlp", "run", "table", "plot", "add_parser"]
 
@@ -192,19 +192,13 @@ def plot(result: dict, path: str) -> None:
 
 
 def _cmd(args) -> int:
-    from ..cli import _write_json
-
     seeds = seeds_of(args)
     opts = {"n_labelled": args.n_labelled, "epochs": args.epochs}
     result = run(seeds, verbose=not args.quiet, **opts)
     print(f"digits, {args.n_labelled} labelled; test accuracy (%) mean ± std over seeds {seeds} "
           f"({result['seconds']:.0f} s)")
     print(table(result))
-    if args.plot:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
-    _write_json(args.json, result)
-    return 0
+    return write_outputs(args, result, plot)
 
 
 def add_parser(subparsers) -> None:

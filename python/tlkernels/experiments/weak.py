@@ -23,7 +23,7 @@ import torch
 
 from ..data import load_digits, stratified_split
 from ..weak import SelfTraining, WeakLocalizer, iou, localize, make_canvas_digits
-from ._cli import add_common_args, seeds_of
+from ._cli import add_common_args, seeds_of, write_outputs
 
 __all__ = ["run", "table", "add_parser", "run_selftraining", "run_localization"]
 
@@ -228,19 +228,13 @@ def plot(result: dict, path: str) -> None:
 
 
 def _cmd(args) -> int:
-    from ..cli import _write_json
-
     seeds = seeds_of(args)
     ns = [int(v) for v in args.n_per_class.split(",")]
     result = run(seeds, verbose=not args.quiet, n_per_class=ns, n_train=args.n_train, n_test=args.n_test,
                  epochs=args.epochs)
     print(f"weak supervision on digits, mean ± std over seeds {seeds} ({result['seconds']:.0f} s)")
     print(table(result))
-    if args.plot:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
-    _write_json(args.json, {k: v for k, v in result.items() if k != "plot"})  # the plot's pixels stay out
-    return 0
+    return write_outputs(args, result, plot, payload={k: v for k, v in result.items() if k != "plot"})  # no pixels
 
 
 def add_parser(subparsers) -> None:

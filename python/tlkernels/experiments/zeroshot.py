@@ -30,7 +30,7 @@ import torch
 
 from ..data import Dataset, class_split, load_digits, stratified_split
 from ..zeroshot import DAP, DIGIT_ATTRIBUTES, ConSE, EmbeddingZeroShot
-from ._cli import add_common_args, seeds_of
+from ._cli import add_common_args, seeds_of, write_outputs
 
 __all__ = ["run", "table", "plot", "add_parser", "LABELS"]
 
@@ -244,18 +244,12 @@ def plot(result: dict, path: str) -> None:
 
 
 def _cmd(args) -> int:
-    from ..cli import _write_json
-
     seeds = seeds_of(args)
     result = run(seeds=seeds, verbose=not args.quiet, epochs=args.epochs)
     print(f"digits: seen 0-6 -> unseen 7-9, accuracy (%) mean ± std over seeds {seeds}; "
           f"{result['seconds']:.0f} s")
     print(table(result))
-    if args.plot:
-        plot(result, args.plot)
-        print(f"wrote {args.plot}")
-    _write_json(args.json, result)
-    return 0
+    return write_outputs(args, result, plot)
 
 
 def add_parser(subparsers) -> None:
