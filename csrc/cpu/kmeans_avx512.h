@@ -31,6 +31,10 @@ struct Avx512<float> {
   TLK_AVX512 static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   TLK_AVX512 static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
   TLK_AVX512 static V min(V a, V b) { return _mm512_min_ps(a, b); }  // a NaN in a gives b
+  TLK_AVX512 static V max(V a, V b) { return _mm512_max_ps(a, b); }  // a NaN in a gives b
+  TLK_AVX512 static V sqrt(V a) { return _mm512_sqrt_ps(a); }
+  TLK_AVX512 static M lt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LT_OQ); }
+  TLK_AVX512 static M gt(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ); }
   TLK_AVX512 static V blend(M m, V a, V b) { return _mm512_mask_blend_ps(m, a, b); }
   TLK_AVX512 static M le(V a, V b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   TLK_AVX512 static float reduce_add(V v) { return _mm512_reduce_add_ps(v); }
@@ -53,6 +57,10 @@ struct Avx512<double> {
   TLK_AVX512 static V sub(V a, V b) { return _mm512_sub_pd(a, b); }
   TLK_AVX512 static V mul(V a, V b) { return _mm512_mul_pd(a, b); }
   TLK_AVX512 static V min(V a, V b) { return _mm512_min_pd(a, b); }
+  TLK_AVX512 static V max(V a, V b) { return _mm512_max_pd(a, b); }
+  TLK_AVX512 static V sqrt(V a) { return _mm512_sqrt_pd(a); }
+  TLK_AVX512 static M lt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LT_OQ); }
+  TLK_AVX512 static M gt(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
   TLK_AVX512 static V blend(M m, V a, V b) { return _mm512_mask_blend_pd(m, a, b); }
   TLK_AVX512 static M le(V a, V b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
   TLK_AVX512 static double reduce_add(V v) { return _mm512_reduce_add_pd(v); }
@@ -80,38 +88,112 @@ TLK_AVX512_TARGET inline T sqdist_avx512(const T* x, const T* c, int64_t D) {
   return S::reduce_add(acc);
 }
 
+// Σ over the D elements of (x − c)² (c = nullptr: of x²), as W lane-wise partial sums.
 template <typename T>
-TLK_AVX512 inline T sqnorm_avx512(const T* x, int64_t D) {
+TLK_AVX512 inline typename Avx512<T>::V sq_partials(const T* x, const T* c, int64_t D) {
   using S = Avx512<T>;
   typename S::V acc = S::zero();
   int64_t d = 0;
   for (; d + S::W <= D; d += S::W) {
-    const auto v = S::load(x + d);
-    acc = S::add(acc, S::mul(v, v));
+    const auto t = c ? S::sub(S::load(x + d), S::load(c + d)) : S::load(x + d);
+    acc = S::add(acc, S::mul(t, t));
   }
   if (d < D) {
-    const auto v = S::loadz(S::tail(D - d), x + d);
-    acc = S::add(acc, S::mul(v, v));
+    const auto m = S::tail(D - d);
+    const auto t = c ? S::sub(S::loadz(m, x + d), S::loadz(m, c + d)) : S::loadz(m, x + d);
+    acc = S::add(acc, S::mul(t, t));
   }
-  return S::reduce_add(acc);
+  return acc;
 }
 
+struct AddOp {
+  TLK_AVX512 __m512 operator()(__m512 a, __m512 b) const { return _mm512_add_ps(a, b); }
+  TLK_AVX512 __m512d operator()(__m512d a, __m512d b) const { return _mm512_add_pd(a, b); }
+};
+struct MinOp {
+  TLK_AVX512 __m512 operator()(__m512 a, __m512 b) const { return _mm512_min_ps(a, b); }
+};
+
+// Lane i of the result = OP-reduction of the W lanes of v[i]: the horizontal reductions of W rows
+// at once (float: 15 OPs and 30 shuffles for 16 rows; one row alone costs 4 OPs and 4 shuffles in
+// a dependency chain). The tree leaves lane 4L + k (float) / 2L + k (double) holding input
+// 4k + L / 4k + L, so the inputs are read in that transposed order.
+template <typename Op>
+TLK_AVX512_TARGET inline __m512 reduce_rows(const __m512* v, Op op) {
+  __m512 t[8], u[4], w[2];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = v[((2 * i) % 4) * 4 + (2 * i) / 4], b = v[((2 * i + 1) % 4) * 4 + (2 * i + 1) / 4];
+    t[i] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    u[i] = op(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    w[i] = op(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
+  }
+  return op(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+
+template <typename Op>
+TLK_AVX512_TARGET inline __m512d reduce_rows(const __m512d* v, Op op) {
+  __m512d t[4], u[2];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = v[((2 * i) % 4) * 2 + (2 * i) / 4], b = v[((2 * i + 1) % 4) * 2 + (2 * i + 1) / 4];
+    t[i] = op(_mm512_shuffle_f64x2(a, b, 0x44), _mm512_shuffle_f64x2(a, b, 0xEE));
+  }
+#pragma GCC unroll 2
+  for (int i = 0; i < 2; ++i) {
+    u[i] = op(_mm512_shuffle_f64x2(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f64x2(t[2 * i], t[2 * i + 1], 0xDD));
+  }
+  return op(_mm512_shuffle_pd(u[0], u[1], 0x00), _mm512_shuffle_pd(u[0], u[1], 0xFF));
+}
+
+// The running (smallest score, its index, second smallest) of W rows, lane-wise. A NaN score
+// changes nothing (min/max return their second operand then); equal scores make the second
+// smallest equal to the smallest, so ties go to the exact distances.
+template <typename T>
+struct Best2 {
+  typename Avx512<T>::V first, index, second;
+
+  TLK_AVX512 void add(typename Avx512<T>::V s, typename Avx512<T>::V k) {
+    using S = Avx512<T>;
+    index = S::blend(S::lt(s, first), index, k);
+    second = S::min(S::max(first, s), second);
+    first = S::min(s, first);
+  }
+  // the pair of two disjoint index sets (an exact tie of the smallest scores leaves second ==
+  // first, so the tie goes to the exact distances and the index kept does not matter)
+  TLK_AVX512 void merge(const Best2& o) {
+    using S = Avx512<T>;
+    index = S::blend(S::lt(o.first, first), index, o.index);
+    second = S::min(S::max(first, o.first), S::min(second, o.second));
+    first = S::min(first, o.first);
+  }
+};
+
 // The epilogue of one chunk from the TRANSPOSED GEMM block gt (M·K, rows), leading dimension
-// e.ldg (padded so that the column walk does not hit one L1 set): W rows per vector,
-// centroids along the loop. No horizontal reduction and no data-dependent branch per row: the
-// minimum, the band count and the index of a single in-band score are lane-wise. Four
-// accumulator sets over k (k mod 4) break the dependency chains. The decisions are those of the
-// row kernels (same scores b_k + g_k, same band, exact distances where more than one score is
-// in the band), so the labels are identical. ChunkEpilogue.g points at gt here.
+// e.ldg (padded so that the column walk does not hit one L1 set): W rows per vector, centroids
+// along the loop, one pass over the block. No data-dependent branch per row: each lane keeps
+// its smallest score, that score's index and the second smallest (four sets over k mod 4 break
+// the dependency chains). A row whose second smallest score lies above the band of the smallest
+// has exactly one score in the band: the label. Other rows (ties, near-ties, NaN) go to the exact
+// distances of resolve_band, as in the row kernels: the labels are identical. The row norms of
+// the band and the winners' exact distances are reduced W rows at a time. ChunkEpilogue.g
+// points at gt here.
 template <typename T>
 TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
   using S = Avx512<T>;
   constexpr int64_t W = S::W;
   using V = typename S::V;
   const int64_t K = e.K, D = e.D, rows = e.rows, ld = e.ldg;
-  const V inf = S::set1(std::numeric_limits<T>::infinity()), one = S::set1(T(1)), zero = S::zero();
+  const V inf = S::set1(std::numeric_limits<T>::infinity()), zero = S::zero();
   int64_t bad = std::numeric_limits<int64_t>::max();
-  alignas(64) T band[W], thr[W], cnt[W], only[W];
+  alignas(64) T thr[W], label_t[W], d2[W];
+  V part[W];
   for (int64_t q = 0; q < e.M; ++q) {
     const int64_t p = e.p0 + q;
     const int64_t cp = e.c_shared ? 0 : p;
@@ -119,57 +201,55 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
     const T* Cq = e.C + cp * K * D;
     const T* gq = e.g + q * K * ld;
     for (int64_t i0 = 0; i0 < rows; i0 += W) {
-      const int64_t nr = std::min<int64_t>(W, rows - i0);
+      const int nr = static_cast<int>(std::min<int64_t>(W, rows - i0));
       const auto lanes = nr == W ? static_cast<typename S::M>(~0u) : S::tail(nr);
-      for (int64_t r = 0; r < W; ++r) {
-        band[r] = r < nr ? e.band_base[cp] + e.band_slope[cp] * std::sqrt(sqnorm_avx512(e.x + (i0 + r) * D, D)) : T(0);
-      }
-      V m0 = inf, m1 = inf, m2 = inf, m3 = inf;
+      const T* x0 = e.x + i0 * D;
+      for (int r = 0; r < W; ++r) part[r] = r < nr ? sq_partials<T>(x0 + r * D, nullptr, D) : zero;
+      const V band = S::add(S::set1(e.band_base[cp]), S::mul(S::set1(e.band_slope[cp]), S::sqrt(reduce_rows(part, AddOp{}))));
+      Best2<T> b0{inf, zero, inf}, b1 = b0, b2 = b0, b3 = b0;
+      V k0 = zero, k1 = S::set1(T(1)), k2 = S::set1(T(2)), k3 = S::set1(T(3));
+      const V four = S::set1(T(4)), one = S::set1(T(1));
       int64_t k = 0;
       for (; k + 4 <= K; k += 4) {
-        m0 = S::min(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * ld + i0)), m0);
-        m1 = S::min(S::add(S::set1(bq[k + 1]), S::loadz(lanes, gq + (k + 1) * ld + i0)), m1);
-        m2 = S::min(S::add(S::set1(bq[k + 2]), S::loadz(lanes, gq + (k + 2) * ld + i0)), m2);
-        m3 = S::min(S::add(S::set1(bq[k + 3]), S::loadz(lanes, gq + (k + 3) * ld + i0)), m3);
+        b0.add(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * ld + i0)), k0);
+        b1.add(S::add(S::set1(bq[k + 1]), S::loadz(lanes, gq + (k + 1) * ld + i0)), k1);
+        b2.add(S::add(S::set1(bq[k + 2]), S::loadz(lanes, gq + (k + 2) * ld + i0)), k2);
+        b3.add(S::add(S::set1(bq[k + 3]), S::loadz(lanes, gq + (k + 3) * ld + i0)), k3);
+        k0 = S::add(k0, four);
+        k1 = S::add(k1, four);
+        k2 = S::add(k2, four);
+        k3 = S::add(k3, four);
       }
-      for (; k < K; ++k) m0 = S::min(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * ld + i0)), m0);
-      const V vthr = S::add(S::min(S::min(m0, m1), S::min(m2, m3)), S::load(band));
-      V c0 = zero, c1 = zero, c2 = zero, c3 = zero, o0 = zero, o1 = zero, o2 = zero, o3 = zero;
-#define TLK_BAND_STEP(C, O, KK)                                                                 \
-  {                                                                                             \
-    const auto hit = S::le(S::add(S::set1(bq[KK]), S::loadz(lanes, gq + (KK) * ld + i0)), vthr) & lanes; \
-    C = S::madd(C, hit, C, one);                                                                \
-    O = S::blend(hit, O, S::set1(static_cast<T>(KK)));                                          \
-  }
-      for (k = 0; k + 4 <= K; k += 4) {
-        TLK_BAND_STEP(c0, o0, k)
-        TLK_BAND_STEP(c1, o1, k + 1)
-        TLK_BAND_STEP(c2, o2, k + 2)
-        TLK_BAND_STEP(c3, o3, k + 3)
+      for (; k < K; ++k) {
+        b0.add(S::add(S::set1(bq[k]), S::loadz(lanes, gq + k * ld + i0)), k0);
+        k0 = S::add(k0, one);
       }
-      for (; k < K; ++k) TLK_BAND_STEP(c0, o0, k)
-#undef TLK_BAND_STEP
-      // with exactly one hit in all, the three sets without it hold index 0: the sum is the hit
-      S::store(cnt, S::add(S::add(c0, c1), S::add(c2, c3)));
-      S::store(only, S::add(S::add(o0, o1), S::add(o2, o3)));
+      b0.merge(b1);
+      b2.merge(b3);
+      b0.merge(b2);
+      const V vthr = S::add(b0.first, band);
+      const auto several = static_cast<unsigned>(~S::gt(b0.second, vthr) & lanes);  // or none: NaN
       S::store(thr, vthr);
-      for (int64_t r = 0; r < nr; ++r) {
-        const int64_t n = e.n0 + i0 + r;
-        const T* x = e.x + (i0 + r) * D;
-        int64_t label;
-        T d2;
-        if (cnt[r] == T(1)) {
-          label = static_cast<int64_t>(only[r]);
-          d2 = sqdist_avx512(x, Cq + label * D, D);
-        } else {  // several scores within the band (or none: NaN): exact distances decide
-          const RowResult rr = resolve_band<T>(gq + i0 + r, ld, bq, K, x, Cq, D, thr[r],
-                                               [](const T* u, const T* v, int64_t n) { return sqdist_avx512(u, v, n); });
-          label = rr.label;
-          d2 = static_cast<T>(rr.dist2);
-        }
-        e.labels[p * e.N + n] = label;
-        e.dist2[p * e.N + n] = d2;
-        if (!std::isfinite(d2) && p * e.N + n < bad) bad = p * e.N + n;
+      S::store(label_t, b0.index);
+      int64_t label[W];
+      for (int r = 0; r < W; ++r) {
+        label[r] = static_cast<int64_t>(label_t[r]);
+        part[r] = r < nr ? sq_partials<T>(x0 + r * D, Cq + label[r] * D, D) : zero;
+      }
+      S::store(d2, reduce_rows(part, AddOp{}));
+      for (unsigned m = several; m != 0; m &= m - 1) {  // exact distances decide
+        const int r = __builtin_ctz(m);
+        const RowResult rr = resolve_band<T>(gq + i0 + r, ld, bq, K, x0 + r * D, Cq, D, thr[r],
+                                             [](const T* u, const T* v, int64_t n) { return sqdist_avx512(u, v, n); });
+        label[r] = rr.label;
+        d2[r] = static_cast<T>(rr.dist2);
+      }
+      int64_t* labels = e.labels + p * e.N + e.n0 + i0;
+      T* dist2 = e.dist2 + p * e.N + e.n0 + i0;
+      for (int r = 0; r < nr; ++r) {
+        labels[r] = label[r];
+        dist2[r] = d2[r];
+        if (!std::isfinite(d2[r]) && p * e.N + e.n0 + i0 + r < bad) bad = p * e.N + e.n0 + i0 + r;
       }
     }
   }

@@ -82,8 +82,6 @@ kmeans_cpu::Simd simd_level() {
   return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
 }
 
-bool use_avx2() { return simd_level() != kmeans_cpu::Simd::kScalar; }
-
 // Keeps the smallest value stored (the first offending element in a fixed numbering), so that
 // error messages do not depend on thread timing.
 void record_min(std::atomic<int64_t>& slot, int64_t value) {
@@ -167,7 +165,24 @@ template <typename T, bool WEIGHTED>
 __attribute__((target("avx2"))) void update_range_avx2(const RangeArgs<T, WEIGHTED>& r, int64_t& bl, int64_t& bw) {
   update_range_body<T, WEIGHTED>(r, bl, bw);
 }
+
+// The same loops in 512-bit vectors (each element still summed in row order: same bits).
+template <typename T, bool WEIGHTED>
+__attribute__((target("avx512f,avx512dq,avx512vl"))) void update_range_avx512(const RangeArgs<T, WEIGHTED>& r,
+                                                                            int64_t& bl, int64_t& bw) {
+  update_range_body<T, WEIGHTED>(r, bl, bw);
+}
 #endif
+
+// One row range at the widest level the CPU (and TLK_KMEANS_SIMD) allows.
+template <typename T, bool WEIGHTED>
+void update_range(kmeans_cpu::Simd level, const RangeArgs<T, WEIGHTED>& r, int64_t& bl, int64_t& bw) {
+#if TLK_KMEANS_X86
+  if (static_cast<int>(level) >= static_cast<int>(kmeans_cpu::Simd::kAvx512)) return update_range_avx512<T, WEIGHTED>(r, bl, bw);
+  if (level == kmeans_cpu::Simd::kAvx2) return update_range_avx2<T, WEIGHTED>(r, bl, bw);
+#endif
+  update_range_plain<T, WEIGHTED>(r, bl, bw);
+}
 
 // sums (P, K, D) / counts (P, K) = Σ_r partials (R, P, K, D) / (R, P, K), r in order; raises when
 // a sum is not finite.
@@ -207,7 +222,6 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
                  T* sums = nullptr, T* counts = nullptr) {
   const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
   const kmeans_cpu::Simd level = simd_level();
-  const bool avx2 = level != kmeans_cpu::Simd::kScalar;
   // One data set shared by problems that also share C: all identical, solve one and copy.
   const bool identical = a.c_shared && a.per_x() > 1;
   const int64_t P_eff = identical ? 1 : P;
@@ -286,15 +300,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
           RangeArgs<T, WEIGHTED> ra{Xg, labels + g * M * N, WEIGHTED ? W + ((g * M) / MW) * N : nullptr, 1, M, MW,
                                     N, K, D, r0, r0 + rows, ps + g * M * K * D, pc + g * M * K};
           int64_t bl = std::numeric_limits<int64_t>::max(), bw = std::numeric_limits<int64_t>::max();
-#if TLK_KMEANS_X86
-          if (avx2) {
-            update_range_avx2<T, WEIGHTED>(ra, bl, bw);
-          } else {
-            update_range_plain<T, WEIGHTED>(ra, bl, bw);
-          }
-#else
-          update_range_plain<T, WEIGHTED>(ra, bl, bw);
-#endif
+          update_range<T, WEIGHTED>(level, ra, bl, bw);
           if (bw != std::numeric_limits<int64_t>::max()) record_min(bad_weight, bw + g * M * N);
         }
       }
@@ -337,7 +343,7 @@ void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
   std::atomic<int64_t> bad_weight{std::numeric_limits<int64_t>::max()};
   const int64_t M = a.per_x();
   const int64_t MW = WEIGHTED ? a.per_w() : 1;
-  const bool avx2 = use_avx2();
+  const kmeans_cpu::Simd level = simd_level();
 
   at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -345,15 +351,7 @@ void update_impl(const KMeansUpdateArgs& a, T* sums, T* counts) {
       RangeArgs<T, WEIGHTED> ra{X, L, W, a.Px, M, MW, N, K, D, n0, n1,
                                 psum.data() + r * P * K * D, pcnt.data() + r * P * K};
       int64_t bl = std::numeric_limits<int64_t>::max(), bw = std::numeric_limits<int64_t>::max();
-#if TLK_KMEANS_X86
-      if (avx2) {
-        update_range_avx2<T, WEIGHTED>(ra, bl, bw);
-      } else {
-        update_range_plain<T, WEIGHTED>(ra, bl, bw);
-      }
-#else
-      update_range_plain<T, WEIGHTED>(ra, bl, bw);
-#endif
+      update_range<T, WEIGHTED>(level, ra, bl, bw);
       record_min(bad_label, bl);
       record_min(bad_weight, bw);
     }

@@ -51,36 +51,6 @@ inline DirectCentroids make_direct_centroids(const float* cm2, const float* b, i
   return dc;
 }
 
-// Lane i of the result = OP-reduction of the 16 lanes of v[i]: the horizontal reductions of 16
-// rows at once in 15 OPs and 30 shuffles (one row alone costs 4 OPs and 4 shuffles in a
-// dependency chain). The tree leaves lane 4L + k holding the input at 4k + L, so the inputs are
-// read in that transposed order.
-struct AddOp {
-  TLK_AVX512_TARGET __m512 operator()(__m512 a, __m512 b) const { return _mm512_add_ps(a, b); }
-};
-struct MinOp {
-  TLK_AVX512_TARGET __m512 operator()(__m512 a, __m512 b) const { return _mm512_min_ps(a, b); }
-};
-
-template <typename Op>
-TLK_AVX512_TARGET inline __m512 reduce16(const __m512* v, Op op) {
-  __m512 t[8], u[4], w[2];
-#pragma GCC unroll 8
-  for (int i = 0; i < 8; ++i) {
-    const __m512 a = v[((2 * i) % 4) * 4 + (2 * i) / 4], b = v[((2 * i + 1) % 4) * 4 + (2 * i + 1) / 4];
-    t[i] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  }
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i) {
-    u[i] = op(_mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0x88), _mm512_shuffle_f32x4(t[2 * i], t[2 * i + 1], 0xDD));
-  }
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i) {
-    w[i] = op(_mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0x44), _mm512_shuffle_ps(u[2 * i], u[2 * i + 1], 0xEE));
-  }
-  return op(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
-}
-
 // The scores s_k = b_k + g_k of rows i0 .. i0 + R − 1 against one problem into sbuf (R, Kp),
 // and each row's lane-wise minimum over its KV vectors into mins[r].
 template <int KV, int R>
@@ -118,23 +88,6 @@ TLK_AVX512_TARGET inline void direct_scores(const float* x0, int64_t D, const Di
   }
 }
 
-// Σ over the D elements of (x − c)² (c = nullptr: of x²), as 16 lane-wise partial sums.
-TLK_AVX512_TARGET inline __m512 sq_partials(const float* x, const float* c, int64_t D) {
-  __m512 acc = _mm512_setzero_ps();
-  int64_t d = 0;
-  for (; d + 16 <= D; d += 16) {
-    const __m512 t = c ? _mm512_sub_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(c + d)) : _mm512_loadu_ps(x + d);
-    acc = _mm512_add_ps(acc, _mm512_mul_ps(t, t));
-  }
-  if (d < D) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (D - d)) - 1u);
-    const __m512 xv = _mm512_maskz_loadu_ps(m, x + d);
-    const __m512 t = c ? _mm512_sub_ps(xv, _mm512_maskz_loadu_ps(m, c + d)) : xv;
-    acc = _mm512_add_ps(acc, _mm512_mul_ps(t, t));
-  }
-  return acc;
-}
-
 // Rows i0 .. i0 + nr − 1 (nr ≤ 16) of the chunk against problem q: scores, then the decisions of
 // all 16 rows with the horizontal steps (norm, minimum, exact distance) done 16 rows at a time.
 template <int KV>
@@ -155,9 +108,9 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
     for (int r = 0; r < nr; ++r) direct_scores<KV, 1>(x0 + r * D, D, dc, sbuf + r * Kp, mins + r);
     for (int r = nr; r < 16; ++r) mins[r] = _mm512_setzero_ps();
   }
-  for (int r = 0; r < 16; ++r) part[r] = r < nr ? sq_partials(x0 + r * D, nullptr, D) : _mm512_setzero_ps();
-  const __m512 norm = _mm512_sqrt_ps(reduce16(part, AddOp{}));
-  const __m512 lo = reduce16(mins, MinOp{});
+  for (int r = 0; r < 16; ++r) part[r] = r < nr ? sq_partials<float>(x0 + r * D, nullptr, D) : _mm512_setzero_ps();
+  const __m512 norm = _mm512_sqrt_ps(reduce_rows(part, AddOp{}));
+  const __m512 lo = reduce_rows(mins, MinOp{});
   alignas(64) float thr[16], d2[16];
   _mm512_store_ps(thr, _mm512_add_ps(lo, _mm512_add_ps(_mm512_set1_ps(e.band_base[cp]),
                                                        _mm512_mul_ps(_mm512_set1_ps(e.band_slope[cp]), norm))));
@@ -181,9 +134,9 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
     const bool one = __builtin_popcountll(in_band) == 1;
     label[r] = one ? __builtin_ctzll(in_band) : 0;
     several |= static_cast<unsigned>(!one) << r;
-    part[r] = sq_partials(x0 + r * D, Cq + label[r] * D, D);
+    part[r] = sq_partials<float>(x0 + r * D, Cq + label[r] * D, D);
   }
-  _mm512_store_ps(d2, reduce16(part, AddOp{}));
+  _mm512_store_ps(d2, reduce_rows(part, AddOp{}));
   for (; several != 0; several &= several - 1) {  // exact distances decide (sbuf holds b + g: b = 0 here)
     const int r = __builtin_ctz(several);
     const RowResult rr = resolve_band<float>(sbuf + r * Kp, 1, dc.zeros.data(), K, x0 + r * D, Cq, D, thr[r],
