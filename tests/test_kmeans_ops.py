@@ -13,7 +13,7 @@ from tlkernels.ops import BACKEND_NAMESPACES
 from conftest import TOLERANCES, assert_close
 
 # (N, D, K): ones, primes, non-multiples of every tile size, a K above the 8/4-lane SIMD width
-SIZES = [(1, 1, 1), (7, 3, 2), (31, 5, 17), (97, 13, 37), (300, 2, 5), (129, 70, 9), (0, 4, 3)]
+SIZES = [(1, 1, 1), (7, 3, 2), (31, 5, 17), (97, 13, 37), (300, 2, 5), (129, 70, 9), (0, 4, 3), (53, 37, 1)]
 
 
 def _check_assignment(labels, dist2, X, C, dtype):
@@ -239,6 +239,8 @@ def test_bad_inputs_name_the_argument(backend):
         Xb[7, 1] = bad
         with pytest.raises(ValueError, match="X must be finite: the distance of row 7"):
             assign(Xb, C)
+        with pytest.raises(ValueError, match="X must be finite: the distance of row 7"):
+            assign(Xb, C[:1])  # one centroid: the path without scores
         with pytest.raises(ValueError, match="X must be finite"):
             update(Xb, L, 4, None)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, K\) = \[0, 4\), got 4 at row 3"):
@@ -307,10 +309,10 @@ def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
     for float32 K <= 64) gives the same labels as the scalar one and the reference's distances, on
     sizes that leave partial vectors / row groups everywhere (1, 2, 3 and 4 vectors of centroids),
     through assign and the fused step, with shared and batched centroids and with one X shared by
-    several problems."""
+    several problems (K = 1 with several problems on one X: the k-means++ candidates)."""
     gen = torch.Generator().manual_seed(21)
     for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7), (300, 16, 64),
-                    (45, 40, 48), (129, 2, 33)]:
+                    (45, 40, 48), (129, 2, 33), (53, 37, 1), (40, 16, 1)]:
         X = torch.randn(2, N, D, generator=gen, dtype=torch.float64).to(dtype)
         C = torch.randn(2, K, D, generator=gen, dtype=torch.float64).to(dtype)
         monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")

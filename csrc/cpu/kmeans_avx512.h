@@ -256,6 +256,37 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
   return bad;
 }
 
+// One centroid per problem: label 0 and the exact distance of every row, W rows reduced at once
+// (the same sums as the epilogues' winner distances), no GEMM block. Rows outer, problems inner:
+// one X shared by M problems (the k-means++ candidates) is read once.
+template <typename T>
+TLK_AVX512_TARGET int64_t single_centroid_avx512(const ChunkEpilogue<T>& e) {
+  using S = Avx512<T>;
+  constexpr int64_t W = S::W;
+  const int64_t D = e.D;
+  int64_t bad = std::numeric_limits<int64_t>::max();
+  alignas(64) T d2[W];
+  typename S::V part[W];
+  for (int64_t i0 = 0; i0 < e.rows; i0 += W) {
+    const int nr = static_cast<int>(std::min<int64_t>(W, e.rows - i0));
+    const T* x0 = e.x + i0 * D;
+    for (int64_t q = 0; q < e.M; ++q) {
+      const int64_t p = e.p0 + q;
+      const T* c = e.C + (e.c_shared ? 0 : p) * D;
+      for (int r = 0; r < W; ++r) part[r] = r < nr ? sq_partials<T>(x0 + r * D, c, D) : S::zero();
+      S::store(d2, reduce_rows(part, AddOp{}));
+      int64_t* labels = e.labels + p * e.N + e.n0 + i0;
+      T* dist2 = e.dist2 + p * e.N + e.n0 + i0;
+      for (int r = 0; r < nr; ++r) {
+        labels[r] = 0;
+        dist2[r] = d2[r];
+        if (!std::isfinite(d2[r]) && p * e.N + e.n0 + i0 + r < bad) bad = p * e.N + e.n0 + i0 + r;
+      }
+    }
+  }
+  return bad;
+}
+
 inline bool has_avx512() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");

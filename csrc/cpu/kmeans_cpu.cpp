@@ -239,7 +239,8 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
   const T* band_slope = sc.band_slope.const_data_ptr<T>();
   const T* X = a.X.const_data_ptr<T>();
   // Few centroids, float32, AVX-512: the direct kernel replaces at::mm and the epilogue.
-  const bool direct = kmeans_cpu::use_direct<T>(level, K);
+  const bool single = K == 1;  // no scores to compare: the exact distances alone
+  const bool direct = !single && kmeans_cpu::use_direct<T>(level, K);
   std::vector<kmeans_cpu::DirectCentroids> dcs;
 #if TLK_KMEANS_X86
   if constexpr (std::is_same_v<T, float>) {
@@ -266,7 +267,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
     // multiple of 4 KiB, walking down a column would hit a single L1 set.
     const int64_t ld_t = (std::min(chunk, N) + 15) / 16 * 16 + 16;
     const bool transposed = kmeans_cpu::gemm_transposed(level);
-    std::vector<T> buf(direct ? 0 : static_cast<size_t>(transposed ? cols * ld_t : std::min(chunk, N) * cols));
+    std::vector<T> buf(direct || single ? 0 : static_cast<size_t>(transposed ? cols * ld_t : std::min(chunk, N) * cols));
     const auto opts = a.X.options();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / R, r = task % R;
@@ -280,7 +281,9 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
         const int64_t rows = std::min(chunk, N - r0);
         const kmeans_cpu::ChunkEpilogue<T> e{buf.data(), Xg + r0 * D, C, cnp, band_base, band_slope, rows, M, K, D,
                                              N, r0, g * M, a.c_shared, labels, dist2, ld_t};
-        if (direct) {
+        if (single) {
+          record_min(first_bad, kmeans_cpu::single_centroid(e, level));
+        } else if (direct) {
 #if TLK_KMEANS_X86
           if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs));
 #endif

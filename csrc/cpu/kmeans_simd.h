@@ -349,6 +349,34 @@ T sqnorm_scalar(const T* x, int64_t D) {
   return s;
 }
 
+#define TLK_KMEANS_SINGLE_BODY(SQDIST)                                                              \
+  int64_t bad = std::numeric_limits<int64_t>::max();                                                \
+  for (int64_t i = 0; i < e.rows; ++i) {                                                            \
+    const T* x = e.x + i * e.D;                                                                     \
+    const int64_t n = e.n0 + i;                                                                     \
+    for (int64_t q = 0; q < e.M; ++q) {                                                             \
+      const int64_t p = e.p0 + q;                                                                   \
+      const T d2 = SQDIST(x, e.C + (e.c_shared ? 0 : p) * e.D, e.D);                                \
+      e.labels[p * e.N + n] = 0;                                                                    \
+      e.dist2[p * e.N + n] = d2;                                                                    \
+      if (!std::isfinite(d2) && p * e.N + n < bad) bad = p * e.N + n;                               \
+    }                                                                                               \
+  }                                                                                                 \
+  return bad;
+
+template <typename T>
+int64_t single_centroid_scalar(const ChunkEpilogue<T>& e) {
+  TLK_KMEANS_SINGLE_BODY(sqdist_scalar<T>)
+}
+
+#if TLK_KMEANS_X86
+template <typename T>
+__attribute__((target("avx2"))) int64_t single_centroid_avx2(const ChunkEpilogue<T>& e) {
+  TLK_KMEANS_SINGLE_BODY(sqdist_avx2)
+}
+#endif
+#undef TLK_KMEANS_SINGLE_BODY
+
 template <typename T>
 int64_t epilogue_scalar(const ChunkEpilogue<T>& e) {
   TLK_KMEANS_EPILOGUE_BODY(sqnorm_scalar<T>, assign_row_scalar<T>)
@@ -391,6 +419,17 @@ int64_t epilogue(const ChunkEpilogue<T>& e, Simd level) {
   if (level == Simd::kAvx2) return epilogue_avx2<T>(e);
 #endif
   return epilogue_scalar<T>(e);
+}
+
+// K = 1 (the k-means++ candidates): label 0 and the exact distance of every row, which is what
+// the epilogues decide with a single score, without the GEMM block. Returns as epilogue().
+template <typename T>
+inline int64_t single_centroid(const ChunkEpilogue<T>& e, Simd level) {
+#if TLK_KMEANS_X86
+  if (gemm_transposed(level)) return single_centroid_avx512<T>(e);
+  if (level == Simd::kAvx2) return single_centroid_avx2<T>(e);
+#endif
+  return single_centroid_scalar<T>(e);
 }
 
 }  // namespace tlk::kmeans_cpu

@@ -278,21 +278,17 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
     if verbose:
         from tqdm.auto import tqdm
         bar = tqdm(total=max_iter, desc=desc, disable=comm.rank != 0)
-    x_cache: dict = {}
+    # the data sets computed: all, until at most 3/4 of them have a run still going; then a copy
+    # of just those (finished ones in the set are computed and their results dropped). Copying
+    # at every change of the set would move X once per finishing data set.
+    act_x, Xa, Wa = torch.arange(P), X, W
     for it in range(max_iter):
         if bool(done.all()):
             break
-        # data sets with a run still going; their runs are recomputed together (no copy of X
-        # unless some data sets are finished and others not)
-        act_x = torch.nonzero(~done.view(P, R).all(1)).flatten()
-        if act_x.numel() == P:
-            Xa, Wa = X, W
-        else:
-            key = tuple(act_x.tolist())
-            if key not in x_cache:
-                x_cache.clear()
-                x_cache[key] = (X[act_x.to(dev)], None if W is None else W[act_x.to(dev)])
-            Xa, Wa = x_cache[key]
+        going = torch.nonzero(~done.view(P, R).all(1)).flatten()
+        if 4 * going.numel() <= 3 * act_x.numel():
+            act_x = going
+            Xa, Wa = X[act_x.to(dev)], None if W is None else W[act_x.to(dev)]
         runs = (act_x[:, None] * R + torch.arange(R)).flatten()                # (Pa * R,)
         everything = runs.numel() == PR and not bool(done.any())                # no indexing copies
         runs_d = runs.to(dev)
