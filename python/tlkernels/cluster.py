@@ -140,15 +140,19 @@ def kmeans_plusplus(X: Tensor, n_clusters: int, weights: Tensor | None = None, n
     first = torch.multinomial(w, 1, generator=gen)[:, 0]                        # (R,)
     centers[:, 0] = X[data_of.to(dev), first.to(dev)]
     closest = ops.kmeans_assign(X, centers[:, :1])[1].to("cpu", torch.float64)  # (R, N)
-    pot = (closest * w).sum(1)
+    # unweighted: the products with w = 1 are skipped (exact either way); the (R, L, N) float64
+    # block is updated in place (it is the largest temporary)
+    weigh = (lambda t, w: t) if weights is None else (lambda t, w: t * w)       # noqa: E731
+    pot = weigh(closest, w).sum(1)
     for c in range(1, K):
         rand = torch.rand(R, L, generator=gen, dtype=torch.float64) * pot[:, None]
-        cum = torch.cumsum(w * closest, 1)
+        cum = torch.cumsum(weigh(closest, w), 1)
         cand = torch.searchsorted(cum, rand).clamp_(max=N - 1)                  # (R, L)
         cand_pts = X[data_of[:, None].to(dev), cand.to(dev)]                    # (R, L, D)
         dc = ops.kmeans_assign(X, cand_pts.reshape(R * L, 1, D))[1]             # (R * L, N)
-        dc = torch.minimum(dc.view(R, L, N).to("cpu", torch.float64), closest[:, None])
-        pots = (dc * w[:, None]).sum(-1)                                        # (R, L)
+        dc = dc.view(R, L, N).to("cpu", torch.float64)
+        torch.minimum(dc, closest[:, None], out=dc)
+        pots = weigh(dc, w[:, None]).sum(-1)                                    # (R, L)
         best = pots.argmin(1)
         closest, pot = dc[ar, best], pots[ar, best]
         centers[:, c] = cand_pts[ar.to(dev), best.to(dev)]
