@@ -1,5 +1,6 @@
 // AVX-512 kernels of the CPU k-means assignment (included by kmeans_simd.h after ChunkEpilogue):
-// the epilogue of a transposed GEMM block. Same decisions as the AVX2 and scalar rows: the
+// the epilogue of a transposed GEMM block and the one-centroid path, and the pieces the direct
+// kernel shares (sq_partials, reduce_rows). Same decisions as the AVX2 and scalar rows: the
 // minimum score, the scores within the rounding band of it, and exact distances where more than
 // one is; rows run along the lanes (16 floats / 8 doubles) instead of centroids.
 #pragma once

@@ -9,7 +9,8 @@
 // When X is shared by P problems (n_init runs, k-means++ candidates), one GEMM per chunk serves
 // all of them (P·K columns): X is read once. With AVX-512, float32 and K ≤ 64 the chunk skips the
 // GEMM and the score block: cpu/kmeans_direct_avx512.h keeps the scores in registers (same
-// decisions, same labels and distances).
+// decisions, same labels and distances). With K = 1 (the k-means++ candidates: one-centroid
+// problems sharing X) there is nothing to compare: label 0 and the exact distance, no GEMM.
 //
 // Update: rows are cut into ranges whose number depends only on the shapes (not on the thread
 // count); each range sums into its own float64 partials in row order, and the partials are
