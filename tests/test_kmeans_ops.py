@@ -97,16 +97,17 @@ def test_exact_ties_in_integer_data(backend, dtype):
     assert torch.equal(dist2.double().cpu(), ref_d2)
 
 
-def test_float32_cancellation_is_not_visible(backend):
+@pytest.mark.parametrize("K", [9, 80])  # 80: the GEMM / AMX paths of the CPU, beyond the direct kernel
+def test_float32_cancellation_is_not_visible(backend, K):
     """Far from the origin, ‖x‖² − 2x·c + ‖c‖² in float32 loses every digit; the reported
     distance is recomputed from differences (non-negative, exact where x == c)."""
     gen = torch.Generator().manual_seed(3)
     X64 = 1000.0 + 1e-3 * torch.randn(257, 6, generator=gen, dtype=torch.float64)
     X = X64.float().to(backend.device)
-    C = X[:9].clone()
+    C = X[:K].clone()
     labels, dist2 = backend.op("kmeans_assign")(X, C)
     assert bool((dist2 >= 0).all())
-    assert torch.equal(dist2[:9].cpu(), torch.zeros(9))
+    assert torch.equal(dist2[:K].cpu(), torch.zeros(K))
     exact = (X.double() - C.double()[labels]).square().sum(-1)
     torch.testing.assert_close(dist2.double(), exact, rtol=1e-5, atol=0)
 
@@ -299,20 +300,22 @@ def test_torch_compile_fullgraph():
 
 
 # ---------------------------------------------------------------- CPU SIMD levels of the epilogue
-SIMD_LEVELS = ["scalar", "avx2", "avx512", "avx512_direct"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
+SIMD_LEVELS = ["scalar", "avx2", "avx512", "avx512_direct", "avx512_amx"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("level", SIMD_LEVELS)
 def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
     """Every row kernel (scalar, AVX2, the transposed AVX-512 epilogue, the direct AVX-512 kernel
-    for float32 K <= 64) gives the same labels as the scalar one and the reference's distances, on
+    for float32 K <= 64, AMX bf16 tile products for float32 K > 64 where the CPU has AMX) gives the
+    same labels as the scalar one and the reference's distances, on
     sizes that leave partial vectors / row groups everywhere (1, 2, 3 and 4 vectors of centroids),
     through assign and the fused step, with shared and batched centroids and with one X shared by
     several problems (K = 1 with several problems on one X: the k-means++ candidates)."""
     gen = torch.Generator().manual_seed(21)
     for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7), (300, 16, 64),
-                    (45, 40, 48), (129, 2, 33), (53, 37, 1), (40, 16, 1)]:
+                    (45, 40, 48), (129, 2, 33), (53, 37, 1), (40, 16, 1), (100, 32, 130), (37, 70, 80),
+                    (16, 1, 97)]:
         X = torch.randn(2, N, D, generator=gen, dtype=torch.float64).to(dtype)
         C = torch.randn(2, K, D, generator=gen, dtype=torch.float64).to(dtype)
         monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
@@ -342,15 +345,16 @@ def test_cpu_simd_levels_break_ties_and_band_hits_exactly(monkeypatch, level):
     monkeypatch.setenv("TLK_KMEANS_SIMD", level)
     gen = torch.Generator().manual_seed(12)
     for dtype in (torch.float32, torch.float64):
-        X = torch.randint(-3, 4, (600, 5), generator=gen).to(dtype)
-        C = torch.randint(-3, 4, (40, 5), generator=gen).to(dtype)
-        labels, dist2 = torch.ops.tlkernels.kmeans_assign(X, C)
-        ref_labels, ref_d2 = reference.kmeans_assign(X.double(), C.double())
-        assert torch.equal(labels, ref_labels)
-        assert torch.equal(dist2.double(), ref_d2)
+        for K in (40, 100):  # the direct kernel / the AMX products at the widest levels
+            X = torch.randint(-3, 4, (600, 5), generator=gen).to(dtype)
+            C = torch.randint(-3, 4, (K, 5), generator=gen).to(dtype)
+            labels, dist2 = torch.ops.tlkernels.kmeans_assign(X, C)
+            ref_labels, ref_d2 = reference.kmeans_assign(X.double(), C.double())
+            assert torch.equal(labels, ref_labels)
+            assert torch.equal(dist2.double(), ref_d2)
 
 
 def test_cpu_simd_level_must_be_known(monkeypatch):
     monkeypatch.setenv("TLK_KMEANS_SIMD", "sse9")
-    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512' or 'avx512_direct'"):
+    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct' or 'avx512_amx'"):
         torch.ops.tlkernels.kmeans_assign(torch.randn(4, 2), torch.randn(2, 2))

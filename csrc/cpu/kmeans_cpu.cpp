@@ -9,7 +9,9 @@
 // When X is shared by P problems (n_init runs, k-means++ candidates), one GEMM per chunk serves
 // all of them (P·K columns): X is read once. With AVX-512, float32 and K ≤ 64 the chunk skips the
 // GEMM and the score block: cpu/kmeans_direct_avx512.h keeps the scores in registers (same
-// decisions, same labels and distances). With K = 1 (the k-means++ candidates: one-centroid
+// decisions, same labels and distances). With AMX (Sapphire Rapids and later), float32 and K > 64,
+// tile products of a two-part bf16 split replace at::mm (cpu/kmeans_amx.h), within a band widened
+// by their error bound. With K = 1 (the k-means++ candidates: one-centroid
 // problems sharing X) there is nothing to compare: label 0 and the exact distance, no GEMM.
 //
 // Update: rows are cut into ranges whose number depends only on the shapes (not on the thread
@@ -25,7 +27,9 @@
 #include <cstdlib>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "cpu/kmeans_simd.h"
@@ -58,29 +62,45 @@ constexpr int64_t kMaxChunkRows = 2048;
 constexpr int64_t kMinChunkRows = 16;
 
 // The widest row kernels this CPU runs, capped by the environment variable TLK_KMEANS_SIMD
-// ('scalar', 'avx2', 'avx512' (GEMM + transposed epilogue) or 'avx512_direct' (the GEMM-free
-// kernel where it applies); read at every call, so tests can compare the levels).
+// ('scalar', 'avx2', 'avx512' (GEMM + transposed epilogue), 'avx512_direct' (the GEMM-free
+// kernel where it applies) or 'avx512_amx' (AMX tile products); read at every call, so tests can
+// compare the levels).
 kmeans_cpu::Simd simd_level() {
   using kmeans_cpu::Simd;
   Simd best = Simd::kScalar;
 #if TLK_KMEANS_X86
   if (kmeans_cpu::has_avx2()) best = kmeans_cpu::has_avx512() ? Simd::kAvx512Direct : Simd::kAvx2;
+  if (best == Simd::kAvx512Direct && kmeans_cpu::has_amx()) best = Simd::kAvx512Amx;
 #endif
   const char* env = std::getenv("TLK_KMEANS_SIMD");
   if (env == nullptr || *env == '\0') return best;
   const std::string want(env);
-  Simd cap = Simd::kAvx512Direct;
+  Simd cap = Simd::kAvx512Amx;
   if (want == "scalar") {
     cap = Simd::kScalar;
   } else if (want == "avx2") {
     cap = Simd::kAvx2;
   } else if (want == "avx512") {
     cap = Simd::kAvx512;
+  } else if (want == "avx512_direct") {
+    cap = Simd::kAvx512Direct;
   } else {
-    TORCH_CHECK_VALUE(want == "avx512_direct",
-                      "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512' or 'avx512_direct', got '", want, "'");
+    TORCH_CHECK_VALUE(want == "avx512_amx", "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct' "
+                      "or 'avx512_amx', got '", want, "'");
   }
   return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
+}
+
+// The rounding band of the AMX scores, per problem: the band of float32 products widened by the
+// error of the bf16 split (3.1·u²·‖x‖·‖−2c'‖ with u = 2⁻⁸, taken as 6.5·u²·max‖c'‖ per unit of
+// ‖x‖) and by the denormals AMX flushes (inputs treated as zero, results of the 3D additions
+// flushed: ≤ 2⁻¹²⁶ each). Returns (base (Pc,), slope (Pc,)) float32.
+std::pair<at::Tensor, at::Tensor> amx_band(const ShiftedCentroids& sc, int64_t D) {
+  const double u2 = std::ldexp(1.0, -16), tiny = std::ldexp(1.0, -126), rd = std::sqrt(static_cast<double>(D));
+  const at::Tensor maxc = sc.Cs.to(at::kDouble).square().sum(-1).sqrt().amax(-1).reshape({-1});
+  const at::Tensor base = sc.band_base.to(at::kDouble) + (4.0 * static_cast<double>(D) + 8.0 * rd * maxc) * tiny;
+  const at::Tensor slope = sc.band_slope.to(at::kDouble) + 6.5 * u2 * maxc + 4.0 * rd * tiny;
+  return {base.to(at::kFloat).contiguous(), slope.to(at::kFloat).contiguous()};
 }
 
 // Keeps the smallest value stored (the first offending element in a fixed numbering), so that
@@ -236,18 +256,30 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
   const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
   const T* C = a.C.const_data_ptr<T>();
   const T* cnp = sc.b.const_data_ptr<T>();
-  const T* band_base = sc.band_base.const_data_ptr<T>();
+  const T* band_base = sc.band_base.const_data_ptr<T>();  // the AMX band replaces these below
   const T* band_slope = sc.band_slope.const_data_ptr<T>();
   const T* X = a.X.const_data_ptr<T>();
   // Few centroids, float32, AVX-512: the direct kernel replaces at::mm and the epilogue.
   const bool single = K == 1;  // no scores to compare: the exact distances alone
   const bool direct = !single && kmeans_cpu::use_direct<T>(level, K);
+  // AMX: tile products replace at::mm, the transposed epilogue reads them with a wider band.
+  const bool amx = !single && kmeans_cpu::use_amx<T>(level, K);
   std::vector<kmeans_cpu::DirectCentroids> dcs;
+  std::vector<kmeans_cpu::AmxCentroids> acs;
+  at::Tensor amx_base, amx_slope;
 #if TLK_KMEANS_X86
   if constexpr (std::is_same_v<T, float>) {
     const float* cm2 = Cm2.const_data_ptr<float>();
     for (int64_t cp = 0; direct && cp < (a.c_shared ? 1 : P); ++cp) {
       dcs.push_back(kmeans_cpu::make_direct_centroids(cm2 + cp * K * D, cnp + cp * K, K, D));
+    }
+    for (int64_t cp = 0; amx && cp < (a.c_shared ? 1 : P); ++cp) {
+      acs.push_back(kmeans_cpu::make_amx_centroids(cm2 + cp * K * D, K, D));
+    }
+    if (amx) {
+      std::tie(amx_base, amx_slope) = amx_band(sc, D);
+      band_base = amx_base.const_data_ptr<T>();
+      band_slope = amx_slope.const_data_ptr<T>();
     }
   }
 #endif
@@ -268,8 +300,17 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
     // multiple of 4 KiB, walking down a column would hit a single L1 set.
     const int64_t ld_t = (std::min(chunk, N) + 15) / 16 * 16 + 16;
     const bool transposed = kmeans_cpu::gemm_transposed(level);
-    std::vector<T> buf(direct || single ? 0 : static_cast<size_t>(transposed ? cols * ld_t : std::min(chunk, N) * cols));
+    // (AMX: 16 spare rows for the padding of the last problem's last centroid tile)
+    std::vector<T> buf(direct || single ? 0 : static_cast<size_t>(transposed ? (cols + (amx ? 16 : 0)) * ld_t
+                                                                            : std::min(chunk, N) * cols));
     const auto opts = a.X.options();
+#if TLK_KMEANS_X86
+    const int64_t amx_blocks = (D + kmeans_cpu::kAmxDepth - 1) / kmeans_cpu::kAmxDepth;
+    const size_t amx_packed = amx ? static_cast<size_t>((std::min(chunk, N) + 15) / 16 * amx_blocks * 512) : 0;
+    std::vector<uint16_t> xb_hi(amx_packed), xb_lo(amx_packed);
+    std::vector<const kmeans_cpu::AmxCentroids*> acp(amx ? static_cast<size_t>(M) : 0);
+    if (amx) kmeans_cpu::amx_configure();
+#endif
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / R, r = task % R;
       const T* Xg = X + g * N * D;
@@ -287,6 +328,15 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
         } else if (direct) {
 #if TLK_KMEANS_X86
           if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs));
+#endif
+        } else if (amx) {
+#if TLK_KMEANS_X86
+          if constexpr (std::is_same_v<T, float>) {
+            kmeans_cpu::pack_amx_rows(Xg + r0 * D, rows, D, amx_blocks, xb_hi.data(), xb_lo.data());
+            for (int64_t q = 0; q < M; ++q) acp[q] = &acs[a.c_shared ? 0 : g * M + q];
+            kmeans_cpu::amx_scores(xb_hi.data(), xb_lo.data(), rows, acp.data(), M, K, buf.data(), ld_t);
+            record_min(first_bad, kmeans_cpu::epilogue(e, level));
+          }
 #endif
         } else {
           at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
@@ -309,6 +359,9 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
         }
       }
     }
+#if TLK_KMEANS_X86
+    if (amx) kmeans_cpu::amx_release();
+#endif
   });
   const int64_t bad = first_bad.load();
   TORCH_CHECK_VALUE(bad == std::numeric_limits<int64_t>::max(),
