@@ -245,13 +245,7 @@ TLK_AVX512_TARGET int64_t epilogue_avx512_t(const ChunkEpilogue<T>& e) {
         label[r] = rr.label;
         d2[r] = static_cast<T>(rr.dist2);
       }
-      int64_t* labels = e.labels + p * e.N + e.n0 + i0;
-      T* dist2 = e.dist2 + p * e.N + e.n0 + i0;
-      for (int r = 0; r < nr; ++r) {
-        labels[r] = label[r];
-        dist2[r] = d2[r];
-        if (!std::isfinite(d2[r]) && p * e.N + e.n0 + i0 + r < bad) bad = p * e.N + e.n0 + i0 + r;
-      }
+      for (int r = 0; r < nr; ++r) store_result<T>(e, p, e.n0 + i0 + r, label[r], d2[r], bad);
     }
   }
   return bad;
@@ -276,13 +270,7 @@ TLK_AVX512_TARGET int64_t single_centroid_avx512(const ChunkEpilogue<T>& e) {
       const T* c = e.C + (e.c_shared ? 0 : p) * D;
       for (int r = 0; r < W; ++r) part[r] = r < nr ? sq_partials<T>(x0 + r * D, c, D) : S::zero();
       S::store(d2, reduce_rows(part, AddOp{}));
-      int64_t* labels = e.labels + p * e.N + e.n0 + i0;
-      T* dist2 = e.dist2 + p * e.N + e.n0 + i0;
-      for (int r = 0; r < nr; ++r) {
-        labels[r] = 0;
-        dist2[r] = d2[r];
-        if (!std::isfinite(d2[r]) && p * e.N + e.n0 + i0 + r < bad) bad = p * e.N + e.n0 + i0 + r;
-      }
+      for (int r = 0; r < nr; ++r) store_result<T>(e, p, e.n0 + i0 + r, 0, d2[r], bad);
     }
   }
   return bad;

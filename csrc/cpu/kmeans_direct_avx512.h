@@ -144,13 +144,7 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
     label[r] = rr.label;
     d2[r] = static_cast<float>(rr.dist2);
   }
-  int64_t* labels = e.labels + p * e.N + e.n0 + i0;
-  float* dist2 = e.dist2 + p * e.N + e.n0 + i0;
-  for (int r = 0; r < nr; ++r) {
-    labels[r] = label[r];
-    dist2[r] = d2[r];
-    if (!std::isfinite(d2[r]) && p * e.N + e.n0 + i0 + r < bad) bad = p * e.N + e.n0 + i0 + r;
-  }
+  for (int r = 0; r < nr; ++r) store_result<float>(e, p, e.n0 + i0 + r, label[r], d2[r], bad);
 }
 
 template <int KV>

@@ -3,6 +3,7 @@
 // so results are identical run to run on one machine.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -314,6 +315,15 @@ struct ChunkEpilogue {
   int64_t ldg = 0;        // leading dimension of a transposed g (M·K, rows) (the AVX-512 epilogue)
 };
 
+// Row n of problem p gets its label and distance; bad keeps the smallest linear index p·N + n of a
+// non-finite distance.
+template <typename T>
+inline void store_result(const ChunkEpilogue<T>& e, int64_t p, int64_t n, int64_t label, T d2, int64_t& bad) {
+  e.labels[p * e.N + n] = label;
+  e.dist2[p * e.N + n] = d2;
+  if (!std::isfinite(d2) && p * e.N + n < bad) bad = p * e.N + n;
+}
+
 }  // namespace tlk::kmeans_cpu
 
 #include "cpu/kmeans_avx512.h"
@@ -335,10 +345,7 @@ namespace tlk::kmeans_cpu {
       const T band = e.band_base[cp] + e.band_slope[cp] * xnorm;                                    \
       const RowResult r = ASSIGN_ROW(e.g + i * cols + q * e.K, e.b + cp * e.K, e.K, x,              \
                                      e.C + cp * e.K * e.D, e.D, band);                              \
-      const T d2 = static_cast<T>(r.dist2);                                                         \
-      e.labels[p * e.N + n] = r.label;                                                              \
-      e.dist2[p * e.N + n] = d2;                                                                    \
-      if (!std::isfinite(d2) && p * e.N + n < bad) bad = p * e.N + n;                               \
+      store_result<T>(e, p, n, r.label, static_cast<T>(r.dist2), bad);                              \
     }                                                                                               \
   }                                                                                                 \
   return bad;
@@ -357,10 +364,7 @@ T sqnorm_scalar(const T* x, int64_t D) {
     const int64_t n = e.n0 + i;                                                                     \
     for (int64_t q = 0; q < e.M; ++q) {                                                             \
       const int64_t p = e.p0 + q;                                                                   \
-      const T d2 = SQDIST(x, e.C + (e.c_shared ? 0 : p) * e.D, e.D);                                \
-      e.labels[p * e.N + n] = 0;                                                                    \
-      e.dist2[p * e.N + n] = d2;                                                                    \
-      if (!std::isfinite(d2) && p * e.N + n < bad) bad = p * e.N + n;                               \
+      store_result<T>(e, p, n, 0, SQDIST(x, e.C + (e.c_shared ? 0 : p) * e.D, e.D), bad);           \
     }                                                                                               \
   }                                                                                                 \
   return bad;
