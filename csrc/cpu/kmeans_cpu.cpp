@@ -329,23 +329,25 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
 #if TLK_KMEANS_X86
           if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs));
 #endif
-        } else if (amx) {
-#if TLK_KMEANS_X86
-          if constexpr (std::is_same_v<T, float>) {
-            kmeans_cpu::pack_amx_rows(Xg + r0 * D, rows, D, amx_blocks, xb_hi.data(), xb_lo.data());
-            for (int64_t q = 0; q < M; ++q) acp[q] = &acs[a.c_shared ? 0 : g * M + q];
-            kmeans_cpu::amx_scores(xb_hi.data(), xb_lo.data(), rows, acp.data(), M, K, buf.data(), ld_t);
-            record_min(first_bad, kmeans_cpu::epilogue(e, level));
-          }
-#endif
         } else {
-          at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
-          if (transposed) {  // (cols, rows): W rows per vector in the epilogue
-            at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
-            at::mm_out(out, Cg, xs.t());
+          // the score block: AMX tile products or at::mm, then the same epilogue
+          if (amx) {
+#if TLK_KMEANS_X86
+            if constexpr (std::is_same_v<T, float>) {
+              kmeans_cpu::pack_amx_rows(Xg + r0 * D, rows, D, amx_blocks, xb_hi.data(), xb_lo.data());
+              for (int64_t q = 0; q < M; ++q) acp[q] = &acs[a.c_shared ? 0 : g * M + q];
+              kmeans_cpu::amx_scores(xb_hi.data(), xb_lo.data(), rows, acp.data(), M, K, buf.data(), ld_t);
+            }
+#endif
           } else {
-            at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
-            at::mm_out(out, xs, Cg.t());
+            at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
+            if (transposed) {  // (cols, rows): W rows per vector in the epilogue
+              at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
+              at::mm_out(out, Cg, xs.t());
+            } else {
+              at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
+              at::mm_out(out, xs, Cg.t());
+            }
           }
           record_min(first_bad, kmeans_cpu::epilogue(e, level));
         }
