@@ -101,6 +101,13 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
   const float* x0 = e.x + i0 * D;
   alignas(64) float sbuf[16 * 16 * KV];
   __m512 mins[16], part[16];
+  // The score loop reads R rows a float at a time, R lines apart: the hardware prefetchers do
+  // not follow that (Zen 5, X streamed from DRAM: 3.4 G FMA/s against 6.4 on L1-resident rows),
+  // so the rows two blocks ahead are requested here (past the end of X: prefetches never fault).
+  const char* ahead = reinterpret_cast<const char*>(x0 + 32 * D);
+  for (int64_t byte = 0; byte < 16 * D * static_cast<int64_t>(sizeof(float)); byte += 64) {
+    _mm_prefetch(ahead + byte, _MM_HINT_T0);
+  }
   if (nr == 16) {
 #pragma GCC unroll 4
     for (int r = 0; r < 16; r += R) direct_scores<KV, R>(x0 + r * D, D, dc, sbuf + r * Kp, mins + r);
