@@ -97,7 +97,7 @@ def test_exact_ties_in_integer_data(backend, dtype):
     assert torch.equal(dist2.double().cpu(), ref_d2)
 
 
-@pytest.mark.parametrize("K", [9, 80])  # 80: the GEMM / AMX paths of the CPU, beyond the direct kernel
+@pytest.mark.parametrize("K", [9, 80])  # 80: beyond one block of the direct kernel (GEMM, AMX or blocked, by CPU)
 def test_float32_cancellation_is_not_visible(backend, K):
     """Far from the origin, ‖x‖² − 2x·c + ‖c‖² in float32 loses every digit; the reported
     distance is recomputed from differences (non-negative, exact where x == c)."""
@@ -300,14 +300,15 @@ def test_torch_compile_fullgraph():
 
 
 # ---------------------------------------------------------------- CPU SIMD levels of the epilogue
-SIMD_LEVELS = ["scalar", "avx2", "avx512", "avx512_direct", "avx512_amx"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
+SIMD_LEVELS = ["scalar", "avx2", "avx512", "avx512_direct", "avx512_wide", "avx512_amx"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("level", SIMD_LEVELS)
 def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
     """Every row kernel (scalar, AVX2, the transposed AVX-512 epilogue, the direct AVX-512 kernel
-    for float32 K <= 64, AMX bf16 tile products for float32 K > 64 where the CPU has AMX) gives the
+    for float32 K <= 64 and, blocked, up to K = 512 (513: back to the GEMM), AMX bf16 tile
+    products for float32 K > 64 where the CPU has AMX) gives the
     same labels as the scalar one and the reference's distances, on
     sizes that leave partial vectors / row groups everywhere (1, 2, 3 and 4 vectors of centroids),
     through assign and the fused step, with shared and batched centroids and with one X shared by
@@ -315,7 +316,7 @@ def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
     gen = torch.Generator().manual_seed(21)
     for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7), (300, 16, 64),
                     (45, 40, 48), (129, 2, 33), (53, 37, 1), (40, 16, 1), (100, 32, 130), (37, 70, 80),
-                    (16, 1, 97)]:
+                    (16, 1, 97), (70, 9, 300), (20, 4, 512), (18, 3, 513), (40, 24, 176)]:
         X = torch.randn(2, N, D, generator=gen, dtype=torch.float64).to(dtype)
         C = torch.randn(2, K, D, generator=gen, dtype=torch.float64).to(dtype)
         monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
@@ -345,7 +346,7 @@ def test_cpu_simd_levels_break_ties_and_band_hits_exactly(monkeypatch, level):
     monkeypatch.setenv("TLK_KMEANS_SIMD", level)
     gen = torch.Generator().manual_seed(12)
     for dtype in (torch.float32, torch.float64):
-        for K in (40, 100):  # the direct kernel / the AMX products at the widest levels
+        for K in (40, 100, 300):  # the direct kernel (one block, blocked) / the AMX products
             X = torch.randint(-3, 4, (600, 5), generator=gen).to(dtype)
             C = torch.randint(-3, 4, (K, 5), generator=gen).to(dtype)
             labels, dist2 = torch.ops.tlkernels.kmeans_assign(X, C)
@@ -356,5 +357,5 @@ def test_cpu_simd_levels_break_ties_and_band_hits_exactly(monkeypatch, level):
 
 def test_cpu_simd_level_must_be_known(monkeypatch):
     monkeypatch.setenv("TLK_KMEANS_SIMD", "sse9")
-    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct' or 'avx512_amx'"):
+    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct', 'avx512_wide' or 'avx512_amx'"):
         torch.ops.tlkernels.kmeans_assign(torch.randn(4, 2), torch.randn(2, 2))

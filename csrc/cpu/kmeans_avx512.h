@@ -276,6 +276,12 @@ TLK_AVX512_TARGET int64_t single_centroid_avx512(const ChunkEpilogue<T>& e) {
   return bad;
 }
 
+// An AMD CPU (cpuid vendor "AuthenticAMD"): MKL's GEMM runs its AVX2 code there.
+inline bool is_amd() {
+  static const bool ok = __builtin_cpu_is("amd");
+  return ok;
+}
+
 inline bool has_avx512() {
   static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
                          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");

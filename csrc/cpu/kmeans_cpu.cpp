@@ -63,14 +63,15 @@ constexpr int64_t kMinChunkRows = 16;
 
 // The widest row kernels this CPU runs, capped by the environment variable TLK_KMEANS_SIMD
 // ('scalar', 'avx2', 'avx512' (GEMM + transposed epilogue), 'avx512_direct' (the GEMM-free
-// kernel where it applies) or 'avx512_amx' (AMX tile products); read at every call, so tests can
-// compare the levels).
+// kernel for K ≤ 64), 'avx512_wide' (the GEMM-free kernel up to K = 512) or 'avx512_amx' (AMX tile
+// products for K > 64); read at every call, so tests can compare the levels).
 kmeans_cpu::Simd simd_level() {
   using kmeans_cpu::Simd;
   Simd best = Simd::kScalar;
 #if TLK_KMEANS_X86
   if (kmeans_cpu::has_avx2()) best = kmeans_cpu::has_avx512() ? Simd::kAvx512Direct : Simd::kAvx2;
   if (best == Simd::kAvx512Direct && kmeans_cpu::has_amx()) best = Simd::kAvx512Amx;
+  if (best == Simd::kAvx512Direct && kmeans_cpu::is_amd()) best = Simd::kAvx512Wide;
 #endif
   const char* env = std::getenv("TLK_KMEANS_SIMD");
   if (env == nullptr || *env == '\0') return best;
@@ -84,9 +85,11 @@ kmeans_cpu::Simd simd_level() {
     cap = Simd::kAvx512;
   } else if (want == "avx512_direct") {
     cap = Simd::kAvx512Direct;
+  } else if (want == "avx512_wide") {
+    cap = Simd::kAvx512Wide;
   } else {
-    TORCH_CHECK_VALUE(want == "avx512_amx", "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct' "
-                      "or 'avx512_amx', got '", want, "'");
+    TORCH_CHECK_VALUE(want == "avx512_amx", "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct', "
+                      "'avx512_wide' or 'avx512_amx', got '", want, "'");
   }
   return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
 }

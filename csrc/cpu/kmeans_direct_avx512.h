@@ -13,6 +13,11 @@
 // rounding band, which bounds the error of any order); a single score within the band of the
 // minimum is the label, several (or none: NaN) go to the exact distances of resolve_band.
 // So the labels and distances equal the other levels' (tests compare them).
+//
+// K > 64 (level kAvx512Wide, the default on AMD CPUs): the same loop over blocks of 64 centroids,
+// each block's −2c'ᵀ kept in L1 for 16 rows, their scores written to a 16 × K buffer. MKL, which
+// at::mm calls, takes its AVX2 code on AMD CPUs (174 GFLOP/s on 2 Zen 5 cores at D=64 K=256,
+// against 6.4 G 512-bit FMAs per second and core here); on Intel it is the faster way.
 #pragma once
 
 #if TLK_KMEANS_X86
@@ -27,7 +32,10 @@
 
 namespace tlk::kmeans_cpu {
 
-constexpr int64_t kDirectMaxK = 64;  // 4 vectors of 16 centroids
+constexpr int64_t kDirectMaxK = 64;  // 4 vectors of 16 centroids: a row's scores stay in registers
+// Wider K (the kAvx512Wide level): blocks of 64 centroids, the scores of 16 rows in an L1 buffer
+// of 16 · K floats (32 KiB at this bound).
+constexpr int64_t kDirectWideMaxK = 512;
 
 // One problem's centroids in the layout of the direct kernel.
 struct DirectCentroids {
@@ -51,13 +59,14 @@ inline DirectCentroids make_direct_centroids(const float* cm2, const float* b, i
   return dc;
 }
 
-// The scores s_k = b_k + g_k of rows i0 .. i0 + R − 1 against one problem into sbuf (R, Kp),
-// and each row's lane-wise minimum over its KV vectors into mins[r].
+// The scores s_k = b_k + g_k of R rows from x0 against the centroid columns [k0, k0 + 16·KV) of
+// one problem into sbuf (R, Kp) at those columns; each row's lane-wise minimum over the KV
+// vectors into mins[r] (first block) or folded into it (later blocks: a minimum, any order).
 template <int KV, int R>
-TLK_AVX512_TARGET inline void direct_scores(const float* x0, int64_t D, const DirectCentroids& dc, float* sbuf,
-                                            __m512* mins) {
+TLK_AVX512_TARGET inline void direct_scores(const float* x0, int64_t D, const DirectCentroids& dc, int64_t k0,
+                                            float* sbuf, __m512* mins, bool first) {
   const int64_t Kp = dc.Kp;
-  const float* ct = dc.ct.data();
+  const float* ct = dc.ct.data() + k0;
   __m512 acc[R][KV];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
@@ -77,29 +86,44 @@ TLK_AVX512_TARGET inline void direct_scores(const float* x0, int64_t D, const Di
   }
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r) {
-    __m512 mn = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    __m512 mn = first ? _mm512_set1_ps(std::numeric_limits<float>::infinity()) : mins[r];
 #pragma GCC unroll 4
     for (int j = 0; j < KV; ++j) {
-      const __m512 sc = _mm512_add_ps(_mm512_loadu_ps(dc.bp.data() + 16 * j), acc[r][j]);
-      _mm512_store_ps(sbuf + r * Kp + 16 * j, sc);
+      const __m512 sc = _mm512_add_ps(_mm512_loadu_ps(dc.bp.data() + k0 + 16 * j), acc[r][j]);
+      _mm512_store_ps(sbuf + r * Kp + k0 + 16 * j, sc);
       mn = _mm512_min_ps(sc, mn);
     }
     mins[r] = mn;
   }
 }
 
+// The scores of rows x0 .. x0 + nr − 1 (nr ≤ 16) against columns [k0, k0 + 16·KV) (see above).
+template <int KV>
+TLK_AVX512_TARGET inline void direct_scores16(const float* x0, int nr, int64_t D, const DirectCentroids& dc,
+                                              int64_t k0, float* sbuf, __m512* mins, bool first) {
+  // R·KV accumulators + KV centroid vectors + one broadcast fit the 32 zmm registers; R | 16
+  constexpr int R = KV == 1 ? 16 : KV == 4 ? 4 : 8;
+  const int64_t Kp = dc.Kp;
+  if (nr == 16) {
+#pragma GCC unroll 4
+    for (int r = 0; r < 16; r += R) direct_scores<KV, R>(x0 + r * D, D, dc, k0, sbuf + r * Kp, mins + r, first);
+  } else {
+    for (int r = 0; r < nr; ++r) direct_scores<KV, 1>(x0 + r * D, D, dc, k0, sbuf + r * Kp, mins + r, first);
+  }
+}
+
 // Rows i0 .. i0 + nr − 1 (nr ≤ 16) of the chunk against problem q: scores, then the decisions of
 // all 16 rows with the horizontal steps (norm, minimum, exact distance) done 16 rows at a time.
+// KV: vectors of 16 centroids per block of columns (KV = 4 with K > 64: several blocks, the last
+// one narrower).
 template <int KV>
 TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, const DirectCentroids& dc, int64_t q,
                                              int64_t i0, int nr, int64_t& bad) {
-  // R·KV accumulators + KV centroid vectors + one broadcast fit the 32 zmm registers; R | 16
-  constexpr int R = KV == 1 ? 16 : KV == 4 ? 4 : 8;
   const int64_t D = e.D, K = e.K, Kp = dc.Kp;
   const int64_t p = e.p0 + q;
   const int64_t cp = e.c_shared ? 0 : p;
   const float* x0 = e.x + i0 * D;
-  alignas(64) float sbuf[16 * 16 * KV];
+  alignas(64) float sbuf[16 * (KV == 4 ? kDirectWideMaxK : 16 * KV)];
   __m512 mins[16], part[16];
   // The score loop reads R rows a float at a time, R lines apart: the hardware prefetchers do
   // not follow that (Zen 5, X streamed from DRAM: 3.4 G FMA/s against 6.4 on L1-resident rows),
@@ -108,13 +132,21 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
   for (int64_t byte = 0; byte < 16 * D * static_cast<int64_t>(sizeof(float)); byte += 64) {
     _mm_prefetch(ahead + byte, _MM_HINT_T0);
   }
-  if (nr == 16) {
-#pragma GCC unroll 4
-    for (int r = 0; r < 16; r += R) direct_scores<KV, R>(x0 + r * D, D, dc, sbuf + r * Kp, mins + r);
-  } else {
-    for (int r = 0; r < nr; ++r) direct_scores<KV, 1>(x0 + r * D, D, dc, sbuf + r * Kp, mins + r);
-    for (int r = nr; r < 16; ++r) mins[r] = _mm512_setzero_ps();
+  // column blocks outermost: a block of −2c'ᵀ (D · 64 floats) stays in L1 for the 16 rows
+  for (int64_t k0 = 0; k0 < Kp; k0 += 16 * KV) {
+    const bool first = k0 == 0;
+    const int64_t kv = std::min<int64_t>(KV, (Kp - k0) / 16);
+    if (kv == KV) {
+      direct_scores16<KV>(x0, nr, D, dc, k0, sbuf, mins, first);
+    } else if (kv == 1) {  // the last, narrower block of K > 64
+      direct_scores16<1>(x0, nr, D, dc, k0, sbuf, mins, first);
+    } else if (kv == 2) {
+      direct_scores16<2>(x0, nr, D, dc, k0, sbuf, mins, first);
+    } else {
+      direct_scores16<3>(x0, nr, D, dc, k0, sbuf, mins, first);
+    }
   }
+  for (int r = nr; r < 16; ++r) mins[r] = _mm512_setzero_ps();
   for (int r = 0; r < 16; ++r) part[r] = r < nr ? sq_partials<float>(x0 + r * D, nullptr, D) : _mm512_setzero_ps();
   const __m512 norm = _mm512_sqrt_ps(reduce_rows(part, AddOp{}));
   const __m512 lo = reduce_rows(mins, MinOp{});
@@ -129,17 +161,25 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
       part[r] = _mm512_setzero_ps();
       continue;
     }
-    // the in-band centroids as one 64-bit mask: count and first index without a branch on
-    // which vector holds the minimum (a random, mispredicted one per row otherwise)
+    // the in-band centroids of each block as one 64-bit mask: count and first index without a
+    // branch on which vector holds the minimum (a random, mispredicted one per row otherwise)
     const __m512 vt = _mm512_set1_ps(thr[r]);
-    uint64_t in_band = 0;
+    int count = 0;
+    int64_t first_in = 0;
+    for (int64_t k0 = 0; k0 < Kp; k0 += 16 * KV) {
+      uint64_t in_band = 0;
 #pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) {
-      in_band |= static_cast<uint64_t>(_mm512_cmp_ps_mask(_mm512_load_ps(sbuf + r * Kp + 16 * j), vt, _CMP_LE_OQ))
-                 << (16 * j);
+      for (int j = 0; j < KV; ++j) {
+        if (KV == 4 && k0 + 16 * j >= Kp) break;
+        in_band |= static_cast<uint64_t>(_mm512_cmp_ps_mask(_mm512_load_ps(sbuf + r * Kp + k0 + 16 * j), vt,
+                                                            _CMP_LE_OQ))
+                   << (16 * j);
+      }
+      first_in = count == 0 && in_band != 0 ? k0 + __builtin_ctzll(in_band) : first_in;
+      count += __builtin_popcountll(in_band);
     }
-    const bool one = __builtin_popcountll(in_band) == 1;
-    label[r] = one ? __builtin_ctzll(in_band) : 0;
+    const bool one = count == 1;
+    label[r] = one ? first_in : 0;
     several |= static_cast<unsigned>(!one) << r;
     part[r] = sq_partials<float>(x0 + r * D, Cq + label[r] * D, D);
   }

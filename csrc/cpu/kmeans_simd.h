@@ -400,9 +400,11 @@ __attribute__((target("avx2,popcnt"))) int64_t epilogue_avx2(const ChunkEpilogue
 // between near ties), distances differ only in the summation order of Σ (x − c)².
 // kAvx512Direct: the GEMM-free kernel of kmeans_direct_avx512.h for float32 with K ≤ 64, the
 // transposed-GEMM AVX-512 epilogue otherwise.
+// kAvx512Wide: the GEMM-free kernel up to K = 512 (the default on AMD CPUs, where MKL's GEMM
+// takes its AVX2 code).
 // kAvx512Amx: as kAvx512Direct, but float32 scores for K > 64 by AMX tiles (kmeans_amx.h), read by
 // the transposed epilogue (for K ≤ 64 the direct kernel is faster: 46 vs 81 ms at D=16, K=64).
-enum class Simd : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Direct = 3, kAvx512Amx = 4 };
+enum class Simd : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Direct = 3, kAvx512Wide = 4, kAvx512Amx = 5 };
 
 // The AVX-512 levels read a transposed score block (M·K, rows): see gemm_transposed().
 inline bool gemm_transposed(Simd level) { return static_cast<int>(level) >= static_cast<int>(Simd::kAvx512); }
@@ -417,8 +419,8 @@ inline bool use_amx(Simd level, int64_t K) {
 template <typename T>
 inline bool use_direct(Simd level, int64_t K) {
 #if TLK_KMEANS_X86
-  return std::is_same_v<T, float> && static_cast<int>(level) >= static_cast<int>(Simd::kAvx512Direct) &&
-         K <= kDirectMaxK;
+  if (!std::is_same_v<T, float> || static_cast<int>(level) < static_cast<int>(Simd::kAvx512Direct)) return false;
+  return K <= kDirectMaxK || (level == Simd::kAvx512Wide && K <= kDirectWideMaxK);
 #else
   (void)level;
   (void)K;
