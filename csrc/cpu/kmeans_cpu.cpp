@@ -317,7 +317,6 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / R, r = task % R;
       const T* Xg = X + g * N * D;
-      const at::Tensor Cg = a.c_shared ? Cm2_flat : Cm2_flat.narrow(0, g * M * K, M * K);
       double* ps = FUSED ? psum.data() + r * P_eff * K * D : nullptr;
       double* pc = FUSED ? pcnt.data() + r * P_eff * K : nullptr;
       const int64_t c1 = std::min(n_chunks, (r + 1) * chunks_per_task);
@@ -343,6 +342,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
             }
 #endif
           } else {
+            const at::Tensor Cg = a.c_shared ? Cm2_flat : Cm2_flat.narrow(0, g * M * K, M * K);
             at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
             if (transposed) {  // (cols, rows): W rows per vector in the epilogue
               at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
