@@ -329,7 +329,7 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
           record_min(first_bad, kmeans_cpu::single_centroid(e, level));
         } else if (direct) {
 #if TLK_KMEANS_X86
-          if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs));
+          if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs, level));
 #endif
         } else {
           // the score block: AMX tile products or at::mm, then the same epilogue

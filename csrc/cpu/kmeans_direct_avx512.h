@@ -78,7 +78,10 @@ TLK_AVX512_INLINE inline void direct_scores(const float* x0, int64_t D, const Di
   for (int64_t d = 0; d < D; ++d) {
     __m512 c[KV];
 #pragma GCC unroll 4
-    for (int j = 0; j < KV; ++j) c[j] = _mm512_loadu_ps(ct + d * Kp + 16 * j);
+    for (int j = 0; j < KV; ++j) {
+      c[j] = _mm512_loadu_ps(ct + d * Kp + 16 * j);
+      if constexpr (KV == 3 && R > 1) __asm__("" : "+v"(c[j]));  // in a register: GCC spilled these to the stack
+    }
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const __m512 xv = _mm512_set1_ps(x0[r * D + d]);
@@ -179,8 +182,10 @@ TLK_AVX512_TARGET inline void direct_block16(const ChunkEpilogue<float>& e, cons
                                                             _CMP_LE_OQ))
                    << (16 * j);
       }
-      first_in = count == 0 && in_band != 0 ? k0 + __builtin_ctzll(in_band) : first_in;
-      count += __builtin_popcountll(in_band);
+      // tzcnt (defined at 0) keeps the choice of the first block with a hit a select, not a branch
+      const int64_t here = k0 + static_cast<int64_t>(_tzcnt_u64(in_band));
+      first_in = count == 0 && in_band != 0 ? here : first_in;
+      count += static_cast<int>(_mm_popcnt_u64(in_band));
     }
     const bool one = count == 1;
     label[r] = one ? first_in : 0;

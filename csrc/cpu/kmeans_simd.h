@@ -329,6 +329,7 @@ inline void store_result(const ChunkEpilogue<T>& e, int64_t p, int64_t n, int64_
 #include "cpu/kmeans_avx512.h"
 #include "cpu/kmeans_amx.h"
 #include "cpu/kmeans_direct_avx512.h"
+#include "cpu/kmeans_direct_avx2.h"
 
 namespace tlk::kmeans_cpu {
 
@@ -419,7 +420,9 @@ inline bool use_amx(Simd level, int64_t K) {
 template <typename T>
 inline bool use_direct(Simd level, int64_t K) {
 #if TLK_KMEANS_X86
-  if (!std::is_same_v<T, float> || static_cast<int>(level) < static_cast<int>(Simd::kAvx512Direct)) return false;
+  if (!std::is_same_v<T, float>) return false;
+  if (level == Simd::kAvx2) return K <= kDirectAvx2MaxK && has_fma();
+  if (static_cast<int>(level) < static_cast<int>(Simd::kAvx512Direct)) return false;
   return K <= kDirectMaxK || (level == Simd::kAvx512Wide && K <= kDirectWideMaxK);
 #else
   (void)level;
@@ -427,6 +430,13 @@ inline bool use_direct(Simd level, int64_t K) {
   return false;
 #endif
 }
+
+#if TLK_KMEANS_X86
+// The direct kernel of the level (use_direct() said yes): labels and distances of one chunk.
+inline int64_t direct_chunk(const ChunkEpilogue<float>& e, const std::vector<DirectCentroids>& dcs, Simd level) {
+  return level == Simd::kAvx2 ? direct_chunk_avx2(e, dcs) : direct_chunk(e, dcs);
+}
+#endif
 
 template <typename T>
 int64_t epilogue(const ChunkEpilogue<T>& e, Simd level) {
