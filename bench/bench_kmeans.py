@@ -3,7 +3,8 @@
 Side by side in one run, from the same initial centres and for a fixed number of iterations
 (tol = 0), after checking that every peer agrees with tlkernels (labels after one iteration;
 the inertia after all of them for scikit-learn, which relocates empty clusters the same way):
-  tlkernels        KMeans.fit / batched_kmeans, and the bare ops loop (kmeans_step + divide)
+  tlkernels        KMeans.fit / batched_kmeans, and the bare ops loop (kmeans_step + divide),
+                   also with the kernels capped at AVX2 (what a CPU without AVX-512 runs)
   scikit-learn     KMeans(algorithm='lloyd'), chunked BLAS + argmin
   faiss-cpu        faiss.Kmeans (IndexFlatL2 search), on all points (no subsampling)
   fast-pytorch-kmeans
@@ -138,6 +139,31 @@ def ops_iteration(X, C):
     return sums / counts.clamp_min(1)[..., None]
 
 
+def ops_at_avx2(X, C, repeats) -> float | None:
+    """Seconds per bare ops iteration with the kernels capped at AVX2 (TLK_KMEANS_SIMD=avx2: what
+    a CPU without AVX-512, e.g. most laptops, runs); None on CPUs without AVX2."""
+    if not torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512")):
+        return None
+    old = os.environ.get("TLK_KMEANS_SIMD")
+    os.environ["TLK_KMEANS_SIMD"] = "avx2"
+    try:
+        return best_time(lambda: ops_iteration(X, C), repeats=repeats, warmup=1)
+    finally:
+        if old is None:
+            del os.environ["TLK_KMEANS_SIMD"]
+        else:
+            os.environ["TLK_KMEANS_SIMD"] = old
+
+
+def print_avx2_row(row, t_avx2, sklearn_key):
+    if t_avx2 is None:
+        return
+    row["tlkernels_ops_avx2"] = {"s_per_iter": t_avx2}
+    sk = row.get(sklearn_key)
+    vs = f"   {sk['s_per_iter'] / t_avx2:.2f}x {sklearn_key}" if isinstance(sk, dict) else ""
+    print(f"  {'ops loop, AVX2 only':22s} {t_avx2 * 1e3:9.2f} ms/iter{vs}", flush=True)
+
+
 def gemm_floor(P, N, D, K, repeats) -> tuple[float, float]:
     """(seconds, GFLOP/s) of the X·Cᵀ products of one iteration with at::mm in 1024-row chunks."""
     gen = torch.Generator().manual_seed(1)
@@ -208,6 +234,7 @@ def bench_single(name, N, D, K, iters, repeats, peers):
     row["gemm_floor_s"], row["gemm_gflops"] = floor, rate
     print(f"  {'tlkernels ops loop':22s} {t_ops * 1e3:9.2f} ms/iter   GEMM floor {floor * 1e3:.2f} ms "
           f"({rate:.0f} GFLOP/s)", flush=True)
+    print_avx2_row(row, ops_at_avx2(X, C, repeats), "sklearn")
     return row
 
 
@@ -244,6 +271,7 @@ def bench_batched(P, N, D, K, iters, repeats, peers):
     t_ops = best_time(lambda: ops_iteration(X, init), repeats=repeats, warmup=1)
     row["tlkernels_ops"] = {"s_per_iter": t_ops}
     print(f"  {'tlkernels ops loop':22s} {t_ops * 1e3:9.2f} ms/iter", flush=True)
+    print_avx2_row(row, ops_at_avx2(X, init, repeats), "sklearn_looped")
     floor, rate = gemm_floor(P, N, D, K, repeats)
     row["gemm_floor_s"], row["gemm_gflops"] = floor, rate
     print(f"  GEMM floor {floor * 1e3:.2f} ms ({rate:.0f} GFLOP/s)", flush=True)

@@ -308,7 +308,8 @@ def _solve(X: Tensor, K: int, weights: Tensor | None, valid: Tensor | None, init
             new = F.normalize(new, dim=-1)
         shift = (new - Ca).to(torch.float64).square().sum((1, 2)).cpu()
         lab_cmp = labels if pad is None else labels.masked_fill(pad if everything else pad[runs_d], -1)
-        changed = comm.sum_((lab_cmp != (labels_old if everything else labels_old[runs_d])).sum(1)).cpu()
+        # any(), not sum(): a sum of bools first copies them to int64 (1.1 ms per iteration at N = 1M)
+        changed = comm.max_((lab_cmp != (labels_old if everything else labels_old[runs_d])).any(1).to(torch.int32)).cpu()
         if everything:
             C, labels_old = new, lab_cmp
             n_iter[:] = it + 1
