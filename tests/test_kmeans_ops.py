@@ -271,6 +271,23 @@ def test_bad_inputs_name_the_argument(backend):
         step(Xb, C, None)
 
 
+@pytest.mark.parametrize("K", [4, 100])  # one block / several blocks of the direct kernels
+def test_first_non_finite_row_is_named_in_full_row_blocks(backend, K):
+    """Rows in complete 16-row blocks (the vector store path of the direct kernel) name the first
+    non-finite row in the error too, also when a later block holds another one."""
+    gen = torch.Generator().manual_seed(4)
+    X = torch.randn(2, 70, 3, generator=gen).to(backend.device)
+    C = torch.randn(2, K, 3, generator=gen).to(backend.device)
+    for rows, first in (([23, 50], 23), ([50], 50), ([17, 16], 16)):
+        Xb = X.clone()
+        for r in rows:
+            Xb[1, r, 2] = float("inf")
+        for op in ("kmeans_assign", "kmeans_step"):
+            args = (Xb, C) if op == "kmeans_assign" else (Xb, C, None)
+            with pytest.raises(ValueError, match=f"X must be finite: the distance of row {first} \\(problem 1\\)"):
+                backend.op(op)(*args)
+
+
 @pytest.mark.parametrize("namespace", BACKEND_NAMESPACES)
 def test_opcheck(namespace):
     ops = getattr(torch.ops, namespace)
