@@ -115,6 +115,25 @@ def test_batched_equals_looped():
     assert torch.equal(res2.labels, res.labels)
 
 
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
+def test_iteration_counts_equal_sklearn_batched_and_single(tol):
+    """The convergence test (labels unchanged, or shift <= tol) stops at scikit-learn's iteration,
+    for single fits and for a batch whose working set shrinks, with empty clusters relocated in
+    some problems (two far initial centres) at the first iterations."""
+    P, N, D, K = 8, 500, 4, 9
+    X = np.stack([blobs(n=N, k=6, d=D, seed=20 + s, std=4.0) for s in range(P)])
+    init = np.stack([some_rows(X[p], K, seed=p) for p in range(P)])
+    init[1::3, :2] = 1e3 * np.array([[1.0, 1.0, 1.0, 1.0], [-1.0, 1.0, -1.0, 1.0]])
+    want = [SKKMeans(K, init=init[p], n_init=1, algorithm="lloyd", tol=tol).fit(X[p]) for p in range(P)]
+    res = batched_kmeans(torch.from_numpy(X), K, init=init, tol=tol)
+    for p in range(P):
+        one = KMeans(K, init=init[p], n_init=1, tol=tol).fit(X[p])
+        assert one.n_iter_ == want[p].n_iter_, p
+        assert int(res.n_iter[p]) == want[p].n_iter_, p
+        np.testing.assert_array_equal(res.labels[p].numpy(), want[p].labels_)
+    assert len(set(res.n_iter.tolist())) >= 3, res.n_iter
+
+
 def test_batched_n_init_runs_keep_the_best():
     X = torch.from_numpy(np.stack([blobs(n=500, k=6, d=4, seed=s, std=3.0) for s in range(3)]))
     res = batched_kmeans(X, 6, n_init=4, random_state=0)
