@@ -17,6 +17,12 @@ def test_info_self_checks_every_backend(capsys):
     assert "self-check" in out and "FAIL" not in out and "ok   cpu" in out
 
 
+def test_info_names_the_kmeans_cpu_level(capsys, monkeypatch):
+    monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
+    assert main(["info"]) == 0
+    assert "k-means CPU kernels : scalar" in capsys.readouterr().out
+
+
 def test_demo_writes_its_table_plot_and_json(tmp_path, capsys):
     plot, js = tmp_path / "demo.png", tmp_path / "demo.json"
     assert main(["demo", "--epochs", "3", "--quiet", "--plot", str(plot), "--json", str(js)]) == 0

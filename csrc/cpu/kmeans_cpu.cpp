@@ -487,6 +487,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_cpu(const
 
 }  // namespace
 
+// The name of the level simd_level() picks (`tlkernels info` prints it).
+std::string kmeans_cpu_kernels() {
+  static const char* const names[] = {"scalar", "avx2", "avx512", "avx512_direct", "avx512_wide", "avx512_amx"};
+  return names[static_cast<int>(simd_level())];
+}
+
+TORCH_LIBRARY_FRAGMENT(tlkernels, m) { m.def("_kmeans_cpu_kernels() -> str", &kmeans_cpu_kernels); }
+
 TORCH_LIBRARY_IMPL(tlkernels, CPU, m) {
   m.impl("kmeans_assign", &kmeans_assign_cpu);
   m.impl("kmeans_update", &kmeans_update_cpu);

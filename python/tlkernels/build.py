@@ -27,7 +27,8 @@ def available_backends() -> list[tuple[str, str, str]]:
 
 def build_info() -> dict:
     """Version, the torch the extension was built against and the one running, the compiled
-    backends, the CUDA architectures, and whether a GPU is visible."""
+    backends, the CUDA architectures, whether a GPU is visible, and the k-means CPU kernel level
+    this CPU runs (capped by TLK_KMEANS_SIMD)."""
     compiled = ["cpu"] + (["cuda"] if BUILD_INFO["cuda"] else []) + (["emu"] if BUILD_INFO["emu"] else [])
     return {
         "version": __version__,
@@ -38,6 +39,7 @@ def build_info() -> dict:
         "gpu_available": torch.cuda.is_available(),
         "runnable_backends": [b for b, _, _ in available_backends()],
         "compiler": BUILD_INFO["compiler"],
+        "kmeans_cpu_kernels": torch.ops.tlkernels._kmeans_cpu_kernels(),
     }
 
 

@@ -27,6 +27,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  CUDA architectures  : {', '.join(info['cuda_archs']) or '-'}")
     print(f"  GPU available       : {info['gpu_available']}")
     print(f"  compiler            : {info['compiler']}")
+    print(f"  k-means CPU kernels : {info['kmeans_cpu_kernels']} (TLK_KMEANS_SIMD caps the level)")
     print("self-check against tlkernels.reference (float64):")
     for r in rows:
         status = "ok  " if r["ok"] else "FAIL"
