@@ -111,8 +111,9 @@ def fit_faiss(X, init, iters):
 def fit_fast_pytorch(X, init, iters):
     fpk = peer("fast_pytorch_kmeans")
     km = fpk.KMeans(n_clusters=init.shape[0], max_iter=iters, tol=-1.0, mode="euclidean", verbose=0)
-    labels = km.fit_predict(X, centroids=init.clone())
+    km.fit_predict(X, centroids=init.clone())  # returns the labels of the last E-step, before its update
     C = km.centroids
+    labels = km.predict(X)
     return labels.numpy(), float((X - C[labels]).double().square().sum())
 
 
