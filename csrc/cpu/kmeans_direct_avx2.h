@@ -9,7 +9,8 @@
 // NaN) go to the exact distances of resolve_band; row norms and the winners' distances are summed
 // 8 rows at a time. So the labels equal the other levels' and the distances differ only in the
 // order of Σ (x − c)².
-// Measured in AVX2 mode on 2 Zen 5 cores: the comments at use_direct() in kmeans_simd.h.
+// In AVX2 mode on 2 Zen 5 cores, against at::mm + the AVX2 epilogue: D=16 K=64 52 -> 17-20 ms,
+// 64 x (10k, 32, 32) 29 -> 12-19 ms, D=64 K=256 53 -> 41-48 ms per step.
 #pragma once
 
 #if TLK_KMEANS_X86

@@ -1,4 +1,4 @@
-// Direct (GEMM-free) AVX-512 assignment of one chunk for few centroids (float32, K ≤ 64),
+// Direct (GEMM-free) AVX-512 assignment of one chunk (float32, K ≤ 64; with blocks up to K = 512),
 // included by kmeans_simd.h after kmeans_avx512.h.
 //
 // Why: with K ≤ 64 one side of X·C'ᵀ is so narrow that at::mm reaches a fraction of the
