@@ -61,6 +61,10 @@ constexpr int64_t kChunkBytes = 1 << 18;  // the G block of one chunk stays in L
 constexpr int64_t kMaxChunkRows = 2048;
 constexpr int64_t kMinChunkRows = 16;
 
+// TLK_KMEANS_SIMD's names of the levels, in the order of kmeans_cpu::Simd.
+constexpr const char* kLevelNames[] = {"scalar", "avx2", "avx512", "avx512_direct", "avx512_wide", "avx512_amx"};
+constexpr int kLevels = static_cast<int>(sizeof(kLevelNames) / sizeof(kLevelNames[0]));
+
 // The widest row kernels this CPU runs, capped by the environment variable TLK_KMEANS_SIMD
 // ('scalar', 'avx2', 'avx512' (GEMM + transposed epilogue), 'avx512_direct' (the GEMM-free
 // kernel for K ≤ 64), 'avx512_wide' (the GEMM-free kernel up to K = 512) or 'avx512_amx' (AMX tile
@@ -76,22 +80,11 @@ kmeans_cpu::Simd simd_level() {
   const char* env = std::getenv("TLK_KMEANS_SIMD");
   if (env == nullptr || *env == '\0') return best;
   const std::string want(env);
-  Simd cap = Simd::kAvx512Amx;
-  if (want == "scalar") {
-    cap = Simd::kScalar;
-  } else if (want == "avx2") {
-    cap = Simd::kAvx2;
-  } else if (want == "avx512") {
-    cap = Simd::kAvx512;
-  } else if (want == "avx512_direct") {
-    cap = Simd::kAvx512Direct;
-  } else if (want == "avx512_wide") {
-    cap = Simd::kAvx512Wide;
-  } else {
-    TORCH_CHECK_VALUE(want == "avx512_amx", "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct', "
-                      "'avx512_wide' or 'avx512_amx', got '", want, "'");
-  }
-  return static_cast<int>(cap) < static_cast<int>(best) ? cap : best;
+  int cap = 0;
+  while (cap < kLevels && want != kLevelNames[cap]) ++cap;
+  TORCH_CHECK_VALUE(cap < kLevels, "TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct', "
+                    "'avx512_wide' or 'avx512_amx', got '", want, "'");
+  return cap < static_cast<int>(best) ? static_cast<Simd>(cap) : best;
 }
 
 // The rounding band of the AMX scores, per problem: the band of float32 products widened by the
@@ -488,10 +481,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_cpu(const
 }  // namespace
 
 // The name of the level simd_level() picks (`tlkernels info` prints it).
-std::string kmeans_cpu_kernels() {
-  static const char* const names[] = {"scalar", "avx2", "avx512", "avx512_direct", "avx512_wide", "avx512_amx"};
-  return names[static_cast<int>(simd_level())];
-}
+std::string kmeans_cpu_kernels() { return kLevelNames[static_cast<int>(simd_level())]; }
 
 TORCH_LIBRARY_FRAGMENT(tlkernels, m) { m.def("_kmeans_cpu_kernels() -> str", &kmeans_cpu_kernels); }
 

@@ -121,11 +121,7 @@ TLK_AVX2_TARGET inline void direct_block8_avx2(const ChunkEpilogue<float>& e, co
   const float* x0 = e.x + i0 * D;
   alignas(32) float sbuf[8 * kDirectAvx2MaxK];
   __m256 mins[8], part[8];
-  // as in the AVX-512 kernel: the score loop's access pattern defeats the hardware prefetchers
-  const char* ahead = reinterpret_cast<const char*>(x0 + 32 * D);
-  for (int64_t byte = 0; byte < 8 * D * static_cast<int64_t>(sizeof(float)); byte += 64) {
-    _mm_prefetch(ahead + byte, _MM_HINT_T0);
-  }
+  prefetch_rows(x0, 32, 8, D);  // the block four blocks ahead
   for (int64_t k0 = 0; k0 < Kp; k0 += 16) {  // a block of −2c'ᵀ (D · 16 floats) stays in L1 for the 8 rows
     direct_scores8_avx2<2>(x0, nr, D, dc, k0, sbuf, mins, k0 == 0);
   }
