@@ -1,0 +1,1 @@
+"""Recurrent layers (placeholder until the decomposed rule lands): handled by the fallback."""
