@@ -48,7 +48,17 @@ def _as_xy(data, name: str) -> tuple[Tensor, Tensor]:
     else:
         raise TypeError(f"{name} must be (X, y) or a tlkernels.data.Dataset, got {type(data).__name__}")
     X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X)
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+    if y.dim() != 1:
+        raise ValueError(f"{name}: y must be (N,) class labels, got shape {tuple(y.shape)}")
+    if y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
+        bad = y[y != y.round()][:1].tolist() if y.is_floating_point() else []
+        raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}"
+                         + (f" with the non-integer value {bad[0]}" if bad else ""))
+    y = y.long()
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError(f"{name}: labels must be class indices >= 0, got {int(y.min())} (an ignore index such "
+                         "as -100 is not supported: drop those examples)")
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: X has {X.shape[0]} examples but y has {y.shape[0]}")
     if X.shape[0] == 0:
@@ -164,13 +174,15 @@ class Soseleto:
         """(n_source,) the weight of every source example (its group's weight in group mode)."""
         return self.alpha_ if self.groups is None else self.alpha_[self.groups]
 
-    def fit(self, source, target, epochs: int = 10, source_index=None) -> "Soseleto":
+    def fit(self, source, target, epochs: int = 10, source_index=None) -> Soseleto:
         """Trains for `epochs` passes over the source. source, target: (X, y) or Datasets;
         X (N, ...) float, y (N,) int. Calling fit again continues where it stopped."""
         Xs, ys = _as_xy(source, "source")
         Xt, yt = _as_xy(target, "target")
         if Xs.shape[0] != self.n_source:
             raise ValueError(f"source has {Xs.shape[0]} examples but n_source={self.n_source}")
+        _check_label_range(ys, self.source_head, "source")
+        _check_label_range(yt, self.target_head, "target")
         if not (isinstance(epochs, int) and epochs > 0):
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         Xs, ys, Xt, yt = (t.to(self.device) for t in (Xs, ys, Xt, yt))
@@ -334,6 +346,22 @@ class Soseleto:
         idx = self._tperm[self._tpos:self._tpos + self.target_batch_size]
         self._tpos += self.target_batch_size
         return idx
+
+
+def _n_outputs(head: nn.Module) -> int | None:
+    """Classes of a classifier head: out_features of its last module that has one (None if none)."""
+    n = None
+    for m in head.modules():
+        if isinstance(getattr(m, "out_features", None), int):
+            n = m.out_features
+    return n
+
+
+def _check_label_range(y: Tensor, head: nn.Module, name: str) -> None:
+    n = _n_outputs(head)
+    if n is not None and y.numel() and int(y.max()) >= n:
+        raise ValueError(f"{name}: label {int(y.max())} is out of range: the {name} head has {n} outputs, "
+                         f"so labels must be in [0, {n - 1}]")
 
 
 def _ce_per_sample(model, batch):
