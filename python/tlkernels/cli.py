@@ -147,11 +147,37 @@ def _cmd_soseleto(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line_errors(command: str, func, args: argparse.Namespace) -> int:
+    """Runs a command; the errors a user can cause (missing or corrupt files, a non-empty store
+    directory, bad values) end it with one line on stderr and exit status 1, not a traceback."""
+    from .selection.dataserver.store import CorruptFileError
+
+    try:
+        return func(args)
+    except FileExistsError as e:
+        raise SystemExit(f"{command}: {str(e).replace('pass overwrite=True', 'pass --overwrite')}") from None
+    except (CorruptFileError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+            ValueError) as e:
+        raise SystemExit(f"{command}: {e}") from None
+
+
 def _cmd_dataserver_build(args: argparse.Namespace) -> int:
+    return _one_line_errors("tlkernels dataserver build", _dataserver_build, args)
+
+
+def _dataserver_build(args: argparse.Namespace) -> int:
+    import os
+
     import numpy as np
 
     from .selection.dataserver import Store, partition_store, train_experts
 
+    if os.path.exists(args.store) and not os.path.isdir(args.store):
+        raise SystemExit(f"tlkernels dataserver build: --store {args.store} exists and is not a directory")
+    if os.path.isdir(args.store) and os.listdir(args.store) and not args.overwrite:
+        # checked before anything is read or trained: the directory's contents would be replaced
+        raise SystemExit(f"tlkernels dataserver build: --store {args.store} exists and is not empty; "
+                         "pass --overwrite to replace its contents")
     datasets = {}
     for spec in args.npz or []:
         name, _, path = spec.partition("=")
@@ -160,7 +186,7 @@ def _cmd_dataserver_build(args: argparse.Namespace) -> int:
         d = np.load(path)
         if "X" not in d:
             raise SystemExit(f"{path}: an npz with an array X (and optionally y) is expected")
-        datasets[name] = (d["X"], d["y"] if "y" in d else None)
+        datasets[name] = (d["X"], d["y"] if "y" in d else None)  # noqa: SIM401 (an NpzFile)
     for spec in args.image_folder or []:
         name, _, path = spec.partition("=")
         from .data import load_image_folder
@@ -168,9 +194,9 @@ def _cmd_dataserver_build(args: argparse.Namespace) -> int:
         datasets[name] = (ds.X, ds.y)
     if args.offline_demo:
         from .experiments.dataserver import build_offline_store
-        build_offline_store(args.store, seed=args.seed, k=args.partitions, expert_epochs=args.expert_epochs,
-                            verbose=True)
-        print(f"wrote the offline demo store to {args.store}")
+        store, _, _ = build_offline_store(args.store, seed=args.seed, k=args.partitions,
+                                          expert_epochs=args.expert_epochs, verbose=True, overwrite=args.overwrite)
+        print(f"wrote the offline demo store ({store.size} images, {args.partitions} partitions) to {args.store}")
         return 0
     if not datasets:
         raise SystemExit("name at least one source: --npz NAME=PATH, --image-folder NAME=DIR or --offline-demo")
@@ -204,7 +230,14 @@ def _cmd_dataserver_experiment(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .selection.dataserver.service import serve
 
-    serve(args.store, host=args.host, port=args.port)
+    def run(args):
+        serve(args.store, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
+              max_selections=args.keep_selections, selection_ttl=args.selection_ttl)
+        return 0
+
+    return _one_line_errors("tlkernels serve", run, args)
+
+
 def _cmd_dann(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -324,6 +357,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--store", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="larger request bodies get 413 (default 1 MiB; 0: no limit)")
+    p.add_argument("--keep-selections", type=int, default=10_000,
+                   help="stored selections kept, the oldest removed first (default 10000; 0: no limit)")
+    p.add_argument("--selection-ttl", type=float, default=7 * 24 * 3600,
+                   help="seconds a stored selection is kept (default 7 days; 0: no limit)")
     p.set_defaults(func=_cmd_serve)
 
 

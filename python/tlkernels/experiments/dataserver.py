@@ -34,11 +34,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import Dataset, class_split, load_digits, stratified_split
-from ..selection.dataserver import Store, fast_adapt_scores, output_data, partition_store, train_experts
+from ..selection.dataserver import (
+    Store,
+    fast_adapt_scores,
+    output_data,
+    partition_store,
+    train_experts,
+)
 from ..selection.dataserver.experts import load_expert
 from ..selfsup import SmallCNN, train_rotation
 
-__all__ = ["build_offline_store", "run_dataserver_experiment", "image_patches"]
+__all__ = ["build_offline_store", "image_patches", "run_dataserver_experiment"]
 
 RELEVANT = ("digits_0_4", "digits_5_9_pool")
 
@@ -65,9 +71,13 @@ def smooth_noise(n: int, seed: int = 0) -> torch.Tensor:
     return F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
 
 
-def build_offline_store(root: str, seed: int = 0, k: int = 8, expert_epochs: int = 3, verbose: bool = False):
+def build_offline_store(root: str, seed: int = 0, k: int = 8, expert_epochs: int = 3, verbose: bool = False,
+                        overwrite: bool = False):
     """Writes the experiment's store (partitioned, with experts) and returns (store, client data):
-    client = (target train Dataset (20 per class, labels 0-4 for digits 5-9), test Dataset)."""
+    client = (target train Dataset (20 per class, labels 0-4 for digits 5-9), test Dataset).
+    A non-empty `root` is refused (FileExistsError) unless overwrite=True."""
+    if os.path.isdir(root) and os.listdir(root) and not overwrite:  # before the minutes of training
+        raise FileExistsError(f"root {root!r} exists and is not empty (pass overwrite=True to replace it)")
     digits = load_digits(images=True)
     low = class_split(digits, range(5))
     high = class_split(digits, range(5, 10))
@@ -77,7 +87,7 @@ def build_offline_store(root: str, seed: int = 0, k: int = 8, expert_epochs: int
         "digits_5_9_pool": (pool.X, None),
         "photo_patches": (image_patches(1500, seed=seed), None),
         "smooth_noise": (smooth_noise(1000, seed=seed), None),
-    }, overwrite=True)
+    }, overwrite=overwrite)
     partition_store(store, k, seed=seed, epochs=3, verbose=verbose)
     train_experts(store, epochs=expert_epochs, seed=seed, verbose=verbose)
     return store, target, test
@@ -146,7 +156,7 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = store_dir or os.path.join(tmp, "store")
-        store, target, test = build_offline_store(root, seed=seed, k=k, verbose=verbose)
+        store, target, test = build_offline_store(root, seed=seed, k=k, verbose=verbose, overwrite=store_dir is None)
         val, tr = stratified_split(target, [25, None], random_state=seed + 1)
         dsid = store.dataset_ids()
         relevant = np.isin(dsid, [i for i, d in enumerate(store.datasets) if d.name in RELEVANT])

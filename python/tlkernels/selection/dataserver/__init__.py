@@ -7,12 +7,23 @@ from .experts import load_expert, partition_store, train_experts
 from .sampling import output_data, selection_probabilities
 from .store import Store
 
-__all__ = ["Store", "partition_store", "train_experts", "load_expert", "output_data", "selection_probabilities",
-           "DataServerClient", "fast_adapt_scores", "create_app", "serve"]
+__all__ = [
+    "DataServerClient",
+    "Store",
+    "create_app",
+    "fast_adapt_scores",
+    "load_expert",
+    "output_data",
+    "partition_store",
+    "selection_probabilities",
+    "serve",
+    "train_experts",
+]
 
 
 def __getattr__(name):  # the service needs fastapi; import it only when asked for
     if name in ("create_app", "serve"):
         from . import service
+
         return getattr(service, name)
     raise AttributeError(name)

@@ -2,32 +2,78 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save_file
 
 from ...selfsup import SmallCNN, train_rotation
-from .store import Store
+from .store import CorruptFileError, Store
 
-__all__ = ["partition_store", "train_experts", "load_expert_manifest", "build_expert", "feature_network"]
+__all__ = [
+    "build_expert",
+    "feature_network",
+    "load_expert",
+    "load_expert_bytes",
+    "load_expert_manifest",
+    "partition_store",
+    "sha256_hex",
+    "train_experts",
+    "verify_expert_bytes",
+]
+
+MANIFEST = "experts/manifest.json"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_expert_bytes(data: bytes, meta: dict, where: str = "") -> None:
+    """Raises CorruptFileError (naming the expert's file) when ``data`` does not hash to the
+    manifest's sha256 for it. Manifests written before the hashes were recorded have none: then
+    nothing is checked."""
+    want = meta.get("sha256")
+    if want is None:
+        return
+    got = sha256_hex(data)
+    if got != want:
+        raise CorruptFileError(
+            f"experts/{meta.get('file')}",
+            f"its sha256 {got[:16]}... does not match the "
+            f"manifest's {str(want)[:16]}...{where}",
+        )
 
 
 def build_expert(config: dict) -> torch.nn.Module:
     """The network an expert config describes (weights not loaded)."""
     if config.get("arch") != "small_cnn":
         raise ValueError(f"unknown expert architecture {config.get('arch')!r}")
-    return SmallCNN(config["in_channels"], config["width"], config["feature_dim"], config["n_outputs"])
+    return SmallCNN(
+        config["in_channels"],
+        config["width"],
+        config["feature_dim"],
+        config["n_outputs"],
+    )
 
 
-def feature_network(store: Store, epochs: int = 5, max_examples: int = 20000, seed: int = 0,
-                    verbose: bool = False) -> SmallCNN:
+def feature_network(
+    store: Store,
+    epochs: int = 5,
+    max_examples: int = 20000,
+    seed: int = 0,
+    verbose: bool = False,
+) -> SmallCNN:
     """A rotation-pretrained network on a sample of the whole store: the features the
     unsupervised partitioning clusters."""
     rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(store.size, size=min(max_examples, store.size), replace=False))
+    idx = np.sort(
+        rng.choice(store.size, size=min(max_examples, store.size), replace=False)
+    )
     X, _ = store.get(idx)
     torch.manual_seed(seed)
     net = SmallCNN(in_channels=store.example_shape[0])
@@ -37,11 +83,19 @@ def feature_network(store: Store, epochs: int = 5, max_examples: int = 20000, se
 @torch.no_grad()
 def _features(net: SmallCNN, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     net.eval()
-    return torch.cat([net.features(X[i:i + batch_size]) for i in range(0, X.shape[0], batch_size)])
+    return torch.cat(
+        [net.features(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
+    )
 
 
-def partition_store(store: Store, k: int, method: str = "unsupervised", seed: int = 0, epochs: int = 5,
-                    verbose: bool = False) -> np.ndarray:
+def partition_store(
+    store: Store,
+    k: int,
+    method: str = "unsupervised",
+    seed: int = 0,
+    epochs: int = 5,
+    verbose: bool = False,
+) -> np.ndarray:
     """Assigns every example to one of k partitions and saves them in the store.
 
     'unsupervised': KMeans on the features of a rotation-pretrained network;
@@ -51,7 +105,9 @@ def partition_store(store: Store, k: int, method: str = "unsupervised", seed: in
     from ...cluster import KMeans
 
     if method not in ("unsupervised", "superclass"):
-        raise ValueError(f"method must be 'unsupervised' or 'superclass', got {method!r}")
+        raise ValueError(
+            f"method must be 'unsupervised' or 'superclass', got {method!r}"
+        )
     if not (isinstance(k, int) and 1 <= k <= store.size):
         raise ValueError(f"k must be an int in [1, {store.size}], got {k!r}")
     net = feature_network(store, epochs=epochs, seed=seed, verbose=verbose)
@@ -67,7 +123,9 @@ def partition_store(store: Store, k: int, method: str = "unsupervised", seed: in
             raise ValueError("method='superclass' needs at least one labelled dataset")
         keys = torch.unique(dsid[labelled] * 1_000_000 + y[labelled])
         if keys.numel() < k:
-            raise ValueError(f"superclass partitioning needs at least k={k} classes, the store has {keys.numel()}")
+            raise ValueError(
+                f"superclass partitioning needs at least k={k} classes, the store has {keys.numel()}"
+            )
         key_of = dsid * 1_000_000 + y
         means = torch.stack([F[key_of == kk].mean(0) for kk in keys])
         km = KMeans(n_clusters=k, random_state=seed).fit(means)
@@ -81,22 +139,36 @@ def partition_store(store: Store, k: int, method: str = "unsupervised", seed: in
     return ids
 
 
-def _train_classifier(net: torch.nn.Module, X: torch.Tensor, y: torch.Tensor, epochs: int, seed: int,
-                      lr: float = 0.05, batch_size: int = 64) -> None:
+def _train_classifier(
+    net: torch.nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    seed: int,
+    lr: float = 0.05,
+    batch_size: int = 64,
+) -> None:
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
     net.train()
     for _ in range(epochs):
         perm = torch.randperm(X.shape[0], generator=gen)
         for i in range(0, X.shape[0], batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             opt.zero_grad(set_to_none=True)
             torch.nn.functional.cross_entropy(net(X[idx]), y[idx]).backward()
             opt.step()
 
 
-def train_experts(store: Store, epochs: int = 10, seed: int = 0, rank: int = 0, world_size: int = 1,
-                  task: str = "rotation", verbose: bool = False) -> dict:
+def train_experts(
+    store: Store,
+    epochs: int = 10,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    task: str = "rotation",
+    verbose: bool = False,
+) -> dict:
     """Trains one expert per partition and caches it in ``experts/`` as safetensors with its
     config: task='rotation' (self-supervised, seed eq. 4; the default) or 'classification' (on the
     partition's labelled examples, classes = (dataset, label) pairs; every partition needs labels).
@@ -113,6 +185,7 @@ def train_experts(store: Store, epochs: int = 10, seed: int = 0, rank: int = 0, 
     mine = range(rank, k, world_size)
     if verbose:
         from tqdm.auto import tqdm
+
         mine = tqdm(mine, desc="experts", unit="expert")
     for i in mine:
         members = np.flatnonzero(parts == i)
@@ -125,19 +198,45 @@ def train_experts(store: Store, epochs: int = 10, seed: int = 0, rank: int = 0, 
         else:
             lab = (y >= 0).numpy()
             if not lab.any():
-                raise ValueError(f"partition {i} has no labelled examples: task='classification' needs labels "
-                                 "in every partition (use task='rotation')")
+                raise ValueError(
+                    f"partition {i} has no labelled examples: task='classification' needs labels "
+                    "in every partition (use task='rotation')"
+                )
             keys = store.dataset_ids()[members][lab] * 1_000_000 + y.numpy()[lab]
             classes, yi = np.unique(keys, return_inverse=True)
             net = SmallCNN(in_channels=store.example_shape[0], n_outputs=len(classes))
-            _train_classifier(net, X[torch.from_numpy(lab)], torch.from_numpy(yi).long(), epochs, seed + i)
-            extra["classes"] = [[int(c // 1_000_000), int(c % 1_000_000)] for c in classes]
-        save_file(net.state_dict(), os.path.join(out, f"expert-{i:03d}.safetensors"))
+            _train_classifier(
+                net,
+                X[torch.from_numpy(lab)],
+                torch.from_numpy(yi).long(),
+                epochs,
+                seed + i,
+            )
+            extra["classes"] = [
+                [int(c // 1_000_000), int(c % 1_000_000)] for c in classes
+            ]
+        weights = os.path.join(out, f"expert-{i:03d}.safetensors")
+        save_file(net.state_dict(), weights)
+        with open(weights, "rb") as f:
+            digest = sha256_hex(f.read())
         with open(os.path.join(out, f"expert-{i:03d}.json"), "w") as f:
-            json.dump({"index": i, "partition": i, "n_examples": int(members.size), "task": task,
-                       "epochs": epochs, "config": net.config, "file": f"expert-{i:03d}.safetensors", **extra}, f)
+            json.dump(
+                {
+                    "index": i,
+                    "partition": i,
+                    "n_examples": int(members.size),
+                    "task": task,
+                    "epochs": epochs,
+                    "config": net.config,
+                    "file": f"expert-{i:03d}.safetensors",
+                    "sha256": digest,
+                    **extra,
+                },
+                f,
+            )
     if world_size > 1:
         import torch.distributed as dist
+
         dist.barrier()
     manifest = None
     if rank == 0:
@@ -154,16 +253,54 @@ def train_experts(store: Store, epochs: int = 10, seed: int = 0, rank: int = 0, 
 
 
 def load_expert_manifest(store_dir: str) -> dict | None:
+    """The experts' manifest of a store, None if it has no experts; CorruptFileError (naming
+    experts/manifest.json) if it cannot be read as one."""
     path = os.path.join(store_dir, "experts", "manifest.json")
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(MANIFEST, f"not valid JSON ({e})") from None
+    try:
+        k, experts = manifest["k"], manifest["experts"]
+        if not isinstance(experts, list):
+            raise TypeError("'experts' is not a list")
+        if not (isinstance(k, int) and k >= 1 and len(experts) == k):
+            raise ValueError(f"k = {k!r} does not match its {len(experts)} experts")
+        for e in experts:
+            file = e["file"]
+            if not isinstance(file, str) or "/" in file or file.startswith("."):
+                raise ValueError(f"expert file {file!r} is not a plain file name")
+            if not isinstance(e["config"], dict):
+                raise TypeError("an expert's config is not an object")
+    except (KeyError, TypeError, ValueError) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
+        raise CorruptFileError(MANIFEST, f"not an experts manifest ({what})") from None
+    return manifest
+
+
+def load_expert_bytes(store_dir: str, manifest: dict, i: int) -> bytes:
+    """Expert i's weights file, checked against the manifest's sha256 (CorruptFileError naming the
+    file on a mismatch or when it is missing)."""
+    meta = manifest["experts"][i]
+    path = os.path.join(store_dir, "experts", meta["file"])
+    if not os.path.exists(path):
+        raise CorruptFileError(f"experts/{meta['file']}", "the file is missing")
+    with open(path, "rb") as f:
+        data = f.read()
+    verify_expert_bytes(data, meta)
+    return data
 
 
 def load_expert(store_dir: str, i: int) -> torch.nn.Module:
-    """Expert i with its weights, from a store directory."""
+    """Expert i with its weights, from a store directory (its sha256 checked)."""
     manifest = load_expert_manifest(store_dir)
+    if manifest is None:
+        raise FileNotFoundError(
+            f"{store_dir!r} has no experts (tlkernels dataserver build --partitions K)"
+        )
     net = build_expert(manifest["experts"][i]["config"])
-    net.load_state_dict(load_file(os.path.join(store_dir, "experts", manifest["experts"][i]["file"])))
+    net.load_state_dict(load_tensors(load_expert_bytes(store_dir, manifest, i)))
     return net
