@@ -99,6 +99,7 @@ class Store:
                 self._shards.append((start, start + n, file))
                 start += n
         self._starts = np.array([s for s, _, _ in self._shards], dtype=np.int64)
+        self._partitions = None  # (file signature, ids)
 
     @staticmethod
     def _read_manifest(path: str) -> list[DatasetInfo]:
@@ -315,10 +316,17 @@ class Store:
     # -- partitions ------------------------------------------------------------------------------
     @property
     def partitions(self) -> np.ndarray | None:
-        """(N,) int64 partition ids, or None before partitioning."""
+        """(N,) int64 partition ids (read-only), or None before partitioning. Cached while the
+        file stays the same (its inode, size and mtime)."""
         path = os.path.join(self.root, "partitions.npy")
-        if not os.path.exists(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
             return None
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        cached = self._partitions
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
             ids = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
@@ -335,7 +343,10 @@ class Store:
                 f"expected ({self.size},) non-negative ints, "
                 f"got {ids.dtype} of shape {ids.shape}",
             )
-        return ids.astype(np.int64, copy=False)
+        ids = ids.astype(np.int64, copy=False)
+        ids.setflags(write=False)
+        self._partitions = (key, ids)
+        return ids
 
     def save_partitions(self, ids) -> None:
         ids = np.asarray(ids, dtype=np.int64)
