@@ -148,6 +148,22 @@ def model_per_sample_grads(model: torch.nn.Module, loss_fn, batch) -> dict[str, 
         return loss_fn(_FunctionalModel(model, {**p, **frozen}, buffers), b1)[0]
 
     return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))(params, batch)
+def model_per_sample_grads_loop(model: torch.nn.Module, loss_fn, batch) -> dict[str, Tensor]:
+    """Per-sample gradients by a loop of autograd backwards over one batched forward: for each i,
+    the gradient of l_i. Works for any model (no vmap), including ones that mix samples, where it
+    gives the true d l_i / dθ. loss_fn(model, batch) -> (B,) per-sample losses.
+
+    Returns {name: (B, *param.shape)} for every trainable parameter.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    losses = loss_fn(model, batch)
+    rows = []
+    for i in range(losses.shape[0]):
+        gs = torch.autograd.grad(losses[i], [p for _, p in named], retain_graph=True, allow_unused=True)
+        rows.append([torch.zeros_like(p) if g is None else g for (_, p), g in zip(named, gs)])
+    return {n: torch.stack([r[k] for r in rows]) for k, (n, _) in enumerate(named)}
+
+
 # ---------------------------------------------------------------------------------------------
 # per-sample gradient products (DESIGN.md §3.1): the materialising formulation
 # ---------------------------------------------------------------------------------------------

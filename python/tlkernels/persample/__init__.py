@@ -27,7 +27,7 @@ from . import rules  # noqa: F401  (registers the built-in rules)
 from .capture import Capture, capture
 from .functional import grad_dot, grad_gram, grad_norms
 from .registry import LayerCall, Rule, UnsupportedModuleError, register_rule, rule_for
-from .verify import PerSampleCheckError, PerSampleFallbackWarning, verify
+from .invariant import PerSampleCheckError, PerSampleFallbackWarning, verify
 
 __all__ = [
     "Capture", "capture", "grad_dot", "grad_gram", "grad_norms", "verify",

@@ -9,7 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import verify as _verify
+from . import invariant as _verify
 from .engine import ModifiedInPlace, Plan, Recorder, infer_batch_size
 from .reps import DenseRep, SliceRep, disjoint, gram as _rep_gram
 
@@ -154,20 +154,27 @@ def run_forward(plan: Plan, model: nn.Module, loss_fn: LossFn, batch: Any, batch
     """One recorded forward; checks the losses and closes the recording."""
     hint = batch_size if batch_size is not None else infer_batch_size(batch)
     rec = Recorder(plan, stream=stream, clone_outputs=clone_outputs, batch_size_hint=hint)
-    with rec, torch.enable_grad():
-        losses = loss_fn(model, batch)
+    try:
+        with rec, torch.enable_grad():
+            losses = loss_fn(model, batch)
+    except RuntimeError as e:
+        if rec.widened:
+            raise ValueError(f"{_widened_message(hint)}; the forward failed with: {e}") from e
+        raise
     if not isinstance(losses, Tensor) or losses.dim() != 1:
         raise ValueError("loss_fn(model, batch) must return per-sample losses of shape (B,), got "
                          f"{tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__}")
     if not losses.requires_grad:
         raise ValueError("loss_fn(model, batch) returned losses that do not depend on any trainable parameter")
     if rec.widened and losses.shape[0] != hint:
-        raise ValueError(
-            f"an input of batch size 1 (shared by the batch, such as (1, T) position ids) was widened to {hint}, "
-            f"the leading size of the batch's first tensor, but the losses have {losses.shape[0]} entries: pass "
-            "batch_size=B")
+        raise ValueError(f"{_widened_message(hint)}, but the losses have {losses.shape[0]} entries")
     rec.close_forward(losses)
     return losses, rec
+
+
+def _widened_message(hint: int) -> str:
+    return (f"an input of batch size 1 shared by the batch (such as (1, T) position ids) was widened to {hint}, the "
+            "leading size of the batch's first tensor; pass batch_size=B when the batch does not lead with B")
 
 
 def capture(model: nn.Module, loss_fn: LossFn, batch: Any, *, fallback: bool = True, verify: bool | str = "auto",

@@ -89,6 +89,7 @@ class Recorder:
         self._pending: dict[Any, list[LayerCall]] = {}
         self._group_size: dict[Any, int] = {}
         self._undo: list[Callable[[], None]] = []
+        self._groups = 0
 
     # -- setup ------------------------------------------------------------------------------------
     def __enter__(self) -> "Recorder":
@@ -153,7 +154,7 @@ class Recorder:
             self.widened = True
         tensors = [leaves[i] for i in positions]
         call = LayerCall(module, rule, tree_map(_detach, args), tree_map(_detach, dict(kwargs)), axis,
-                         info=info or {}, group=group)
+                         info=info or {}, group=group, seq=len(self.calls))
         call.output_meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
         call.versions = tuple(t._version for t in tensors)
         call.input_versions = tuple(t._version for t in tree_flatten((call.args, call.kwargs))[0]
@@ -172,6 +173,11 @@ class Recorder:
         return tree_unflatten(leaves, spec)
 
     # -- primitives for composite rules --------------------------------------------------------------
+    def new_group(self) -> tuple:
+        """A fresh key for calls that form one representation (the steps of a recurrence)."""
+        self._groups += 1
+        return ("group", self._groups)
+
     def linear(self, owner: nn.Module, x: Tensor, weight: str, bias: str | None, axis: int = 0,
                rows: tuple[int, int] | None = None, bias_rows: tuple[int, int] | None = None,
                group: Any = None) -> Tensor:
@@ -246,7 +252,7 @@ class Recorder:
         pending.append(call)
         if len(pending) == self._group_size[call.group]:
             del self._pending[call.group]
-            self._emit(sorted(pending, key=self.calls.index))
+            self._emit(sorted(pending, key=lambda c: c.seq))
 
     def _emit(self, calls: list[LayerCall]) -> None:
         for p, rep in calls[0].rule.representations(calls, self.batch_size):

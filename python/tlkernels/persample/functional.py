@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from . import verify as _verify
+from . import invariant as _verify
 from .capture import LossFn, capture, check_vectors, run_forward, trainable_parameters, vector_for
 from .engine import Plan
 

@@ -28,7 +28,7 @@ class UnsupportedModuleError(ValueError):
     """A module with trainable parameters that the capture cannot handle per sample."""
 
 
-@dataclass
+@dataclass(eq=False)
 class LayerCall:
     """One recorded use of a module's parameters during the forward.
 
@@ -52,6 +52,7 @@ class LayerCall:
     versions: tuple = ()
     input_versions: tuple = ()
     group: Any = None
+    seq: int = 0  # position among the forward's recorded calls
 
 
 class Rule:
