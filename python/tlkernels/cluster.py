@@ -9,6 +9,10 @@ calls (the data is read once per iteration for all runs).
 
 Problem numbering: with P data sets and R = n_init runs, problem ``p * R + r`` is run r of data
 set p, which is what the ops expect (problem q reads X[q // R]).
+
+``KMeans`` honours scikit-learn's estimator contract (its own KMeans tests and
+``check_estimator`` pass; see tests/sklearn_kmeans and tests/test_kmeans_estimator_checks.py);
+scipy sparse X takes a separate CPU path (``_solve_sparse``) with the same semantics.
 """
 
 from __future__ import annotations
@@ -334,6 +338,7 @@ def _solve(
     comm: _Comm,
     desc: str,
     centre_in_place: bool = False,
+    messages: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Lloyd for P data sets X (P, N, D) (this rank's shard in distributed mode), n_init runs each.
     weights: (P, N) or None; valid: (P, N) bool mask of real rows or None. init: 'k-means++',
@@ -341,7 +346,7 @@ def _solve(
     centres (P, K, D) (in X's frame), labels (P, N), inertia (P,) float64, n_iter (P,).
     centre_in_place: X is mean-centred in place and restored before returning (scikit-learn's
     copy_x=False: no copy of X, the restored X equal up to rounding). verbose: a progress bar on
-    stderr and scikit-learn's messages on stdout."""
+    stderr; with messages also scikit-learn's verbose lines on stdout (KMeans)."""
     P, N, D = X.shape
     dtype, dev = X.dtype, X.device
     # sample weights with padding rows zeroed: what the update op and the inertia see
@@ -401,7 +406,7 @@ def _solve(
     pad = None if valid is None else ~valid.repeat_interleave(R, 0)  # (PR, N)
 
     bar = None
-    log = verbose and comm.rank == 0
+    log = verbose and messages and comm.rank == 0
     if verbose:
         from tqdm.auto import tqdm
 
@@ -462,9 +467,9 @@ def _solve(
         # where that chain breaks - after a relocation (now or in the last iteration), when the
         # set of data sets (so the op's shapes and summation ranges) changed, and across ranks.
         # Elsewhere the comparison (0.6 ms per iteration on 64 x 10k rows) is skipped. The first
-        # iteration's labels always differ from "none". (verbose: always, to say which test held.)
+        # iteration's labels always differ from "none". (log: always, to say which test held.)
         if prev_runs is not None and (
-            verbose or comm.on or relocated or relocated_before or set_changed
+            log or comm.on or relocated or relocated_before or set_changed
         ):
             old = (
                 prev_labels
@@ -1105,7 +1110,7 @@ class KMeans(
             centers, labels, inertia, n_iter = _solve(
                 X3, K, W, None, init if callable(self.init) else init_t, self._n_init,
                 int(self.max_iter), float(self.tol), gen, self.spherical, bool(self.verbose),
-                comm, "k-means", centre_in_place=in_place,
+                comm, "k-means", centre_in_place=in_place, messages=True,
             )  # fmt: skip
             self._centers, labels = centers[0], labels[0]
             inertia, n_iter = inertia[0], n_iter[0]
