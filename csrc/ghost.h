@@ -1,4 +1,4 @@
-// Per-sample gradient products (DESIGN.md §3.1): host-side checks shared by the CPU, CUDA and
+// Per-sample gradient products (docs/design.md §4.2): host-side checks shared by the CPU, CUDA and
 // emulator backends. For a linear layer y = W a + b applied at T positions per sample, the
 // per-sample weight gradient is Q_i = Σ_t d_it a_itᵀ (O, I); none of the ops forms it for all
 // samples at once.

@@ -1,4 +1,4 @@
-// Gradient reversal (DESIGN.md §3.2): host-side checks shared by the CPU, CUDA and emulator
+// Gradient reversal (docs/design.md §4.1): host-side checks shared by the CPU, CUDA and emulator
 // backends. The forward of grad_reverse is a view made in Python (no op, no copy); the ops here
 // are the backward passes:
 //   grad_reverse_backward(grad (*), lam)                      -> -lam * grad            (*)

@@ -1,4 +1,4 @@
-// Batched k-means (DESIGN.md §3.3): host-side checks shared by the CPU, CUDA and emulator
+// Batched k-means (docs/design.md §4.3): host-side checks shared by the CPU, CUDA and emulator
 // backends.
 //
 //   kmeans_assign(X, C)                    -> labels (P, N) int64, dist2 (P, N)

@@ -29,7 +29,7 @@ constexpr const char* kKMeansUpdate =
 constexpr const char* kKMeansStep =
     "kmeans_step(Tensor X, Tensor C, Tensor? weights=None) -> (Tensor labels, Tensor dist2, Tensor sums, "
     "Tensor counts)";
-// Per-sample gradient products (DESIGN.md §3.1, csrc/ghost.h).
+// Per-sample gradient products (docs/design.md §4.2, csrc/ghost.h).
 constexpr const char* kGhostDot = "ghost_dot(Tensor A, Tensor D, Tensor G) -> Tensor";
 constexpr const char* kGhostGram = "ghost_gram(Tensor A1, Tensor D1, Tensor A2, Tensor D2) -> Tensor";
 constexpr const char* kGhostNorm = "ghost_norm(Tensor A, Tensor D) -> Tensor";

@@ -48,7 +48,7 @@ def test_loss_matches_hand_computed_value():
     # + hard term at T = 1: softmax(s) = (1/10, 9/10), label 1 -> -ln 0.9
     assert DistillationLoss(2.0, hard_weight=0.5)(s, t, torch.tensor([1])).item() == \
         pytest.approx(soft + 0.5 * -math.log(0.9), rel=1e-12)
-    # the seed's probabilities form: p = (0.2, 0.8), T = 2 -> p^(1/2) renormalised = (1/3, 2/3)
+    # Lampert 2019's probabilities form: p = (0.2, 0.8), T = 2 -> p^(1/2) renormalised = (1/3, 2/3)
     p = torch.tensor([[0.2, 0.8]], dtype=torch.float64)
     assert torch.allclose(tempered_probs(p, 2.0, "probs"), torch.tensor([[1 / 3, 2 / 3]], dtype=torch.float64))
     val = 4 * -(1 / 3 * math.log(0.25) + 2 / 3 * math.log(0.75))

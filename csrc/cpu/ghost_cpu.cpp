@@ -1,4 +1,4 @@
-// CPU backend of the per-sample gradient products (DESIGN.md §3.1).
+// CPU backend of the per-sample gradient products (docs/design.md §4.2).
 //
 // ghost_dot: one GEMM per row chunk (BLAS through at::mm) followed by a fused parallel row-dot;
 //   memory in flight is one chunk of (rows, V·min(I, O)), never (B·T, O).

@@ -1,4 +1,4 @@
-// CPU backend of batched k-means (DESIGN.md §3.3).
+// CPU backend of batched k-means (docs/design.md §4.3).
 //
 // Assignment: the rows of X are cut into chunks that fit in L2; per chunk one at::mm gives
 // G = X_chunk · (−2 C')ᵀ (chunk × K, never N × K; C' the centroids minus their mean, see

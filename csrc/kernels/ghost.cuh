@@ -1,4 +1,4 @@
-// Device code of the per-sample gradient products (DESIGN.md §3.1). Torch-free: compiled by nvcc
+// Device code of the per-sample gradient products (docs/design.md §4.2). Torch-free: compiled by nvcc
 // for the CUDA backend and by the host compiler for the SIMT emulator, with the same plans.
 //
 // All GEMM-shaped work uses one 64×64 output tile per block of 256 threads (16×16, each thread a

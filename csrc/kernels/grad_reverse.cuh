@@ -1,4 +1,4 @@
-// Device code of the gradient-reversal backward (DESIGN.md §3.2). Torch-free: compiled by nvcc
+// Device code of the gradient-reversal backward (docs/design.md §4.1). Torch-free: compiled by nvcc
 // for the CUDA backend and by the host compiler for the SIMT emulator, with the same launch plan.
 //
 //   out[i] = task[i] - lam * adv[i]      (the DANN fork: grad_reverse_branch backward)

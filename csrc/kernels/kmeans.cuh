@@ -1,4 +1,4 @@
-// Device code of batched k-means (DESIGN.md §3.3). Torch-free: compiled by nvcc for the CUDA
+// Device code of batched k-means (docs/design.md §4.3). Torch-free: compiled by nvcc for the CUDA
 // backend and by the host compiler for the SIMT emulator, with the same launch plans.
 //
 // kmeans_assign_kernel: grid (row tiles of 128, problems), 128 threads, one row per thread.

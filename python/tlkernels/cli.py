@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="torch device for every model (cpu, cuda, cuda:1, ...)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_soseleto)
-    p = sub.add_parser("dataserver", help="the dataserver of self-supervised experts (seed 002)")
+    p = sub.add_parser("dataserver", help="the dataserver of self-supervised experts (Yan et al. 2020)")
     dsub = p.add_subparsers(dest="dataserver_command", required=True)
     b = dsub.add_parser("build", help="create a store from arrays or image folders, partition it, train experts")
     b.add_argument("--store", required=True, help="directory to write")

@@ -1,4 +1,4 @@
-"""k-means on the tlkernels assignment / update ops (DESIGN.md §3.3).
+"""k-means on the tlkernels assignment / update ops (docs/design.md §4.3).
 
 ``KMeans`` follows scikit-learn's Lloyd semantics (mean-centred data, tol relative to the mean
 feature variance, strict-or-shift convergence test, empty clusters relocated to the points

@@ -124,7 +124,7 @@ for _ns in BACKEND_NAMESPACES:
 
 
 # ---------------------------------------------------------------------------------------------
-# k-means (DESIGN.md §3.3): no autograd (labels are integers, the update is a partition sum)
+# k-means (docs/design.md §4.3): no autograd (labels are integers, the update is a partition sum)
 # ---------------------------------------------------------------------------------------------
 def kmeans_assign(X: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     """Nearest centroid of every point and its exact squared distance, without an N×K matrix.
@@ -187,7 +187,7 @@ def _register_kmeans(namespace: str) -> None:
 
 for _ns in BACKEND_NAMESPACES:
     _register_kmeans(_ns)
-# per-sample gradient products (DESIGN.md §3.1): fake kernels and autograd
+# per-sample gradient products (docs/design.md §4.2): fake kernels and autograd
 # ---------------------------------------------------------------------------------------------
 def _ghost_dot_backward_terms(A: Tensor, D: Tensor, G: Tensor, gs: Tensor, needs: tuple[bool, bool, bool]):
     """Gradients of s = ghost_dot(A, D, G) given gs = ∂L/∂s, in plain (differentiable) torch ops.

@@ -165,7 +165,7 @@ def model_per_sample_grads_loop(model: torch.nn.Module, loss_fn, batch) -> dict[
 
 
 # ---------------------------------------------------------------------------------------------
-# per-sample gradient products (DESIGN.md §3.1): the materialising formulation
+# per-sample gradient products (docs/design.md §4.2): the materialising formulation
 # ---------------------------------------------------------------------------------------------
 def per_sample_grads(A: Tensor, D: Tensor) -> Tensor:
     """Q_i = Σ_t d_it a_itᵀ for every sample.  A: (B, T, I), D: (B, T, O) -> (B, O, I)."""

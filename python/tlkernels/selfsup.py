@@ -1,5 +1,5 @@
 """Self-supervised rotation prediction (Gidaris et al.): the pretext task of the dataserver's
-experts (seed 002, eq. 4) and of self-supervised pretraining. One implementation, used by both.
+experts (Yan et al. 2020, eq. 4) and of self-supervised pretraining. One implementation, used by both.
 
 Every image is shown at 0, 90, 180 and 270 degrees; the network predicts which.
 """
@@ -32,7 +32,7 @@ def rotation_loss(model: nn.Module, X: Tensor, reduction: str = "mean") -> Tenso
 @torch.no_grad()
 def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 512) -> float:
     """Share of the 4N rotated copies of X (N, C, H, W) whose rotation `model` (logits (., 4))
-    recognises (seed 002, eq. 5): a label-free score of how well a rotation expert knows X."""
+    recognises (Yan et al. 2020, eq. 5): a label-free score of how well a rotation expert knows X."""
     X = torch.as_tensor(X, dtype=torch.float32)
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device

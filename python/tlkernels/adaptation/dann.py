@@ -4,7 +4,7 @@
     loss = CE(C(f_task_s), y_s) + [BCE(D(f_adv_s), 0) + BCE(D(f_adv_t), 1)] / 2
 
 The domain head D minimises its loss; the extractor F receives grad_task - lam * grad_adv, so it
-maximises it (the seed's min over (eta, beta), max over beta~). lam follows the DANN schedule of
+maximises it (Lampert 2019's min over (eta, beta), max over beta~). lam follows the DANN schedule of
 *explicit* progress p = step / max_steps (``tlkernels.dann_lambda``).
 """
 

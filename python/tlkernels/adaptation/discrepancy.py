@@ -160,7 +160,7 @@ def _scores(X: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
 
 def linear_discrepancy(Xs, Xt, restarts: int = 4, steps: int = 200, lr: float = 0.05, temperature: float = 0.1,
                        random_state=0) -> float:
-    """The discrepancy distance of the seed for binary linear hypotheses,
+    """The discrepancy distance of Lampert 2019 for binary linear hypotheses,
 
         disc(S, S') = max_{g, h in H} | mean_S 1[g != h] - mean_S' 1[g != h] |,
 

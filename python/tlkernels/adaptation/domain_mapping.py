@@ -1,4 +1,4 @@
-"""Domain mapping with cycle consistency (CycleGAN, Zhu, Park, Isola & Efros, ICCV 2017; seed 003).
+"""Domain mapping with cycle consistency (CycleGAN, Zhu, Park, Isola & Efros, ICCV 2017; Lampert 2019).
 
 Two unpaired image sets, source S and target T. Two generators F: S -> T and G: T -> S and two
 discriminators D_T (is it a target image?) and D_S are trained with least-squares GAN losses
@@ -10,7 +10,7 @@ and optionally the identity loss E_t |F(t) - t| + E_s |G(s) - s|. The generators
 
     L_G = E_s (D_T(F(s)) - 1)^2 + E_t (D_S(G(t)) - 1)^2 + cycle_weight L_cyc + identity_weight L_id,
 
-the discriminators 1/2 [(D(real) - 1)^2 + D(fake)^2]. The seed's recipe then trains a
+the discriminators 1/2 [(D(real) - 1)^2 + D(fake)^2]. Lampert 2019's recipe then trains a
 classifier on the mapped source (F(s_i), y_i) and applies it to target images
 (``MappedSourceClassifier``).
 """
@@ -250,7 +250,7 @@ class CycleGAN:
 
 
 class MappedSourceClassifier(ClassifierMixin):
-    """The seed's domain-mapping recipe: map the labelled source into the target domain with a
+    """Lampert 2019's domain-mapping recipe: map the labelled source into the target domain with a
     CycleGAN, train a classifier on (F(s_i), y_i), apply it to target images.
 
     Args: mapper (an unfitted ``CycleGAN``, or fitted when prefit=True), model (an nn.Module

@@ -1,5 +1,5 @@
 """Reverse validation (Zhong et al. ECML 2010; Bruzzone & Marconcini TPAMI 2010): label-free model
-selection for unsupervised domain adaptation, the seed's steps a-e:
+selection for unsupervised domain adaptation, Lampert 2019's steps a-e:
 
   a) train the DA method on labelled source -> unlabeled target;
   b) predict pseudo-labels for the target data;

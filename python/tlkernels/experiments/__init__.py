@@ -1,1 +1,2 @@
-"""Experiments reproducing the seeds on offline data (CLI subcommands)."""
+"""Experiments reproducing the referenced papers and lectures (docs/design.md, References) on offline
+data (CLI subcommands)."""

@@ -1,4 +1,4 @@
-"""Arguments every experiment subcommand shares (DESIGN.md §8: --seed, --seeds, --json, --plot)."""
+"""Arguments every experiment subcommand shares (docs/design.md §5: --seed, --seeds, --json, --plot)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The dataserver experiment (seed 002) on offline data.
+"""The dataserver experiment (Yan et al. 2020) on offline data.
 
 The server's store holds four sources of 8x8 grey images: digits 0-4 (labelled), a pool of
 digits 5-9 kept away from the client (unlabelled), patches cut from scikit-learn's two sample

@@ -1,4 +1,4 @@
-"""Knowledge distillation on digits (seed 003): a small student learns from a larger teacher or an
+"""Knowledge distillation on digits (Lampert 2019): a small student learns from a larger teacher or an
 ensemble, on the few labelled examples only or also on an unlabeled pool labelled by the teacher.
 
 Per seed, load_digits (flattened, 64 features) is split, stratified, into a small labelled train

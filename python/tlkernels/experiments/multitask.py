@@ -1,4 +1,4 @@
-"""Multi-task learning and domain generalisation with task context on the 8x8 digits (seed 003).
+"""Multi-task learning and domain generalisation with task context on the 8x8 digits (Lampert 2019).
 
 ``multitask``: four related tasks on digits -- identity (10-way), parity, >= 5, "has a loop"
 (0, 6, 8, 9) -- each labelled on its OWN n images (disjoint across tasks: a shared trunk then sees

@@ -1,15 +1,15 @@
 """SOSELETO's experiments on offline data, with the baselines at the same budget.
 
-(a) ``run_synthetic``: the seeds' 2-D set, 500 source points with 20% flipped labels, 50 clean
-    target points; alpha's AUROC for clean vs noisy and a plot of alpha over the points.
+(a) ``run_synthetic``: the 2-D set of Litany & Freedman 2018, 500 source points with 20% flipped
+    labels, 50 clean target points; alpha's AUROC for clean vs noisy and a plot of alpha over the points.
 (b) ``run_noisy``: digits, symmetric noise on a source split, a small clean target, a held-out
     test split; Target only / Fine-tuning / SOSELETO / SOSELETO + fine-tuning.
 (c) ``run_disjoint``: digits 0-4 (source) -> 5-9 (target) with n_t labelled target examples;
     optionally with the target shifted too (disjoint labels and domains, as SVHN 0-4 -> MNIST 5-9),
     and linear probes of pre-trained vs random features (does the representation transfer?).
-(d) ``run_domain``: same 10 labels across a domain shift (an offline stand-in for the seeds'
-    SVHN -> MNIST): clean source digits -> shifted target digits (default a 30 degree rotation),
-    n_t labelled target examples; also where alpha puts its weight.
+(d) ``run_domain``: same 10 labels across a domain shift (an offline stand-in for
+    Litany & Freedman 2018's SVHN -> MNIST): clean source digits -> shifted target digits
+    (default a 30 degree rotation), n_t labelled target examples; also where alpha puts its weight.
 
 Every method's hyper-parameters are chosen on a validation split carved from the target set;
 the test split is only used for the reported accuracy.
@@ -157,7 +157,7 @@ def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str
                  verbose: bool = False) -> dict:
     """Experiment (c): digits 0-4 (source) -> 5-9 (target) with n_target labelled target examples
     in all. With `shift` (a DOMAIN_SHIFTS name) the labels are disjoint AND the domains differ, as
-    in the seeds' SVHN 0-4 -> MNIST 5-9: the digits are split in halves first, the source is the
+    in Litany & Freedman 2018's SVHN 0-4 -> MNIST 5-9: the digits are split in halves first, the source is the
     clean 0-4 of one half, the target the shifted 5-9 of the other."""
     if shift is not None and shift not in DOMAIN_SHIFTS:
         raise ValueError(f"shift must be None or one of {sorted(DOMAIN_SHIFTS)}, got {shift!r}")
@@ -221,7 +221,7 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
     labelled (10 classes), the target half is shifted (DOMAIN_SHIFTS[shift]) and split into a
     400-image test set and n_target labelled examples, of which max(5, n_target // 5) are the
     validation split. SOSELETO's main rows ("soseleto", "soseleto_ft") use separate source / target
-    heads (the seeds' phi_s, phi_t): the labels are the same, but the classifier of source
+    heads (Litany & Freedman 2018's phi_s, phi_t): the labels are the same, but the classifier of source
     features is not the classifier of shifted features, and a shared head leaves the target
     nothing to train but alpha. The shared-head variant ("soseleto_shared", "soseleto_shared_ft")
     is reported too."""

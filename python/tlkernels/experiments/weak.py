@@ -1,4 +1,4 @@
-"""Weak supervision on digits (seed 003, Part III).
+"""Weak supervision on digits (Lampert 2019, Part III).
 
 (a) Self-training: per seed the 1,797 digits are split, stratified, into n labelled examples per
 class for training, n per class for validation (model selection only), 500 for the test, and

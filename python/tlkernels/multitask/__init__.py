@@ -1,4 +1,4 @@
-"""Multi-task learning and domain generalisation with task context (seed 003, Parts III-IV):
+"""Multi-task learning and domain generalisation with task context (Lampert 2019, Parts III-IV):
 hard / soft parameter sharing between tasks, and models conditioned on a task context vector."""
 
 from .classifier import MultiTaskClassifier, as_task_labels

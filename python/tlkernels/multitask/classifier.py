@@ -81,11 +81,11 @@ def _mlp_trunk(d_in: int, hidden) -> tuple[nn.Sequential, int]:
 
 
 class MultiTaskClassifier:
-    """Several classification tasks on one input space (seed 003, "Situation 1"):
+    """Several classification tasks on one input space (Lampert 2019, "Situation 1"):
 
     mode='separate': one network (trunk eta_t + head beta_t) per task, each trained on its own loss.
     mode='hard':     one shared trunk eta, one head beta_t per task (``HardSharingNet``), trained on
-                     L^MT = sum_t w_t L_t / sum_t w_t (the seed's average for uniform weights).
+                     L^MT = sum_t w_t L_t / sum_t w_t (Lampert 2019's average for uniform weights).
     mode='soft':     one network per task, trained on L^MT + lam sum_{s,t}||eta_s - eta_t||^2
                      + mu sum_{s,t}||beta_s - beta_t||^2 (``SoftSharingPenalty``). Parameters are
                      paired by name, so every task uses the same trunk architecture; the mu term

@@ -1,4 +1,4 @@
-"""Domain generalisation with a task context mu (seed 003): a two-input network f(x, mu), and a
+"""Domain generalisation with a task context mu (Lampert 2019): a two-input network f(x, mu), and a
 network whose last layer is predicted from the context, f(x) = phi_eta(x)^T beta(mu)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Multi-task networks (seed 003, Part IV): hard sharing (one trunk, per-task heads) and the soft
+"""Multi-task networks (Lampert 2019, Part IV): hard sharing (one trunk, per-task heads) and the soft
 sharing penalty  lam * sum_{s,t} ||eta_s - eta_t||^2 + mu * sum_{s,t} ||beta_s - beta_t||^2."""
 
 from __future__ import annotations
@@ -94,12 +94,12 @@ def _as_list(mods, arg: str) -> list[nn.Module]:
 
 def pairwise_sq_distance(mods, arg: str = "modules", mismatched: str = "error") -> Tensor:
     """sum over ordered task pairs (s, t) of ||theta_s - theta_t||^2 (the s = t terms are 0, so this is
-    the seed's sum over s != t, each unordered pair counted twice).
+    Lampert 2019's sum over s != t, each unordered pair counted twice).
 
     Parameters are paired by name (``named_parameters``): every module must have the same
     parameter names. Parameters of a name whose shapes differ between tasks (heads with different
     numbers of classes) raise a ValueError with mismatched='error'; with 'skip' only tasks of equal
-    shape are compared (the seed's "same output space" condition, applied per shape group).
+    shape are compared (Lampert 2019's "same output space" condition, applied per shape group).
     Computed as sum_groups 2|G| sum_{t in G} ||theta_t - mean_G||^2.
     """
     mods = _as_list(mods, arg)
@@ -132,7 +132,8 @@ def pairwise_sq_distance(mods, arg: str = "modules", mismatched: str = "error") 
 
 
 class SoftSharingPenalty(nn.Module):
-    """The seed's soft-sharing term  lam * sum_{s,t} ||eta_s - eta_t||^2 + mu * sum_{s,t} ||beta_s - beta_t||^2
+    """The soft-sharing term of Lampert 2019:
+    lam * sum_{s,t} ||eta_s - eta_t||^2 + mu * sum_{s,t} ||beta_s - beta_t||^2
     over per-task representation parameters eta_t (trunks) and head parameters beta_t (heads).
 
     Args:

@@ -17,8 +17,8 @@ Choices made here (documented, with their reasons):
 - ``alpha_step='normalized'`` (default): s is divided by its root mean square over the batch
   before the step, so lr_alpha is the typical change of a weight per visit whatever the scale of
   the gradients (the raw scale of Q^T g varies by orders of magnitude between models and during
-  training: a fixed raw step either freezes alpha or slams it to the clip). ``'raw'`` is the
-  seed's eq. 2 with lr_alpha * lr_p.
+  training: a fixed raw step either freezes alpha or slams it to the clip). ``'raw'`` is
+  eq. 2 of Litany & Freedman 2018 with lr_alpha * lr_p.
 - Shared-head mode (``source_head is target_head``): the classifier belongs to theta, the target
   only moves alpha. This is the mode for noisy labels (same label space). With separate heads
   (disjoint label sets), phi_t trains on the target loss and theta = the backbone.

@@ -1,6 +1,6 @@
 """Representation transfer: pretrained features, fine-tuning, flextuning, layer transfer,
 conservative training (L2-SP, output constraints), progressive nets, self-supervised and
-self-taught pretraining. Estimators follow DESIGN.md §8 (scikit-learn style)."""
+self-taught pretraining. Estimators follow docs/design.md §5 (scikit-learn style)."""
 
 from ._common import param_layers
 from .conservative import L2SPLoss, OutputConstraintLoss

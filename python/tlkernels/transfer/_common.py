@@ -77,7 +77,7 @@ def get_layer(model: nn.Module, name: str, arg: str = "layer") -> nn.Module:
 
 
 def split_head(model: nn.Module, arg: str = "model") -> tuple[nn.Sequential, nn.Module]:
-    """nn.Sequential (..., head) -> (body, head): the network surgery of the seed."""
+    """nn.Sequential (..., head) -> (body, head): the network surgery of Lampert 2019."""
     if not isinstance(model, nn.Sequential) or len(model) < 2:
         raise ValueError(f"{arg} must be an nn.Sequential whose last module is the classifier head "
                          f"(to replace or keep the head), got {type(model).__name__}")

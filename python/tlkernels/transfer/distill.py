@@ -1,4 +1,4 @@
-"""Knowledge distillation (Hinton et al. 2015; seed 003 "Knowledge Distillation"): a student f is
+"""Knowledge distillation (Hinton et al. 2015; Lampert 2019 "Knowledge Distillation"): a student f is
 trained on the soft outputs of a trained teacher g (one network or the averaged outputs of an
 ensemble) with the tempered cross-entropy
 
@@ -33,7 +33,7 @@ def _check_temperature(temperature, name: str = "temperature") -> float:
 
 
 def tempered_probs(outputs: Tensor, temperature: float, kind: str = "logits") -> Tensor:
-    """The seed's renormalised tempered outputs [g^(1/T)] (N, C) from outputs (N, C):
+    """Lampert 2019's renormalised tempered outputs [g^(1/T)] (N, C) from outputs (N, C):
 
     kind='logits': softmax(outputs / T); kind='probs': p^(1/T) / sum_c p_c^(1/T) (the same
     distribution when p = softmax(logits)); kind='targets': outputs already tempered, returned as is.
@@ -49,7 +49,7 @@ def tempered_probs(outputs: Tensor, temperature: float, kind: str = "logits") ->
 
 
 class DistillationLoss(nn.Module):
-    """The seed's tempered cross-entropy between a teacher's and a student's outputs, times T².
+    """Lampert 2019's tempered cross-entropy between a teacher's and a student's outputs, times T².
 
     loss_i = T² · ( - sum_c q_ic log softmax(s_i / T)_c ) + hard_weight · CE(s_i, target_i),
     with q_i = tempered_probs(teacher_i, T, teacher_kind) (detached: no gradient reaches the teacher).
@@ -62,7 +62,7 @@ class DistillationLoss(nn.Module):
     gradient is 0; the two differ by a constant of the teacher only.
 
     Args:
-        temperature: T > 0 (the seed's alpha).
+        temperature: T > 0 (Lampert 2019's alpha).
         hard_weight: >= 0, weight of the ordinary cross-entropy (at T = 1) with labels `target`;
             needs target in forward when > 0. target entries of -1 mean "no label" (their hard
             term is 0: unlabeled examples mixed into a labelled batch).

@@ -291,7 +291,7 @@ class Flextune(ClassifierMixin):
 
 def finetune_tradeoff(model: nn.Module, X, y, X_val, y_val, *, lrs=(1e-4, 1e-3, 1e-2), epochs: int = 100,
                       n_classes: int | None = None, head_epochs: int = 100, random_state=None, **kw) -> dict:
-    """Validation accuracy after every fine-tuning epoch, for each learning rate: the seed's
+    """Validation accuracy after every fine-tuning epoch, for each learning rate: Lampert 2019's
     trade-off (none: source features; a little: better; too much: the initialisation is forgotten).
 
     With n_classes, a fresh head is first fitted on frozen features so epoch 0 is the linear

@@ -1,4 +1,4 @@
-"""Layer transfer (seed 004): copy the first k or the last k layers of a source model into a
+"""Layer transfer (Lee 2016): copy the first k or the last k layers of a source model into a
 freshly initialised target model, freeze them or not, train the rest; and a sweep over k."""
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Self-supervised and unsupervised pretraining on unlabeled images.
 
-- Rotation prediction (Gidaris et al. 2018; the seed's auxiliary task): every image is shown at
-  0, 90, 180 and 270 degrees and a network learns which rotation it sees. The task itself
-  (rotated copies, labels, accuracy) lives in ``tlkernels.selfsup`` and is shared with the
-  dataserver's experts and its label-free FastAdapt score; ``RotationPretrainer`` is the
-  estimator around it.
+- Rotation prediction (Gidaris et al. 2018; the auxiliary task of Lampert 2019 and Yan et al.
+  2020): every image is shown at 0, 90, 180 and 270 degrees and a network learns which rotation
+  it sees. The task itself (rotated copies, labels, accuracy) lives in ``tlkernels.selfsup`` and
+  is shared with the dataserver's experts and its label-free FastAdapt score;
+  ``RotationPretrainer`` is the estimator around it.
 - Autoencoders (plain and denoising): an encoder phi and a decoder g trained to reconstruct X from
   phi(X) (from a corrupted X for the denoising variant).
 
@@ -97,7 +97,7 @@ class RotationPretrainer:
 
 
 def mirror_decoder(encoder: nn.Module) -> nn.Sequential:
-    """The seed's "mirrored copy of the feature layers": for an encoder made of nn.Linear layers
+    """Lampert 2019's "mirrored copy of the feature layers": for an encoder made of nn.Linear layers
     (+ parameter-free modules), Linear layers in reverse order with ReLU between them (and none
     at the output). Output (N, input width of the encoder's first Linear)."""
     lins = [m for m in encoder.modules() if isinstance(m, nn.Linear)]

@@ -1,4 +1,4 @@
-"""Weak supervision (seed 003, Part III): self-training with pseudo-labels, and weakly-supervised
+"""Weak supervision (Lampert 2019, Part III): self-training with pseudo-labels, and weakly-supervised
 localisation (a classifier trained on image-level labels, localised as the arg-max of its score
 over windows by exhaustive search or ESS branch-and-bound)."""
 

@@ -1,4 +1,4 @@
-"""Weakly-supervised localisation (seed 003, Part III, "Example: Object Detection"): a classifier
+"""Weakly-supervised localisation (Lampert 2019, Part III, "Example: Object Detection"): a classifier
 trained on image-level labels only, whose score decomposes over pixels, and a detector
 f(X) = argmax_R g(R) over rectangular regions R (exhaustive search or ESS branch-and-bound).
 

@@ -1,4 +1,4 @@
-"""Self-training with pseudo-labels (seed 003, Part III, "Extension: Self-Training"):
+"""Self-training with pseudo-labels (Lampert 2019, Part III, "Extension: Self-Training"):
 1) train f on the labelled data, 2) apply f to the unlabeled data to make pseudo-labels,
 3) retrain on the labelled data plus the confident pseudo-labels, 4) repeat."""
 
@@ -54,7 +54,7 @@ class SelfTraining:
         random_state: passed to the estimator's ``random_state`` (when it has one) so every
             round retrains from the same seed; verbose: a tqdm bar over rounds.
 
-    Every round re-labels ALL unlabeled examples with the current model (the seed's step 2:
+    Every round re-labels ALL unlabeled examples with the current model (Lampert 2019's step 2:
     Y'_i = f(X_i) for every i), so a pseudo-label can change or be dropped. Training stops after
     ``max_rounds`` or when the pseudo-labelled set and its labels are unchanged (a fixed point:
     retraining would see the same data).

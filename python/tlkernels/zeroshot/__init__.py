@@ -1,4 +1,4 @@
-"""Zero-shot learning (seeds 003 / 004): classify classes never seen in training from a
+"""Zero-shot learning (Lampert 2019; Lee 2016): classify classes never seen in training from a
 class-attribute table.
 
 - ``DIGIT_ATTRIBUTES`` / ``ATTRIBUTE_NAMES``: a hand-written attribute table for the 10 digits.

@@ -1,5 +1,5 @@
 """A class-attribute table for the 10 handwritten digits (the side information of zero-shot
-learning: which class has which attributes, written down by hand, seed 003).
+learning: which class has which attributes, written down by hand, Lampert 2019).
 
 Each attribute is a binary property a person reads off the glyph as it is written in
 scikit-learn's 8x8 digits (looked at on the class-mean images: the 7s there are mostly written

@@ -1,4 +1,4 @@
-"""ConSE (Norouzi et al. 2014, seed 004 "Convex Combination of Semantic Embedding"): an
+"""ConSE (Norouzi et al. 2014, Lee 2016 "Convex Combination of Semantic Embedding"): an
 off-the-shelf classifier over the seen classes + the class embeddings, no further training."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Direct Attribute Prediction (Lampert, Nickisch & Harmeling, CVPR 2009): attribute-based
-zero-shot classification (seed 003, "attribute-based classification", steps 1-2)."""
+zero-shot classification (Lampert 2019, "attribute-based classification", steps 1-2)."""
 
 from __future__ import annotations
 

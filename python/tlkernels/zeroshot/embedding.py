@@ -1,6 +1,6 @@
-"""Embedding-based zero-shot learning (seed 003): a bilinear compatibility F(v, w) = v^T M w
+"""Embedding-based zero-shot learning (Lampert 2019): a bilinear compatibility F(v, w) = v^T M w
 between image features v and class embeddings w, trained on seen classes with the ranking
-hinge loss of seed 004 (DeViSE-style), and the classifier f(x) = argmax_y F(x, w_y) over any
+hinge loss of Lee 2016 (DeViSE-style), and the classifier f(x) = argmax_y F(x, w_y) over any
 candidate classes."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class BilinearCompatibility(nn.Module):
 
 
 class ZeroShotHingeLoss(nn.Module):
-    """The ranking hinge of seed 004 with margin k:
+    """The ranking hinge of Lee 2016 with margin k:
 
         l(x, y) = sum_{y' != y} max(0, k - F(x, y) + F(x, y'))     (aggregate='sum', DeViSE)
         l(x, y) = max(0, k - F(x, y) + max_{y' != y} F(x, y'))      (aggregate='max', the slide)

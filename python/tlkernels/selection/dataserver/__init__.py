@@ -1,4 +1,4 @@
-"""The dataserver of self-supervised experts (seed 002, "What data is useful for my data"):
+"""The dataserver of self-supervised experts (Yan et al. 2020, "What data is useful for my data"):
 a store of source data partitioned by k-means, one rotation-prediction expert per partition,
 a client that scores the experts on its own data, and budgeted sampling (OutputData)."""
 

@@ -29,7 +29,7 @@ def fast_adapt_scores(
 
     With labels y: a linear probe (standardised penultimate features, logistic regression), its
     stratified k-fold cross-validated accuracy. Without labels: the expert's rotation-prediction
-    accuracy on X (seed 002, eq. 5). X (N, C, H, W); y (N,) or None. Returns (K,)."""
+    accuracy on X (Yan et al. 2020, eq. 5). X (N, C, H, W); y (N,) or None. Returns (K,)."""
     X = torch.as_tensor(X, dtype=torch.float32)
     if y is None:
         return np.array([rotation_accuracy(e, X) for e in experts])
