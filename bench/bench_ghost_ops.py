@@ -1,6 +1,6 @@
 """Per-sample gradient product ops against what a user writes without tlkernels.
 
-At the layer shapes of issue 3's benchmark models (MLP 784-1024-1024-10 at B=256, T=1; token
+At the layer shapes of the per-sample benchmark models (MLP 784-1024-1024-10 at B=256, T=1; token
 model Linear 256->1024 over T=64 at B=32; a conv-like layer T=1024, I=288, O=64 at B=128):
 
 - ghost_dot vs (a) materialising Q_i = D_iᵀ A_i with einsum then dotting with G, and

@@ -48,7 +48,7 @@ class TokenModel(nn.Module):
 
 
 def build(name: str, seed: int = 0):
-    """(model, batch) of the issue's three benchmark models."""
+    """(model, batch) of the three benchmark models."""
     torch.manual_seed(seed)
     if name == "mlp":
         model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
