@@ -18,13 +18,13 @@ from torch import Tensor
 
 __all__ = [
     "Dataset",
+    "add_label_noise",
+    "class_split",
     "load_digits",
     "load_image_folder",
     "make_noisy_2d",
-    "add_label_noise",
-    "class_split",
-    "stratified_split",
     "shift_images",
+    "stratified_split",
 ]
 
 
@@ -40,18 +40,30 @@ class Dataset:
     def __len__(self) -> int:
         return self.X.shape[0]
 
-    def to(self, device) -> "Dataset":
+    def to(self, device) -> Dataset:
         """The same examples with X, y and flipped on `device`."""
         dev = torch.device(device)
-        return Dataset(self.X.to(dev), self.y.to(dev), None if self.flipped is None else self.flipped.to(dev))
+        return Dataset(
+            self.X.to(dev),
+            self.y.to(dev),
+            None if self.flipped is None else self.flipped.to(dev),
+        )
 
-    def subset(self, idx) -> "Dataset":
+    def subset(self, idx) -> Dataset:
         idx = torch.as_tensor(idx, dtype=torch.long)
-        return Dataset(self.X[idx], self.y[idx], None if self.flipped is None else self.flipped[idx])
+        return Dataset(
+            self.X[idx],
+            self.y[idx],
+            None if self.flipped is None else self.flipped[idx],
+        )
 
 
 def _rng(random_state) -> np.random.Generator:
-    return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
+    return (
+        random_state
+        if isinstance(random_state, np.random.Generator)
+        else np.random.default_rng(random_state)
+    )
 
 
 def load_digits(images: bool = False) -> Dataset:
@@ -73,15 +85,25 @@ def load_image_folder(root: str, size: int = 32, grayscale: bool = False) -> Dat
     to size x size, scaled to [0, 1]; classes numbered in sorted order. X (N, C, size, size)."""
     from PIL import Image
 
-    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    classes = sorted(
+        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
+    )
     if not classes:
-        raise ValueError(f"root must contain one folder per class, found none in {root!r}")
+        raise ValueError(
+            f"root must contain one folder per class, found none in {root!r}"
+        )
     xs, ys = [], []
     for k, c in enumerate(classes):
         for name in sorted(os.listdir(os.path.join(root, c))):
-            if not name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")):
+            if not name.lower().endswith(
+                (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+            ):
                 continue
-            img = Image.open(os.path.join(root, c, name)).convert("L" if grayscale else "RGB").resize((size, size))
+            img = (
+                Image.open(os.path.join(root, c, name))
+                .convert("L" if grayscale else "RGB")
+                .resize((size, size))
+            )
             arr = np.asarray(img, dtype=np.float32) / 255.0
             xs.append(arr[None] if grayscale else arr.transpose(2, 0, 1))
             ys.append(k)
@@ -90,8 +112,9 @@ def load_image_folder(root: str, size: int = 32, grayscale: bool = False) -> Dat
     return Dataset(torch.tensor(np.stack(xs)), torch.tensor(ys, dtype=torch.long))
 
 
-def make_noisy_2d(n_source: int = 500, n_target: int = 50, noise: float = 0.2,
-                  random_state=None) -> tuple[Dataset, Dataset]:
+def make_noisy_2d(
+    n_source: int = 500, n_target: int = 50, noise: float = 0.2, random_state=None
+) -> tuple[Dataset, Dataset]:
     """SOSELETO's synthetic noisy-label set: points uniform in [-1, 1]^2, two classes separated
     by the curve x2 = 0.5 sin(pi x1); the source has a fraction `noise` of its labels flipped
     (recorded in `flipped`), the target is clean. Returns (source, target), X (N, 2)."""
@@ -106,13 +129,19 @@ def make_noisy_2d(n_source: int = 500, n_target: int = 50, noise: float = 0.2,
 
     Xs, ys = sample(n_source)
     Xt, yt = sample(n_target)
-    source = Dataset(Xs, ys)
     noisy, flipped = add_label_noise(ys, noise, n_classes=2, random_state=rng)
-    return Dataset(Xs, noisy, flipped), Dataset(Xt, yt, torch.zeros(n_target, dtype=torch.bool))
+    return Dataset(Xs, noisy, flipped), Dataset(
+        Xt, yt, torch.zeros(n_target, dtype=torch.bool)
+    )
 
 
-def add_label_noise(y: Tensor, rate: float, kind: str = "symmetric", n_classes: int | None = None,
-                    random_state=None) -> tuple[Tensor, Tensor]:
+def add_label_noise(
+    y: Tensor,
+    rate: float,
+    kind: str = "symmetric",
+    n_classes: int | None = None,
+    random_state=None,
+) -> tuple[Tensor, Tensor]:
     """Flips exactly round(rate * N) labels, chosen at random.
 
     kind='symmetric': a flipped label becomes one of the other classes uniformly;
@@ -129,7 +158,7 @@ def add_label_noise(y: Tensor, rate: float, kind: str = "symmetric", n_classes: 
     if c < 2:
         raise ValueError(f"label noise needs at least 2 classes, got {c}")
     n = y.shape[0]
-    idx = torch.tensor(rng.permutation(n)[: int(round(rate * n))], dtype=torch.long)
+    idx = torch.tensor(rng.permutation(n)[: round(rate * n)], dtype=torch.long)
     noisy = y.clone()
     if kind == "symmetric":
         shift = torch.tensor(rng.integers(1, c, size=len(idx)), dtype=torch.long)
@@ -154,7 +183,9 @@ def class_split(data: Dataset, classes, relabel: bool = True) -> Dataset:
     return out
 
 
-def stratified_split(data: Dataset, sizes, random_state=None, labels: Tensor | None = None) -> list[Dataset]:
+def stratified_split(
+    data: Dataset, sizes, random_state=None, labels: Tensor | None = None
+) -> list[Dataset]:
     """Splits into parts of the given sizes (ints; the last may be None for "the rest"), each
     stratified by `labels` (default data.y: the clean labels where noise was added separately)."""
     rng = _rng(random_state)
@@ -174,7 +205,9 @@ def stratified_split(data: Dataset, sizes, random_state=None, labels: Tensor | N
         order.extend(rng.permutation(row))
     parts, start = [], 0
     for s in sizes:
-        parts.append(data.subset(np.sort(np.array(order[start:start + s], dtype=np.int64))))
+        parts.append(
+            data.subset(np.sort(np.array(order[start : start + s], dtype=np.int64)))
+        )
         start += s
     return parts
 
@@ -190,11 +223,16 @@ def shift_images(X: Tensor, kind: str, amount: float, random_state=None) -> Tens
         raise ValueError(f"X must have shape (N, C, H, W), got {tuple(X.shape)}")
     if kind == "rotation":
         t = math.radians(amount)
-        theta = torch.tensor([[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]], dtype=X.dtype)
-        grid = F.affine_grid(theta.expand(X.shape[0], 2, 3), list(X.shape), align_corners=False)
+        theta = torch.tensor(
+            [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]],
+            dtype=X.dtype,
+        )
+        grid = F.affine_grid(
+            theta.expand(X.shape[0], 2, 3), list(X.shape), align_corners=False
+        )
         return F.grid_sample(X, grid, align_corners=False, padding_mode="zeros")
     if kind == "translation":
-        s = int(round(amount))
+        s = round(amount)
         out = torch.zeros_like(X)
         if s == 0:
             return X.clone()
@@ -205,8 +243,8 @@ def shift_images(X: Tensor, kind: str, amount: float, random_state=None) -> Tens
     if kind == "blur":
         if amount <= 0:
             return X.clone()
-        r = max(1, int(math.ceil(2 * amount)))
-        k = torch.exp(-torch.arange(-r, r + 1, dtype=X.dtype) ** 2 / (2 * amount ** 2))
+        r = max(1, math.ceil(2 * amount))
+        k = torch.exp(-(torch.arange(-r, r + 1, dtype=X.dtype) ** 2) / (2 * amount**2))
         k = k / k.sum()
         c = X.shape[1]
         Xp = F.pad(X, (r, r, r, r), mode="replicate")
@@ -214,7 +252,11 @@ def shift_images(X: Tensor, kind: str, amount: float, random_state=None) -> Tens
         return F.conv2d(Xp, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     if kind == "noise":
         gen = torch.Generator().manual_seed(int(_rng(random_state).integers(2**31)))
-        return (X + amount * torch.randn(X.shape, generator=gen, dtype=X.dtype)).clamp(0, 1)
+        return (X + amount * torch.randn(X.shape, generator=gen, dtype=X.dtype)).clamp(
+            0, 1
+        )
     if kind == "intensity":
         return (X * amount).clamp(0, 1)
-    raise ValueError(f"kind must be one of rotation, translation, inversion, blur, noise, intensity; got {kind!r}")
+    raise ValueError(
+        f"kind must be one of rotation, translation, inversion, blur, noise, intensity; got {kind!r}"
+    )
