@@ -104,3 +104,109 @@ def check_X(estimator, X, *, reset: bool, accept_sparse=("csr", "csc")):
         A = A.tocsr()
         A.sort_indices()
     return A
+
+
+# -- arrays or tensors of the torch estimators -------------------------------------------------
+# One conversion for every estimator: torch tensors are checked and kept (their device and
+# floating dtype too), anything else goes through scikit-learn's check_array (its messages,
+# which its estimator checks match on, after a first sentence naming the argument).
+
+
+def to_numpy(a) -> np.ndarray:
+    """A tensor (any device, detached) or an array-like -> numpy array, no other change."""
+    import torch
+
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+
+def as_tensor(X, name: str = "X", *, min_ndim: int = 1, dtype=None, finite: bool = True):
+    """X (N, ...) array-like or tensor -> a checked tensor with examples along dim 0.
+
+    Tensors keep their device and floating dtype (integer / bool ones become float32);
+    array-likes are checked by ``sklearn.utils.check_array`` (numbers only, no complex, any
+    number of dimensions >= 2 when min_ndim is 2) and become float32 tensors (torch's default
+    dtype: the dtype of the models they feed). dtype: a torch dtype forced on the result.
+    Raises ValueError naming ``name`` on empty input, too few dimensions or NaN / inf (with
+    finite=True).
+    """
+    import torch
+    from sklearn.utils import check_array
+
+    if isinstance(X, torch.Tensor):
+        if X.is_complex():
+            raise ValueError(f"{name} must hold real numbers, got a complex tensor")
+        if dtype is not None:
+            X = X.to(dtype)
+        elif not X.is_floating_point():
+            X = X.float()
+    else:
+        try:
+            A = check_array(X, accept_sparse=False, dtype=[np.float32, np.float64], ensure_2d=min_ndim >= 2,
+                            allow_nd=True, ensure_all_finite=finite, input_name=name)
+        except ValueError as e:
+            raise ValueError(f"{name} must be a non-empty array of finite real numbers with examples along "
+                             f"dim 0: {e}") from e
+        X = torch.as_tensor(A, dtype=dtype if dtype is not None else torch.float32)
+    if X.dim() < min_ndim or X.shape[0] == 0:
+        raise ValueError(f"{name} must be non-empty with examples along dim 0, got shape {tuple(X.shape)}")
+    if finite and not bool(torch.isfinite(X).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return X
+
+
+def as_labels(y, n: int, name: str = "y", x_name: str = "X"):
+    """Class indices y (n,) >= 0, array-like or tensor -> int64 tensor (n,). Continuous or
+    multi-output targets are refused with scikit-learn's message ("Unknown label type")."""
+    import torch
+    from sklearn.utils.multiclass import check_classification_targets
+
+    t = y if isinstance(y, torch.Tensor) else None
+    a = to_numpy(y)
+    if a.ndim != 1 or a.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match {x_name}, got {tuple(a.shape)}")
+    if a.dtype.kind in "OSU":
+        raise ValueError(f"{name} must hold class indices 0, 1, ... (integers), got labels of dtype {a.dtype}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    try:
+        check_classification_targets(a)
+    except ValueError as e:
+        raise ValueError(f"{name} must hold class indices 0, 1, ...: {e}") from e
+    out = (t if t is not None else torch.as_tensor(a)).long()
+    if bool((out < 0).any()):
+        raise ValueError(f"{name} must hold class indices >= 0")
+    return out
+
+
+def as_xy(X, y, name: str = "X", *, min_ndim: int = 1):
+    """(X, y) -> (checked tensor X (N, ...), int64 class indices (N,)); see as_tensor, as_labels."""
+    X = as_tensor(X, name, min_ndim=min_ndim)
+    return X, as_labels(y, X.shape[0], "y", name)
+
+
+def as_weights(sample_weight, n: int, name: str = "sample_weight"):
+    """Per-example weights (n,) finite, >= 0 and not all zero -> float32 tensor, or None."""
+    import torch
+
+    if sample_weight is None:
+        return None
+    w = torch.as_tensor(to_numpy(sample_weight), dtype=torch.float32).flatten()
+    if w.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(w.shape)}")
+    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"{name} must be finite, >= 0 and not all zero")
+    return w
+
+
+def as_numpy_2d(X, name: str = "X") -> np.ndarray:
+    """X (N, ...) array-like or tensor -> float64 ndarray (N, D), images flattened; ValueError
+    naming ``name`` on empty or non-finite input."""
+    A = to_numpy(X)
+    if A.ndim < 1 or A.shape[0] == 0:
+        raise ValueError(f"{name} must be non-empty with examples along dim 0, got shape {A.shape}")
+    if A.dtype.kind in "cOSUV":
+        raise ValueError(f"{name} must hold real numbers, got an array of dtype {A.dtype}")
+    A = A.reshape(A.shape[0], -1).astype(np.float64)
+    if not np.isfinite(A).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return A

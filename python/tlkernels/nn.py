@@ -9,7 +9,33 @@ from torch import Tensor, nn
 
 from .ops import grad_reverse, grad_reverse_branch
 
-__all__ = ["dann_lambda", "GradientReversal"]
+__all__ = ["dann_lambda", "GradientReversal", "mlp"]
+
+
+def mlp(d_in: int, hidden=(), d_out: int | None = None, *, activation=nn.ReLU, flatten: bool = False,
+        final_activation: bool = False) -> nn.Sequential:
+    """The multi-layer perceptron of the library: [Flatten] - (Linear, activation) per width of
+    ``hidden`` - [Linear(hidden[-1], d_out)] [- activation when final_activation].
+
+    Input (N, d_in) (or (N, ...) with flatten=True), output (N, d_out) or (N, hidden[-1]) without
+    d_out. activation: a zero-argument module factory (nn.ReLU, or e.g.
+    ``lambda: nn.LeakyReLU(0.2)``). Layers are created input to output, so their default
+    initialisation draws from torch's generator in that order.
+    """
+    layers: list[nn.Module] = [nn.Flatten()] if flatten else []
+    d = int(d_in)
+    if d < 1:
+        raise ValueError(f"d_in must be a positive int, got {d_in!r}")
+    for h in hidden:
+        if int(h) < 1:
+            raise ValueError(f"hidden must hold positive widths, got {tuple(hidden)!r}")
+        layers += [nn.Linear(d, int(h)), activation()]
+        d = int(h)
+    if d_out is not None:
+        layers.append(nn.Linear(d, int(d_out)))
+        if final_activation:
+            layers.append(activation())
+    return nn.Sequential(*layers)
 
 
 def dann_lambda(progress: float | Tensor, lam_max: float = 1.0, gamma: float = 10.0) -> float | Tensor:

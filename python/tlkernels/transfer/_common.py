@@ -4,61 +4,33 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable
+from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["as_x", "as_xy", "as_weights", "param_layers", "get_layer", "split_head", "train_loop",
-           "predict_logits", "torch_generator", "ClassifierMixin"]
+from .._base import TorchClassifierMixin
+from .._seeding import torch_generator
+from .._validation import as_tensor, as_weights, as_xy
+
+__all__ = [
+    "ClassifierMixin",
+    "as_weights",
+    "as_x",
+    "as_xy",
+    "get_layer",
+    "param_layers",
+    "predict_logits",
+    "split_head",
+    "torch_generator",
+    "train_loop",
+]
 
 
 def as_x(X, name: str = "X") -> Tensor:
-    """numpy array or tensor -> float32 tensor (N, ...); rejects empty or non-finite input."""
-    X = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
-    if not X.is_floating_point():
-        X = X.float()
-    if X.dim() < 1 or X.shape[0] == 0:
-        raise ValueError(f"{name} must be non-empty with examples along dim 0, got shape {tuple(X.shape)}")
-    if not torch.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return X
-
-
-def as_xy(X, y, name: str = "X") -> tuple[Tensor, Tensor]:
-    X = as_x(X, name)
-    y = (y if isinstance(y, Tensor) else torch.as_tensor(np.asarray(y))).long()
-    if y.dim() != 1 or y.shape[0] != X.shape[0]:
-        raise ValueError(f"y must have shape ({X.shape[0]},) to match {name}, got {tuple(y.shape)}")
-    if (y < 0).any():
-        raise ValueError("y must hold class indices >= 0")
-    return X, y
-
-
-def as_weights(sample_weight, n: int) -> Tensor | None:
-    """Per-example weights (n,) >= 0, or None."""
-    if sample_weight is None:
-        return None
-    w = torch.as_tensor(np.asarray(sample_weight) if not isinstance(sample_weight, Tensor) else sample_weight,
-                        dtype=torch.float32).flatten()
-    if w.shape[0] != n:
-        raise ValueError(f"sample_weight must have shape ({n},), got {tuple(w.shape)}")
-    if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-        raise ValueError("sample_weight must be finite, >= 0 and not all zero")
-    return w
-
-
-def torch_generator(random_state) -> torch.Generator:
-    """A CPU generator seeded from an int / numpy Generator / None."""
-    if isinstance(random_state, np.random.Generator):
-        seed = int(random_state.integers(2**63 - 1))
-    elif random_state is None:
-        seed = int(np.random.default_rng().integers(2**63 - 1))
-    else:
-        seed = int(random_state)
-    return torch.Generator().manual_seed(seed)
+    """numpy array or tensor -> checked tensor (N, ...) (``tlkernels._validation.as_tensor``)."""
+    return as_tensor(X, name)
 
 
 def param_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -170,23 +142,9 @@ def predict_logits(model: nn.Module, X: Tensor, device, batch_size: int = 512) -
     return torch.cat(out)
 
 
-class ClassifierMixin:
-    """predict / predict_proba / score from ``decision_function`` (logits (N, C))."""
-
-    def predict_proba(self, X) -> np.ndarray:
-        """X (N, ...) -> class probabilities (N, C)."""
-        return torch.softmax(torch.as_tensor(self.decision_function(X)), 1).numpy()
-
-    def predict(self, X) -> np.ndarray:
-        """X (N, ...) -> class indices (N,)."""
-        return np.asarray(self.decision_function(X)).argmax(1)
-
-    def score(self, X, y, sample_weight=None) -> float:
-        """(Weighted) accuracy on (X, y)."""
-        y = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
-        hit = (self.predict(X) == y).astype(np.float64)
-        w = np.ones_like(hit) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        return float((w * hit).sum() / w.sum())
+# the classifier surface of the transfer estimators (predict / predict_proba / score from the
+# scores of ``_decision``), kept under its former name for the modules importing it from here
+ClassifierMixin = TorchClassifierMixin
 
 
 def clone_module(model: nn.Module) -> nn.Module:

@@ -16,11 +16,22 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import ClassifierMixin as _SkClassifier
 from torch import Tensor, nn
 
-from ._common import ClassifierMixin, as_weights, as_x, as_xy, predict_logits, torch_generator, train_loop
+from .._base import TorchEstimator
+from .._validation import as_labels
+from ._common import (
+    ClassifierMixin,
+    as_weights,
+    as_x,
+    as_xy,
+    predict_logits,
+    torch_generator,
+    train_loop,
+)
 
-__all__ = ["DistillationLoss", "tempered_probs", "distillation_targets", "Distill"]
+__all__ = ["Distill", "DistillationLoss", "distillation_targets", "tempered_probs"]
 
 _KINDS = ("logits", "probs", "targets")
 
@@ -164,7 +175,7 @@ def distillation_targets(teachers, X, temperature: float = 1.0, device=None, bat
     return total / len(mods)
 
 
-class Distill(ClassifierMixin):
+class Distill(ClassifierMixin, _SkClassifier, TorchEstimator):
     """Train a student network on a teacher's (or an ensemble's) tempered soft outputs.
 
     Args:
@@ -184,7 +195,8 @@ class Distill(ClassifierMixin):
         eval_set=(X_eval, y_eval): ``history_`` records its accuracy after every epoch.
 
     Attributes: ``model_`` (trained student), ``history_`` (list of dicts per epoch: epoch, loss,
-    eval_accuracy; epoch 0 = before training), ``n_classes_``, ``n_train_`` (N + M).
+    eval_accuracy; epoch 0 = before training), ``n_classes_``, ``classes_`` (0..C-1),
+    ``n_train_`` (N + M).
     """
 
     def __init__(self, student: nn.Module, teacher, temperature: float = 4.0, hard_weight: float = 0.0,
@@ -193,7 +205,7 @@ class Distill(ClassifierMixin):
         if not isinstance(student, nn.Module):
             raise ValueError(f"student must be an nn.Module, got {type(student).__name__}")
         _as_teachers(teacher)
-        self._loss = DistillationLoss(temperature, hard_weight, reduction="none", teacher_kind="targets")
+        DistillationLoss(temperature, hard_weight, reduction="none", teacher_kind="targets")  # validates
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if isinstance(epochs, bool) or not (isinstance(epochs, (int, np.integer)) and epochs >= 0):
@@ -203,19 +215,21 @@ class Distill(ClassifierMixin):
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         self.student, self.teacher = student, teacher
-        self.temperature, self.hard_weight = float(temperature), float(hard_weight)
-        self.lr, self.epochs, self.batch_size, self.optimizer = lr, int(epochs), int(batch_size), optimizer
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.temperature, self.hard_weight = temperature, hard_weight
+        self.lr, self.epochs, self.batch_size, self.optimizer = lr, epochs, batch_size, optimizer
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
-    def fit(self, X, y=None, sample_weight=None, X_unlabeled=None, eval_set=None) -> "Distill":
+    def fit(self, X, y=None, sample_weight=None, X_unlabeled=None, eval_set=None) -> Distill:
+        """X (N, ...), y (N,) or None, sample_weight (N,), X_unlabeled (M, ...), eval_set; returns self."""
+        loss = DistillationLoss(self.temperature, self.hard_weight, reduction="none", teacher_kind="targets")
+        X = self._validate_X(X, reset=True)
         if y is None:
-            X = as_x(X)
             if self.hard_weight > 0:
                 raise ValueError("y is None but hard_weight > 0: the hard term needs labels (set hard_weight=0)")
             labels = torch.full((X.shape[0],), -1, dtype=torch.long)
         else:
-            X, labels = as_xy(X, y)
+            labels = as_labels(y, X.shape[0])
         w = as_weights(sample_weight, X.shape[0])
         if X_unlabeled is not None:
             Xu = as_x(X_unlabeled, "X_unlabeled")
@@ -226,16 +240,17 @@ class Distill(ClassifierMixin):
             labels = torch.cat([labels, torch.full((Xu.shape[0],), -1, dtype=torch.long)])
             if w is not None:
                 w = torch.cat([w, torch.ones(Xu.shape[0])])
-        targets = distillation_targets(self.teacher, X, self.temperature, self.device)
+        device = self._device()
+        targets = distillation_targets(self.teacher, X, self.temperature, device)
         C = targets.shape[1]
         if (labels >= C).any():
             raise ValueError(f"y must hold class indices < {C} (the teacher's number of outputs)")
         gen = torch_generator(self.random_state)
-        net = copy.deepcopy(self.student).to(self.device)
+        net = copy.deepcopy(self.student).to(device)
         with torch.no_grad():
             was = net.training
             net.eval()
-            out = net(X[:2].to(self.device))
+            out = net(X[:2].to(device))
             net.train(was)
         if out.dim() != 2 or out.shape[1] != C:
             raise ValueError(f"student must output logits (B, {C}) like the teacher, got {tuple(out.shape)}")
@@ -246,10 +261,9 @@ class Distill(ClassifierMixin):
             Xe, ye = as_xy(eval_set[0], eval_set[1], "eval_set[0]")
 
             def on_epoch(_):
-                return {"eval_accuracy": float((predict_logits(net, Xe, self.device).argmax(1) == ye).float().mean())}
+                return {"eval_accuracy": float((predict_logits(net, Xe, device).argmax(1) == ye).float().mean())}
 
-        loss = self._loss
-        targets_d, labels_d = targets.to(self.device), labels.to(self.device)
+        targets_d, labels_d = targets.to(device), labels.to(device)
 
         def loss_fn(m, xb, ib):  # train_loop hands us the example indices as "labels"
             return loss(m(xb), targets_d[ib], labels_d[ib] if loss.hard_weight > 0 else None)
@@ -258,12 +272,13 @@ class Distill(ClassifierMixin):
         if self.epochs > 0:
             history += train_loop(net, [{"params": [p for p in net.parameters() if p.requires_grad], "lr": self.lr}],
                                   X, torch.arange(X.shape[0]), epochs=self.epochs, batch_size=self.batch_size,
-                                  optimizer=self.optimizer, gen=gen, device=self.device, sample_weight=w,
+                                  optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
                                   loss_fn=loss_fn, on_epoch=on_epoch, verbose=self.verbose, desc="distill")
         net.eval()
         self.model_, self.history_, self.n_classes_, self.n_train_ = net, history, C, X.shape[0]
+        self.classes_ = np.arange(C)
         return self
 
-    def decision_function(self, X) -> np.ndarray:
+    def _decision(self, X) -> Tensor:
         """X (N, ...) -> student logits (N, C)."""
-        return predict_logits(self.model_, as_x(X), self.device).numpy()
+        return predict_logits(self.model_, self._validate_X(X, reset=False), self._device())

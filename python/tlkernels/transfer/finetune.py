@@ -8,10 +8,25 @@ import copy
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import ClassifierMixin as _SkClassifier
 from torch import Tensor, nn
 
-from ._common import (ClassifierMixin, _reinit_like, as_weights, as_x, as_xy, get_layer, param_layers,
-                      predict_logits, split_head, torch_generator, train_loop)
+from .._base import TorchEstimator
+from .._seeding import draw_seed, seed_global_torch
+from .._validation import as_labels
+from ..nn import mlp
+from ._common import (
+    ClassifierMixin,
+    _reinit_like,
+    as_weights,
+    as_xy,
+    get_layer,
+    param_layers,
+    predict_logits,
+    split_head,
+    torch_generator,
+    train_loop,
+)
 from .conservative import L2SPLoss, OutputConstraintLoss
 
 __all__ = ["FineTune", "Flextune", "finetune_tradeoff", "plot_tradeoff"]
@@ -58,12 +73,24 @@ def _resolve_freeze(model: nn.Module, freeze, head_name: str | None = None) -> s
     raise ValueError(f"freeze must be None, an int, 'body' or a list of layer names, got {freeze!r}")
 
 
-class FineTune(ClassifierMixin):
+def default_classifier(n_features: int, n_classes: int) -> nn.Sequential:
+    """The network of a classifier built without one: Linear(n_features, 64) - ReLU -
+    Linear(64, n_classes) (an nn.Sequential ending in its head), input (N, n_features)."""
+    return mlp(n_features, (64,), n_classes)
+
+
+def _n_outputs(net: nn.Module, X: Tensor, device) -> int:
+    return int(predict_logits(net, X[:1], device).shape[1])
+
+
+class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
     """Fine-tune a pretrained network on the target: all (unfrozen) parameters, a little.
 
     Args:
         model: the source network, an nn.Sequential ending in its classifier head when
-            n_classes is given (it is deep-copied; the original never changes).
+            n_classes is given (it is deep-copied; the original never changes); None: a fresh
+            ``default_classifier(n_features, n_classes)`` built at fit from X and y (training
+            from scratch: a baseline, and what scikit-learn's estimator checks construct).
         lr: base learning rate; epochs: passes over the target set.
         n_classes: replace the head by a fresh nn.Linear with this many outputs (network surgery);
             None keeps the head (same label space).
@@ -82,16 +109,17 @@ class FineTune(ClassifierMixin):
 
     fit(X, y, sample_weight=None, X_val=None, y_val=None): with a validation set, ``history_``
     records its accuracy after every epoch (the fine-tuning trade-off). Attributes: ``model_``
-    (the fine-tuned nn.Sequential), ``history_``, ``frozen_`` (names of frozen layers).
+    (the fine-tuned nn.Sequential), ``history_``, ``frozen_`` (names of frozen layers),
+    ``classes_`` (the output indices 0..C-1: y holds class indices), ``n_features_in_``.
     """
 
-    def __init__(self, model: nn.Module, lr: float = 1e-3, epochs: int = 50, *, n_classes: int | None = None,
+    def __init__(self, model: nn.Module | None = None, lr: float = 1e-3, epochs: int = 50, *, n_classes: int | None = None,
                  freeze=None, layerwise_lr=None, l2sp: float = 0.0, l2sp_beta: float = 0.0,
                  output_constraint: float = 0.0, temperature: float = 2.0, optimizer: str = "adam",
                  weight_decay: float = 0.0, batch_size: int = 32, device=None, random_state=None,
                  verbose: bool = False):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise ValueError(f"model must be an nn.Module or None, got {type(model).__name__}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if not (isinstance(epochs, (int, np.integer)) and epochs >= 0):
@@ -102,20 +130,20 @@ class FineTune(ClassifierMixin):
             raise ValueError("l2sp, l2sp_beta and output_constraint must be >= 0")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        if n_classes is not None or freeze == "body" or output_constraint > 0:
+        if model is not None and (n_classes is not None or freeze == "body" or output_constraint > 0):
             split_head(model)
-        self.model, self.lr, self.epochs, self.n_classes = model, lr, int(epochs), n_classes
+        self.model, self.lr, self.epochs, self.n_classes = model, lr, epochs, n_classes
         self.freeze, self.layerwise_lr = freeze, layerwise_lr
         self.l2sp, self.l2sp_beta = l2sp, l2sp_beta
         self.output_constraint, self.temperature = output_constraint, temperature
         self.optimizer, self.weight_decay, self.batch_size = optimizer, weight_decay, batch_size
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
         # checks that need the model (bad layer names fail here, before any training)
-        probe = self.model if isinstance(self.model, nn.Sequential) else None
-        if probe is not None:
-            _resolve_freeze(probe, freeze, str(len(probe) - 1))
-        self._check_layerwise(self.model)
+        if model is not None:
+            if isinstance(model, nn.Sequential):
+                _resolve_freeze(model, freeze, str(len(model) - 1))
+            self._check_layerwise(model)
 
     def _check_layerwise(self, model):
         lw = self.layerwise_lr
@@ -132,14 +160,25 @@ class FineTune(ClassifierMixin):
         else:
             raise ValueError(f"layerwise_lr must be None, a float decay or a dict {{layer: lr}}, got {lw!r}")
 
-    def _build(self, gen):
-        src = copy.deepcopy(self.model).to(self.device)
+    def _source(self, X: Tensor, y: Tensor, gen) -> nn.Module:
+        """The constructor's model, or the default network built for (X, y)."""
+        if self.model is not None:
+            return self.model
+        n_classes = int(self.n_classes) if self.n_classes is not None else max(int(y.max()) + 1, 2)
+        seed_global_torch(gen)
+        return default_classifier(X[0].numel(), n_classes) if X.dim() == 2 else nn.Sequential(
+            nn.Flatten(), *default_classifier(X[0].numel(), n_classes))
+
+    def _build(self, gen, source: nn.Module):
+        src = copy.deepcopy(source).to(self._device())
         aux_head = None
         if isinstance(src, nn.Sequential):
             head_name = str(len(src) - 1)
         else:
             head_name = None
-        ref_state = {k: v for k, v in self.model.state_dict().items()}
+        ref_state = {k: v for k, v in source.state_dict().items()}
+        if self.model is None:
+            return src, None, head_name, ref_state
         if self.n_classes is not None:
             body, old_head = split_head(src)
             new_head = _reinit_like(old_head, int(self.n_classes), gen)
@@ -151,11 +190,17 @@ class FineTune(ClassifierMixin):
             net = src
         return net, aux_head, head_name, ref_state
 
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> "FineTune":
-        X, y = as_xy(X, y)
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> FineTune:
+        """X (N, ...), y (N,) class indices, sample_weight (N,) or None, an optional validation
+        set (X_val, y_val) scored after every epoch; returns self."""
+        X = self._validate_X(X, reset=True)
+        y = as_labels(y, X.shape[0])
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
-        net, aux_head, head_name, ref_state = self._build(gen)
+        source = self._source(X, y, gen)
+        if self.model is None:
+            self._check_layerwise(source)
+        net, aux_head, head_name, ref_state = self._build(gen, source)
         frozen = _resolve_freeze(net, self.freeze, head_name if isinstance(net, nn.Sequential) else None)
         layers = param_layers(net)
         for n, m in layers:
@@ -177,7 +222,8 @@ class FineTune(ClassifierMixin):
         if aux_head is not None:
             groups.append({"params": list(aux_head.parameters()), "lr": self.lr, "weight_decay": self.weight_decay})
         l2sp = L2SPLoss(ref_state, self.l2sp, self.l2sp_beta) if (self.l2sp > 0 or self.l2sp_beta > 0) else None
-        oc = OutputConstraintLoss(self.model, self.temperature).to(self.device) if self.output_constraint > 0 else None
+        device = self._device()
+        oc = OutputConstraintLoss(source, self.temperature).to(device) if self.output_constraint > 0 else None
         if oc is not None and aux_head is None:
             aux_head = None  # same label space: the constraint applies to the model's own outputs
 
@@ -201,33 +247,35 @@ class FineTune(ClassifierMixin):
             Xv, yv = as_xy(X_val, y_val, "X_val")
 
             def on_epoch(_):
-                return {"val_accuracy": float((predict_logits(net, Xv, self.device).argmax(1) == yv).float().mean())}
-        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+                return {"val_accuracy": float((predict_logits(net, Xv, device).argmax(1) == yv).float().mean())}
+        seed_global_torch(gen)
         hist0 = [{"epoch": 0, **(on_epoch(0) if on_epoch else {})}]
         if groups and self.epochs > 0:
             hist0 += train_loop(net, groups, X, y, epochs=self.epochs, batch_size=self.batch_size,
-                                optimizer=self.optimizer, gen=gen, device=self.device, sample_weight=w,
+                                optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
                                 loss_fn=loss_fn, extra_loss=extra, on_epoch=on_epoch, verbose=self.verbose,
                                 desc="fine-tune")
         # frozen here, trainable for the next user: restore the flags the model came with
-        orig = {n: p.requires_grad for n, p in self.model.named_parameters()}
+        orig = {n: p.requires_grad for n, p in source.named_parameters()}
         for n, p in net.named_parameters():
             p.requires_grad_(orig.get(n, True))
         net.eval()
         self.model_, self.history_ = net, hist0
+        self.classes_ = np.arange(_n_outputs(net, X, device))
         return self
 
-    def decision_function(self, X) -> np.ndarray:
+    def _decision(self, X) -> Tensor:
         """X (N, ...) -> logits (N, C)."""
-        return predict_logits(self.model_, as_x(X), self.device).numpy()
+        return predict_logits(self.model_, self._validate_X(X, reset=False), self._device())
 
 
-class Flextune(ClassifierMixin):
+class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
     """Flextuning (Royer & Lampert): fine-tune ONE layer, all others frozen; pick the layer by
     validation accuracy.
 
     Args:
-        model: the source network (nn.Sequential; deep-copied).
+        model: the source network (nn.Sequential; deep-copied); None: a fresh
+            ``default_classifier(n_features, n_classes)`` built at fit (seeded by random_state).
         layers: 'auto' (every layer, see ``param_layers``) or a list of layer names to try.
         n_classes: with a new label space, a fresh head is first trained alone on frozen features
             (``head_epochs``); flextuning then changes one layer on top of that probe (the head
@@ -237,19 +285,19 @@ class Flextune(ClassifierMixin):
         device, random_state, verbose.
 
     Attributes after fit: ``layer_`` (the chosen name), ``scores_`` {layer: validation accuracy},
-    ``model_``.
+    ``model_``, ``classes_``, ``n_features_in_``.
     """
 
-    def __init__(self, model: nn.Module, layers="auto", *, n_classes: int | None = None, lr: float = 1e-3,
+    def __init__(self, model: nn.Module | None = None, layers="auto", *, n_classes: int | None = None, lr: float = 1e-3,
                  epochs: int = 50, head_epochs: int = 100, head_lr: float = 1e-2, optimizer: str = "adam",
                  batch_size: int = 32, validation_fraction: float = 0.25, device=None, random_state=None,
                  verbose: bool = False):
-        names = _layer_names(model)
+        names = _layer_names(model) if model is not None else None
         if layers != "auto":
             if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
                 raise ValueError(f"layers must be 'auto' or a non-empty list of layer names, got {layers!r}")
             for n in layers:
-                if n not in names:
+                if names is not None and n not in names:
                     raise ValueError(f"layers: {n!r} is not a layer of the model; valid names: {names}")
         if not 0 < validation_fraction < 1:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
@@ -258,15 +306,22 @@ class Flextune(ClassifierMixin):
         self.optimizer, self.batch_size, self.validation_fraction = optimizer, batch_size, validation_fraction
         self.device, self.random_state, self.verbose = device, random_state, verbose
 
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> "Flextune":
-        X, y = as_xy(X, y)
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> Flextune:
+        """X (N, ...), y (N,) class indices, sample_weight, optional validation set; returns self."""
+        X = self._validate_X(X, reset=True)
+        y = as_labels(y, X.shape[0])
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
         X, y, w, Xv, yv = _val_split(X, y, w, X_val, y_val, self.validation_fraction, gen)
-        seed = lambda: int(torch.randint(2**31, (1,), generator=gen))  # noqa: E731
-        start = self.model
-        if self.n_classes is not None:
-            start = FineTune(self.model, self.head_lr, self.head_epochs, n_classes=self.n_classes, freeze="body",
+        seed = lambda: draw_seed(gen)
+        model = self.model
+        if model is None:
+            n_classes = int(self.n_classes) if self.n_classes is not None else max(int(y.max()) + 1, 2)
+            seed_global_torch(gen)
+            model = default_classifier(X[0].numel(), n_classes)
+        start = model
+        if self.n_classes is not None and self.model is not None:
+            start = FineTune(model, self.head_lr, self.head_epochs, n_classes=self.n_classes, freeze="body",
                              batch_size=self.batch_size, device=self.device, random_state=seed()).fit(X, y, w).model_
         names = _layer_names(start) if self.layers == "auto" else list(self.layers)
         all_names = _layer_names(start)
@@ -282,11 +337,12 @@ class Flextune(ClassifierMixin):
             if best is None or acc > best[0]:
                 best = (acc, n, ft.model_)
         self.layer_, self.model_ = best[1], best[2]
-        self._device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        self.classes_ = np.arange(_n_outputs(self.model_, X, self._device()))
         return self
 
-    def decision_function(self, X) -> np.ndarray:
-        return predict_logits(self.model_, as_x(X), self._device).numpy()
+    def _decision(self, X) -> Tensor:
+        """X (N, ...) -> logits (N, C)."""
+        return predict_logits(self.model_, self._validate_X(X, reset=False), self._device())
 
 
 def finetune_tradeoff(model: nn.Module, X, y, X_val, y_val, *, lrs=(1e-4, 1e-3, 1e-2), epochs: int = 100,
@@ -311,13 +367,10 @@ def finetune_tradeoff(model: nn.Module, X, y, X_val, y_val, *, lrs=(1e-4, 1e-3, 
 def plot_tradeoff(result: dict | list[dict], path: str, title: str = "Fine-tuning trade-off") -> None:
     """Plots validation accuracy against fine-tuning epochs, one line per learning rate (mean and
     a band over several results when given a list) into `path` (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plots import subplots
 
     results = result if isinstance(result, list) else [result]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     for lr in results[0]["lrs"]:
         c = np.array([[r["curves"][lr][i] if isinstance(next(iter(r["curves"])), float) else r["curves"][str(lr)][i]
                        for i in range(len(r["epochs"]))] for r in results]) * 100
@@ -332,4 +385,3 @@ def plot_tradeoff(result: dict | list[dict], path: str, title: str = "Fine-tunin
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -7,12 +7,22 @@ import copy
 
 import numpy as np
 import torch
-from torch import nn
+from sklearn.base import ClassifierMixin as _SkClassifier
+from torch import Tensor, nn
 
-from ._common import ClassifierMixin, as_x, as_xy, param_layers, predict_logits, reset_parameters, torch_generator
-from .finetune import FineTune, _val_split
+from .._base import TorchEstimator
+from .._seeding import draw_seed, seed_global_torch
+from .._validation import as_labels
+from ._common import (
+    ClassifierMixin,
+    as_xy,
+    param_layers,
+    reset_parameters,
+    torch_generator,
+)
+from .finetune import FineTune, _val_split, default_classifier
 
-__all__ = ["transfer_layers", "LayerTransfer", "sweep_layer_transfer"]
+__all__ = ["LayerTransfer", "sweep_layer_transfer", "transfer_layers"]
 
 
 def _pick(names: list[str], k: int, where: str) -> list[str]:
@@ -42,43 +52,56 @@ def transfer_layers(source: nn.Module, target: nn.Module, k: int, where: str = "
     return chosen
 
 
-class LayerTransfer(ClassifierMixin):
+class LayerTransfer(ClassifierMixin, _SkClassifier, TorchEstimator):
     """Target model = the source architecture, freshly initialised, with the first / last k
     source layers copied in; those are frozen (freeze=True) or trained with the rest.
 
     Args:
-        source: the source network (nn.Module; not modified).
+        source: the source network (nn.Module; not modified); None: a
+            ``default_classifier(n_features, n_classes)`` initialised from random_state (then
+            only k = 0, training from scratch, copies nothing of value).
         k: how many layers to copy (0 = training from scratch); where: 'first' or 'last'.
         freeze: keep the copied layers fixed.
         lr, epochs, optimizer, batch_size, weight_decay: training of the target model.
         device, random_state, verbose.
 
-    Attributes: ``copied_`` (layer names), ``model_``, ``history_``.
+    Attributes: ``copied_`` (layer names), ``model_``, ``history_``, ``classes_``,
+    ``n_features_in_``.
     """
 
-    def __init__(self, source: nn.Module, k: int, where: str = "first", *, freeze: bool = True, lr: float = 1e-3,
+    def __init__(self, source: nn.Module | None = None, k: int = 0, where: str = "first", *, freeze: bool = True, lr: float = 1e-3,
                  epochs: int = 50, optimizer: str = "adam", batch_size: int = 32, weight_decay: float = 0.0,
                  device=None, random_state=None, verbose: bool = False):
-        names = [n for n, _ in param_layers(source)]
-        _pick(names, k, where)
+        if source is not None:
+            _pick([n for n, _ in param_layers(source)], k, where)
         self.source, self.k, self.where, self.freeze = source, k, where, freeze
         self.lr, self.epochs, self.optimizer, self.batch_size = lr, epochs, optimizer, batch_size
         self.weight_decay, self.device, self.random_state, self.verbose = weight_decay, device, random_state, verbose
 
-    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> "LayerTransfer":
-        X, y = as_xy(X, y)
+    def fit(self, X, y, sample_weight=None, X_val=None, y_val=None) -> LayerTransfer:
+        """X (N, ...), y (N,) class indices, sample_weight, optional validation set; returns self."""
+        X = self._validate_X(X, reset=True)
+        y = as_labels(y, X.shape[0])
         gen = torch_generator(self.random_state)
-        target = reset_parameters(copy.deepcopy(self.source), gen)
-        self.copied_ = transfer_layers(self.source, target, self.k, self.where)
+        source = self.source
+        if source is None:
+            seed_global_torch(gen)
+            source = default_classifier(X[0].numel(), max(int(y.max()) + 1, 2))
+            _pick([n for n, _ in param_layers(source)], self.k, self.where)
+        target = reset_parameters(copy.deepcopy(source), gen)
+        self.copied_ = transfer_layers(source, target, self.k, self.where)
         ft = FineTune(target, self.lr, self.epochs, freeze=list(self.copied_) if self.freeze else None,
                       optimizer=self.optimizer, batch_size=self.batch_size, weight_decay=self.weight_decay,
-                      device=self.device, random_state=int(torch.randint(2**31, (1,), generator=gen)),
+                      device=self.device, random_state=draw_seed(gen),
                       verbose=self.verbose).fit(X, y, sample_weight, X_val, y_val)
-        self.model_, self.history_, self._ft = ft.model_, ft.history_, ft
+        self.model_, self.history_, self.fine_tune_ = ft.model_, ft.history_, ft
+        self.classes_ = ft.classes_
         return self
 
-    def decision_function(self, X) -> np.ndarray:
-        return self._ft.decision_function(X)
+    def _decision(self, X) -> Tensor:
+        """X (N, ...) -> logits (N, C)."""
+        self._validate_X(X, reset=False)
+        return self.fine_tune_._decision(X)
 
 
 def sweep_layer_transfer(source: nn.Module, X, y, X_val=None, y_val=None, *, ks=None, wheres=("first", "last"),

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import torch
-import torch.nn.functional as F
+from sklearn.base import TransformerMixin
 from torch import Tensor, nn
 
-from ..selfsup import rotate_batch, rotation_accuracy
-from ._common import as_x, as_weights, predict_logits, torch_generator, train_loop
+from .._base import TorchEstimator, like_input
+from .._seeding import draw_seed, seed_global_torch
+from ..nn import mlp
+from ..selfsup import SmallCNN, rotate_batch, rotation_accuracy
+from ._common import as_weights, predict_logits, torch_generator, train_loop
 
-__all__ = ["N_ROTATIONS", "rotate4", "rotation_accuracy", "RotationPretrainer", "Autoencoder", "mirror_decoder"]
+__all__ = ["N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder", "rotate4", "rotation_accuracy"]
 
 N_ROTATIONS = 4
 
@@ -52,48 +54,64 @@ def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     return out, labels
 
 
-class RotationPretrainer:
+class RotationPretrainer(TransformerMixin, TorchEstimator):
     """Trains backbone + a 4-way head to predict the rotation of unlabeled images.
 
     Args:
-        backbone: nn.Module X (N, C, H, W) -> features (N, F) (deep-copied).
-        feature_dim: F (the head is nn.Linear(F, 4)).
+        backbone: nn.Module X (N, C, H, W) -> features (N, F) (deep-copied); None: the body of
+            ``tlkernels.selfsup.SmallCNN(C)`` (two convolutions, global average pooling, F = 32).
+        feature_dim: F (the head is nn.Linear(F, 4)); None: found by one forward pass.
         lr, epochs, batch_size, weight_decay: Adam on all four rotations of every image.
         device, random_state, verbose.
 
     fit(X, sample_weight=None): X (N, C, H, W) unlabeled; a weight per image applies to its
     four copies. Attributes: ``backbone_`` (the trained feature extractor), ``model_``
-    (backbone + head, rotation logits), ``history_``. score(X) = rotation_accuracy.
+    (backbone + head, rotation logits), ``history_``. transform(X) = backbone_ features (N, F);
+    score(X) = rotation_accuracy.
     """
 
-    def __init__(self, backbone: nn.Module, feature_dim: int, *, lr: float = 1e-3, epochs: int = 30,
-                 batch_size: int = 128, weight_decay: float = 0.0, device=None, random_state=None,
+    def __init__(self, backbone: nn.Module | None = None, feature_dim: int | None = None, *, lr: float = 1e-3,
+                 epochs: int = 30, batch_size: int = 128, weight_decay: float = 0.0, device=None, random_state=None,
                  verbose: bool = False):
-        if not (isinstance(feature_dim, int) and feature_dim > 0):
-            raise ValueError(f"feature_dim must be a positive int, got {feature_dim!r}")
+        if feature_dim is not None and not (isinstance(feature_dim, int) and feature_dim > 0):
+            raise ValueError(f"feature_dim must be None or a positive int, got {feature_dim!r}")
         self.backbone, self.feature_dim, self.lr, self.epochs = backbone, feature_dim, lr, epochs
         self.batch_size, self.weight_decay = batch_size, weight_decay
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
-    def fit(self, X, sample_weight=None) -> "RotationPretrainer":
-        X = as_x(X)
+    def fit(self, X, y=None, sample_weight=None) -> RotationPretrainer:
+        """X (N, C, H, W) unlabeled square images (y is ignored), sample_weight (N,); returns self."""
+        X = self._validate_X(X, reset=True, min_ndim=4)
         w = as_weights(sample_weight, X.shape[0])
         Xr, yr = rotate4(X)
         wr = None if w is None else w.repeat(N_ROTATIONS)
         gen = torch_generator(self.random_state)
-        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-        backbone = copy.deepcopy(self.backbone).to(self.device)
-        model = nn.Sequential(backbone, nn.Linear(self.feature_dim, N_ROTATIONS)).to(self.device)
+        seed_global_torch(gen)
+        device = self._device()
+        backbone = copy.deepcopy(self.backbone if self.backbone is not None else SmallCNN(X.shape[1]).body)
+        backbone = backbone.to(device)
+        feature_dim = self.feature_dim
+        if feature_dim is None:
+            feature_dim = int(predict_logits(backbone, X[:1], device).shape[1])
+        model = nn.Sequential(backbone, nn.Linear(feature_dim, N_ROTATIONS)).to(device)
         self.history_ = train_loop(model, [{"params": model.parameters(), "lr": self.lr,
                                             "weight_decay": self.weight_decay}], Xr, yr,
                                    epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen,
-                                   device=self.device, sample_weight=wr, verbose=self.verbose, desc="rotation")
+                                   device=device, sample_weight=wr, verbose=self.verbose, desc="rotation")
         self.model_, self.backbone_ = model.eval(), backbone.eval()
         return self
 
-    def score(self, X) -> float:
-        return rotation_accuracy(self.model_, X, self.device)
+    def transform(self, X):
+        """X (N, C, H, W) -> the trained backbone's features (N, F)."""
+        self._check_is_fitted()
+        return like_input(predict_logits(self.backbone_, self._validate_X(X, reset=False, min_ndim=4),
+                                         self._device()), X)
+
+    def score(self, X, y=None) -> float:
+        """Rotation accuracy on the four rotations of X (N, C, H, W) (y is ignored)."""
+        self._check_is_fitted()
+        return rotation_accuracy(self.model_, X, self._device())
 
 
 def mirror_decoder(encoder: nn.Module) -> nn.Sequential:
@@ -111,13 +129,14 @@ def mirror_decoder(encoder: nn.Module) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Autoencoder:
+class Autoencoder(TransformerMixin, TorchEstimator):
     """min ||X - g(phi(X~))||^2 over encoder phi and decoder g; X~ = X (plain) or a corrupted X
     (denoising: noise='gaussian' adds N(0, noise_level^2), noise='mask' zeroes a fraction
     noise_level of the inputs).
 
     Args:
-        encoder: nn.Module X (N, ...) -> code (N, D) (deep-copied).
+        encoder: nn.Module X (N, ...) -> code (N, D) (deep-copied); None: Linear(n_features, 32) -
+            ReLU on the flattened input, built at fit.
         decoder: nn.Module code -> flattened X (N, prod(X.shape[1:])); default mirror_decoder.
         noise: None (plain), 'gaussian' or 'mask'; noise_level.
         lr, epochs, batch_size, weight_decay, device, random_state, verbose.
@@ -126,7 +145,7 @@ class Autoencoder:
     ``decoder_``, ``history_``; score(X) = minus the mean squared reconstruction error.
     """
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module | None = None, *, noise: str | None = None,
+    def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None, *, noise: str | None = None,
                  noise_level: float = 0.3, lr: float = 1e-3, epochs: int = 50, batch_size: int = 64,
                  weight_decay: float = 0.0, device=None, random_state=None, verbose: bool = False):
         if noise not in (None, "gaussian", "mask"):
@@ -137,7 +156,7 @@ class Autoencoder:
             raise ValueError(f"noise_level of 'mask' must be < 1, got {noise_level}")
         self.encoder, self.decoder, self.noise, self.noise_level = encoder, decoder, noise, noise_level
         self.lr, self.epochs, self.batch_size, self.weight_decay = lr, epochs, batch_size, weight_decay
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
     def _corrupt(self, x: Tensor, gen: torch.Generator) -> Tensor:
@@ -147,14 +166,17 @@ class Autoencoder:
             return x * (torch.rand(x.shape, generator=gen) >= self.noise_level).to(x.device, x.dtype)
         return x
 
-    def fit(self, X, sample_weight=None) -> "Autoencoder":
-        X = as_x(X)
+    def fit(self, X, y=None, sample_weight=None) -> Autoencoder:
+        """X (N, ...) (y is ignored), sample_weight (N,) or None; returns self."""
+        X = self._validate_X(X, reset=True)
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
-        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-        enc = copy.deepcopy(self.encoder).to(self.device)
-        dec = (copy.deepcopy(self.decoder) if self.decoder is not None else mirror_decoder(enc)).to(self.device)
-        noise_gen = torch.Generator().manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+        seed_global_torch(gen)
+        device = self._device()
+        encoder = self.encoder if self.encoder is not None else mlp(X[0].numel(), (32,), flatten=X.dim() > 2)
+        enc = copy.deepcopy(encoder).to(device)
+        dec = (copy.deepcopy(self.decoder) if self.decoder is not None else mirror_decoder(enc)).to(device)
+        noise_gen = torch.Generator().manual_seed(draw_seed(gen))
         both = nn.ModuleDict({"encoder": enc, "decoder": dec})
 
         def loss_fn(m, xb, _):
@@ -166,18 +188,21 @@ class Autoencoder:
 
         self.history_ = train_loop(both, [{"params": both.parameters(), "lr": self.lr, "weight_decay": self.weight_decay}],
                                    X, None, epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen,
-                                   device=self.device, sample_weight=w, loss_fn=loss_fn, verbose=self.verbose,
+                                   device=device, sample_weight=w, loss_fn=loss_fn, verbose=self.verbose,
                                    desc="autoencoder")
         self.encoder_, self.decoder_ = enc.eval(), dec.eval()
         return self
 
     @torch.no_grad()
-    def transform(self, X) -> Tensor:
-        """X (N, ...) -> codes (N, D) on the CPU."""
-        return predict_logits(self.encoder_, as_x(X), self.device)
+    def transform(self, X):
+        """X (N, ...) -> codes (N, D) (numpy for numpy X, a tensor for a tensor)."""
+        self._check_is_fitted()
+        return like_input(predict_logits(self.encoder_, self._validate_X(X, reset=False), self._device()), X)
 
     @torch.no_grad()
-    def score(self, X) -> float:
-        X = as_x(X)
-        rec = predict_logits(nn.Sequential(self.encoder_, self.decoder_), X, self.device)
+    def score(self, X, y=None) -> float:
+        """Minus the mean squared reconstruction error on X (N, ...) (y is ignored)."""
+        self._check_is_fitted()
+        X = self._validate_X(X, reset=False)
+        rec = predict_logits(nn.Sequential(self.encoder_, self.decoder_), X, self._device())
         return -float((rec - X.flatten(1)).pow(2).mean())

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
+from sklearn.base import ClassifierMixin as _SkClassifier
 
+from .._base import TorchEstimator, like_input
+from .._seeding import draw_seed
+from ..nn import mlp
 from ._common import ClassifierMixin, as_weights, as_x, as_xy, torch_generator
 from .features import _key
 from .selfsup import Autoencoder
@@ -15,7 +18,7 @@ from .selfsup import Autoencoder
 __all__ = ["SelfTaught"]
 
 
-class SelfTaught(ClassifierMixin):
+class SelfTaught(ClassifierMixin, _SkClassifier, TorchEstimator):
     """Unlabeled data -> basis / encoder -> features of the labelled target -> logistic regression.
 
     Args:
@@ -29,7 +32,7 @@ class SelfTaught(ClassifierMixin):
 
     fit(X, y, X_unlabeled, sample_weight=None): X (N, ...) labelled target, X_unlabeled (M, ...)
     the other data. Attributes: ``components_`` (sparse coding, (n_components, D)) or
-    ``encoder_``; ``classifier_``.
+    ``encoder_``; ``classifier_``; ``classes_`` (the labels seen by fit).
     """
 
     def __init__(self, n_components: int = 128, method: str = "sparse_coding", *, alpha: float = 0.5,
@@ -41,10 +44,10 @@ class SelfTaught(ClassifierMixin):
         self.n_components, self.method, self.alpha, self.C = n_components, method, alpha, C
         self.epochs, self.device, self.random_state, self.verbose = epochs, device, random_state, verbose
 
-    def fit_representation(self, X_unlabeled) -> "SelfTaught":
+    def fit_representation(self, X_unlabeled) -> SelfTaught:
         """Learns the basis / encoder from unlabeled data X_unlabeled (M, ...)."""
         U = as_x(X_unlabeled, "X_unlabeled").flatten(1)
-        seed = int(torch.randint(2**31, (1,), generator=torch_generator(self.random_state)))
+        seed = draw_seed(torch_generator(self.random_state))
         if self.method == "sparse_coding":
             from sklearn.decomposition import MiniBatchDictionaryLearning
 
@@ -56,15 +59,21 @@ class SelfTaught(ClassifierMixin):
             self._cache = {}
             self.components_ = dl.components_
         else:
-            enc = nn.Sequential(nn.Linear(U.shape[1], self.n_components), nn.ReLU())
+            enc = mlp(U.shape[1], (self.n_components,))
             self.autoencoder_ = Autoencoder(enc, noise="mask", noise_level=0.2, epochs=self.epochs,
                                             device=self.device, random_state=seed, verbose=self.verbose).fit(U)
             self.encoder_ = self.autoencoder_.encoder_
             self._cache = {}
         return self
 
-    def transform(self, X) -> np.ndarray:
-        """X (N, ...) -> self-taught features (N, n_components)."""
+    def transform(self, X):
+        """X (N, ...) -> self-taught features (N, n_components) (numpy for numpy X, a tensor
+        for a tensor)."""
+        if not hasattr(self, "coder_") and not hasattr(self, "encoder_"):
+            self._check_is_fitted()
+        return like_input(torch.as_tensor(self._transform(X)), X)
+
+    def _transform(self, X) -> np.ndarray:
         X = as_x(X).flatten(1)
         key = _key(X)
         cache = self.__dict__.setdefault("_cache", {})
@@ -73,7 +82,7 @@ class SelfTaught(ClassifierMixin):
                           else self.autoencoder_.transform(X).numpy())
         return cache[key]
 
-    def fit(self, X, y, X_unlabeled=None, sample_weight=None) -> "SelfTaught":
+    def fit(self, X, y, X_unlabeled=None, sample_weight=None) -> SelfTaught:
         X, y = as_xy(X, y)
         w = as_weights(sample_weight, X.shape[0])
         if X_unlabeled is not None:
@@ -85,9 +94,16 @@ class SelfTaught(ClassifierMixin):
         from sklearn.preprocessing import StandardScaler
 
         self.classifier_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
-        self.classifier_.fit(self.transform(X), y.numpy(),
+        self.classifier_.fit(self._transform(X), y.numpy(),
                              logisticregression__sample_weight=None if w is None else w.numpy())
+        self.classes_ = self.classifier_.classes_
         return self
 
-    def decision_function(self, X) -> np.ndarray:
-        return np.log(self.classifier_.predict_proba(self.transform(X)) + 1e-12)
+    def _decision(self, X):
+        """X (N, ...) -> log-probabilities (N, C) over ``classes_``."""
+        return torch.as_tensor(np.log(self.classifier_.predict_proba(self._transform(X)) + 1e-12))
+
+    def predict(self, X):
+        """X (N, ...) -> classes (N,) (``classes_[argmax]``)."""
+        self._check_is_fitted()
+        return like_input(torch.as_tensor(self.classes_)[self._decision(X).argmax(1)], X)
