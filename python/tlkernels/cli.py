@@ -263,11 +263,9 @@ def _cmd_dann(args: argparse.Namespace) -> int:
                   f"{r['accuracy']['dann']:.3f}; oracle would choose lam_max={o['lam_max']:g}, {o['epochs']} epochs "
                   f"-> {r['oracle_choice_accuracy']:.3f} ({r['seconds']:.0f} s)")
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from ._plots import subplots
 
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, ax = subplots(figsize=(6, 3.5))
         labels = ["source_only", "dann", "target_oracle"]
         for k, m in enumerate(labels):
             means = [np.mean([r["accuracy"][m] for r in results if r["shift"] == sh]) for sh in args.shift]

@@ -163,13 +163,10 @@ def table(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
     """Test accuracy against optimiser steps (log scale) for every student row, mean ± std band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plots import subplots
 
     ps = result["per_seed"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = subplots(figsize=(7, 4.5))
     for r in STUDENTS:
         rows = [p["rows"][r] for p in ps]
         c = np.array([x["curve"] for x in rows]) * 100
@@ -188,7 +185,6 @@ def plot(result: dict, path: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _cmd(args) -> int:

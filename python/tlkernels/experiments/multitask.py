@@ -257,13 +257,10 @@ def table_domaingen(result: dict) -> str:
 
 def plot_domaingen(result: dict, path: str) -> None:
     """Test accuracy against the rotation angle, one line per method (mean and a ±std band)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plots import subplots
 
     angles = result["eval_angles"]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     for m in result["methods"]:
         rs = [r for r in result["rows"] if r["method"] == m]
         v = np.array([[r["accuracy"][a] if a in r["accuracy"] else r["accuracy"][str(a)] for a in angles]
@@ -281,7 +278,6 @@ def plot_domaingen(result: dict, path: str) -> None:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # -- common API / CLI --------------------------------------------------------------------------

@@ -173,13 +173,10 @@ def run_mapping(seeds=(0, 1, 2), shifts=("inversion", "rotation"), epochs: int =
 
 def plot_mapping(mappers: dict, path: str) -> None:
     """Per shift: 10 source images, their F(source), real target images, and G(target)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plots import subplots
 
     names = ["source x", "F(x)", "target t", "G(t)"]
-    fig, axes = plt.subplots(4 * len(mappers), 10, figsize=(10, 4.3 * len(mappers)))
+    fig, axes = subplots(4 * len(mappers), 10, figsize=(10, 4.3 * len(mappers)))
     axes = np.atleast_2d(axes)
     for b, (shift, (cg, xs, xt)) in enumerate(mappers.items()):
         imgs = [xs, torch.as_tensor(cg.transform(xs)), xt, torch.as_tensor(cg.inverse_transform(xt))]
@@ -194,7 +191,6 @@ def plot_mapping(mappers: dict, path: str) -> None:
     fig.suptitle("CycleGAN on digits: source images and their mapped versions (seed 0)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------

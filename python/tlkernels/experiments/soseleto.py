@@ -292,10 +292,8 @@ def _linear_probe(net: nn.Sequential, tr: Dataset, test: Dataset, seed: int, ste
 
 
 def _plot_alpha_hist(alpha, flipped, auroc: float, title: str, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    from .._plots import subplots
+    fig, ax = subplots(figsize=(6, 3.6))
     bins = np.linspace(0, 1, 26)
     ax.hist(alpha[~flipped], bins=bins, alpha=0.7, label=f"clean labels ({(~flipped).sum()})")
     ax.hist(alpha[flipped], bins=bins, alpha=0.7, label=f"flipped labels ({flipped.sum()})")
@@ -303,7 +301,6 @@ def _plot_alpha_hist(alpha, flipped, auroc: float, title: str, path: str) -> Non
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _baselines(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, test: Dataset, n_classes: int, seed: int,
@@ -337,10 +334,8 @@ def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, devi
     alpha = model.alpha_.cpu().numpy()
     auroc = roc_auc_score((~source.flipped).numpy(), alpha)
     if plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4.4))
+        from .._plots import subplots
+        fig, ax = subplots(1, 2, figsize=(10, 4.4))
         X, fl = source.X.numpy(), source.flipped.numpy()
         xs = np.linspace(-1, 1, 200)
         for a in ax:
@@ -355,6 +350,5 @@ def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, devi
         fig.colorbar(sc, ax=ax[1], fraction=0.046)
         fig.tight_layout()
         fig.savefig(plot, dpi=120)
-        plt.close(fig)
     return {"experiment": "synthetic", "seed": seed, "epochs": epochs, "auroc": auroc,
             "target_accuracy": model.score(target.X, target.y), "seconds": time.perf_counter() - t0}

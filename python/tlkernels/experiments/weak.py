@@ -199,15 +199,12 @@ def table(result: dict) -> str:
 def plot(result: dict, path: str) -> None:
     """A few positive test canvases (first seed) with the true (green) and predicted (red) boxes,
     and the score maps below them."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plots import subplots
     from matplotlib.patches import Rectangle
 
     p = result["plot"]
     k = len(p["images"])
-    fig, axes = plt.subplots(2, k, figsize=(1.8 * k, 3.8))
+    fig, axes = subplots(2, k, figsize=(1.8 * k, 3.8))
     for i in range(k):
         for row, img, cmap in ((0, p["images"][i], "gray"), (1, p["maps"][i], "RdBu_r")):
             ax = axes[row, i]
@@ -224,7 +221,6 @@ def plot(result: dict, path: str) -> None:
     fig.suptitle("Weakly-supervised localisation: true box (green), ESS arg-max box (red)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _cmd(args) -> int:

@@ -215,16 +215,13 @@ def table(result: dict) -> str:
 
 def plot(result: dict, path: str) -> None:
     """Unseen 3-way accuracy of the few-shot baselines against k, the zero-shot methods as bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .._plots import subplots
 
     def stats(m):
         v = np.array([r["unseen_accuracy"] for r in result["rows"] if r["method"] == m]) * 100
         return v.mean(), v.std()
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ks = [k for k in SHOTS if f"fewshot_{k}" in result["methods"]]
     if ks:
         ms = np.array([stats(f"fewshot_{k}") for k in ks])
@@ -240,7 +237,6 @@ def plot(result: dict, path: str) -> None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def _cmd(args) -> int:

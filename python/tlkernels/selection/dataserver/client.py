@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from torch import Tensor
 
+from ..._optional import require
 from ...selfsup import rotation_accuracy
 from .experts import build_expert, verify_expert_bytes
 
@@ -60,11 +61,10 @@ class DataServerClient:
     def __init__(
         self, url: str = "http://127.0.0.1:8000", http=None, timeout: float = 60.0
     ):
-        import httpx
-
-        self.http = (
-            http if http is not None else httpx.Client(base_url=url, timeout=timeout)
-        )
+        if http is None:
+            httpx = require("httpx", "service", "DataServerClient")
+            http = httpx.Client(base_url=url, timeout=timeout)
+        self.http = http
 
     def _get(self, path: str, **params):
         r = self.http.get(path, params=params or None)

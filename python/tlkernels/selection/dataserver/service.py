@@ -35,12 +35,19 @@ import uuid
 from collections import deque
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.torch import save as save_tensors
+
+from ..._optional import require
+
+try:  # the service extra
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.concurrency import run_in_threadpool
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse, Response
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+except ImportError:
+    require("fastapi", "service", "the dataserver service (tlkernels serve)")
+    raise
 
 from .experts import load_expert_bytes, load_expert_manifest
 from .sampling import output_data
@@ -428,6 +435,5 @@ def create_app(
 def serve(store_dir: str, host: str = "127.0.0.1", port: int = 8000, **limits) -> None:
     """Runs the service with uvicorn until interrupted. ``limits``: max_body_bytes,
     max_selections, selection_ttl (see create_app)."""
-    import uvicorn
-
+    uvicorn = require("uvicorn", "service", "tlkernels serve")
     uvicorn.run(create_app(store_dir, **limits), host=host, port=port, log_level="info")
