@@ -61,7 +61,7 @@ def test_known_answer_domain_only_coordinate():
     Xs, ys, Xt, yt = domain_coordinate_problem()
     res = {}
     for lam in (0.0, 1.0):
-        m = DANN(extractor(), 2, lam_max=lam, lr=1e-2, batch_size=64, random_state=0).fit(Xs, ys, Xt, epochs=15)
+        m = DANN(extractor(), 2, lam_max=lam, lr=1e-2, batch_size=64, random_state=0, epochs=15).fit(Xs, ys, Xt)
         w = m.extractor_[0].weight.detach()
         res[lam] = dict(acc=m.score(Xt, yt), dom=m.domain_accuracy(Xs, Xt),
                         pad=proxy_a_distance(m.transform(Xs), m.transform(Xt)),
@@ -79,11 +79,11 @@ def test_known_answer_domain_only_coordinate():
 
 def test_weights_snapshots_state_dict_and_errors():
     Xs, ys, Xt, yt = domain_coordinate_problem(n=100)
-    kw = dict(lr=1e-2, batch_size=32, random_state=1, snapshot_epochs=[1, 3])
-    a = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, epochs=3)
-    b = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, epochs=3, source_weights=torch.ones(100))
+    kw = dict(lr=1e-2, batch_size=32, random_state=1, snapshot_epochs=[1, 3], epochs=3)
+    a = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt)
+    b = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, source_weights=torch.ones(100))
     torch.testing.assert_close(a.predict_proba(Xt), b.predict_proba(Xt))   # unit weights = no weights
-    c = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, epochs=3, source_weights=torch.rand(100))
+    c = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, source_weights=torch.rand(100))
     assert not torch.allclose(a.predict_proba(Xt), c.predict_proba(Xt))
     p3 = a.predict_proba(Xt)
     assert p3.shape == (100, 2) and torch.allclose(p3.sum(1), torch.ones(100))
@@ -95,11 +95,11 @@ def test_weights_snapshots_state_dict_and_errors():
     with pytest.raises(ValueError, match="no snapshot"):
         a.use_snapshot(2)
     with pytest.raises(ValueError, match="ys must lie"):
-        DANN(extractor(), 2).fit(Xs, ys + 5, Xt, epochs=1)
+        DANN(extractor(), 2, epochs=1).fit(Xs, ys + 5, Xt)
     with pytest.raises(ValueError, match="source_weights"):
-        DANN(extractor(), 2).fit(Xs, ys, Xt, epochs=1, source_weights=-torch.ones(100))
+        DANN(extractor(), 2, epochs=1).fit(Xs, ys, Xt, source_weights=-torch.ones(100))
     with pytest.raises(ValueError, match="feature shape"):
-        DANN(extractor(), 2).fit(Xs, ys, Xt[:, :2], epochs=1)
+        DANN(extractor(), 2, epochs=1).fit(Xs, ys, Xt[:, :2])
     with pytest.raises(RuntimeError, match="not fitted"):
         DANN(extractor(), 2).predict(Xs)
 

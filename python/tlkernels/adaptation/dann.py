@@ -17,17 +17,26 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import ClassifierMixin
 from torch import Tensor, nn
 
-from ..nn import dann_lambda
+from .._base import (
+    TorchClassifierMixin,
+    TorchEstimator,
+    fit_param_deprecated,
+    like_input,
+)
+from .._seeding import as_seed, torch_generator
+from .._validation import as_labels, as_tensor
+from ..nn import dann_lambda, mlp
 from ..ops import grad_reverse_branch
 
-__all__ = ["DomainAdversarialLoss", "DANN", "domain_head"]
+__all__ = ["DANN", "DomainAdversarialLoss", "domain_head"]
 
 
 def domain_head(feature_dim: int, hidden: int = 100) -> nn.Module:
     """The usual 2-layer domain classifier: Linear(F, hidden) - ReLU - Linear(hidden, 1)."""
-    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    return mlp(feature_dim, (hidden,), 1)
 
 
 class DomainAdversarialLoss(nn.Module):
@@ -85,17 +94,6 @@ class DomainAdversarialLoss(nn.Module):
         return f_task, loss / max(parts, 1)
 
 
-def _as_tensor(X, name: str, dtype=None) -> Tensor:
-    X = torch.as_tensor(X)
-    if dtype is not None:
-        X = X.to(dtype)
-    elif not X.is_floating_point():
-        X = X.float()
-    if X.dim() < 1 or X.shape[0] == 0:
-        raise ValueError(f"{name} must be a non-empty array of shape (N, *), got {tuple(X.shape)}")
-    return X
-
-
 class _Model(nn.Module):
     def __init__(self, extractor: nn.Module, classifier: nn.Module, adversary: DomainAdversarialLoss):
         super().__init__()
@@ -105,17 +103,26 @@ class _Model(nn.Module):
         return self.classifier(self.extractor(x))
 
 
-class DANN:
+def default_extractor(n_features: int, hidden: int = 64) -> nn.Sequential:
+    """The feature extractor of a DANN built without one: Flatten - Linear(n_features, hidden) -
+    ReLU, input (N, ...) with n_features numbers per example, output (N, hidden)."""
+    return mlp(n_features, (hidden,), flatten=True)
+
+
+class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
     """Domain-adversarial neural network (scikit-learn surface).
 
-    ``DANN(feature_extractor, n_classes, feature_dim=None, lam_max=1.0, gamma=10.0, ...)``;
-    ``fit(Xs (N, *), ys (N,), Xt (M, *), epochs, source_weights=(N,) | None)`` trains a fresh copy
+    ``DANN(feature_extractor, n_classes, feature_dim=None, lam_max=1.0, gamma=10.0, ..., epochs=30)``;
+    ``fit(Xs (N, *), ys (N,), Xt (M, *), source_weights=(N,) | None)`` trains a fresh copy
     of the given extractor (the constructor's modules are never modified, so ``fit`` can be
-    called again and reverse validation can refit), then ``predict``/``predict_proba``/``score``.
+    called again and reverse validation can refit), then ``predict``/``predict_proba``/``score``
+    (numpy in -> numpy out, a tensor in -> a tensor out). ``fit(..., epochs=)`` still works for
+    one release (a FutureWarning: pass epochs to the constructor).
 
     Args:
-        feature_extractor: module (B, *) -> (B, F).
-        n_classes: C.
+        feature_extractor: module (B, *) -> (B, F); None: ``default_extractor(n_features)``
+            (Flatten - Linear(n_features, 64) - ReLU), initialised from random_state.
+        n_classes: C; None: max(ys) + 1 (at least 2).
         feature_dim: F (inferred from one forward pass when None).
         lam_max, gamma: the gradient-reversal schedule. lam_max = 0 is plain source-only training
             with the same budget (the domain head still trains and reports its accuracy).
@@ -124,100 +131,111 @@ class DANN:
         lr, optimizer ('adam' | 'sgd' with momentum 0.9), weight_decay, batch_size (source and
             target batches of this size each step).
         lr_anneal: Ganin's lr(p) = lr / (1 + 10 p)^0.75 (True by default).
+        epochs: passes over the source set.
         grad_clip: max global gradient norm (None: no clipping).
         snapshot_epochs: epochs after which the parameters are kept in ``snapshots_`` (for a
             label-free choice of the stopping epoch; ``use_snapshot(e)`` restores one).
         device, random_state, verbose (a tqdm progress bar).
 
     Learned: ``model_`` (extractor_, classifier_, adversary_), ``history_`` (one dict per epoch:
-    class_loss, domain_loss, domain_acc, lam, lr), ``snapshots_``.
+    class_loss, domain_loss, domain_acc, lam, lr), ``snapshots_``, ``classes_`` (0..C-1),
+    ``n_classes_``, ``n_epochs_``.
     """
 
-    def __init__(self, feature_extractor: nn.Module, n_classes: int, feature_dim: int | None = None,
+    def __init__(self, feature_extractor: nn.Module | None = None, n_classes: int | None = None,
+                 feature_dim: int | None = None,
                  lam_max: float = 1.0, gamma: float = 10.0, *, classifier: nn.Module | None = None,
                  domain_head: nn.Module | None = None, domain_hidden: int = 100, lr: float = 1e-3,
                  optimizer: str = "adam", weight_decay: float = 0.0, batch_size: int = 64, lr_anneal: bool = True,
-                 grad_clip: float | None = None, snapshot_epochs=None, device=None, random_state=None,
-                 verbose: bool = False):
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
+                 grad_clip: float | None = None, snapshot_epochs=None, epochs: int = 30, device=None,
+                 random_state=None, verbose: bool = False):
+        if n_classes is not None and n_classes < 2:
+            raise ValueError(f"n_classes must be None or >= 2, got {n_classes}")
         if not math.isfinite(lam_max) or lam_max < 0:
             raise ValueError(f"lam_max must be a finite number >= 0, got {lam_max}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.feature_extractor, self.n_classes, self.feature_dim = feature_extractor, int(n_classes), feature_dim
-        self.lam_max, self.gamma = float(lam_max), float(gamma)
+        if isinstance(epochs, bool) or not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        self.feature_extractor, self.n_classes, self.feature_dim = feature_extractor, n_classes, feature_dim
+        self.lam_max, self.gamma = lam_max, gamma
         self.classifier, self.domain_head, self.domain_hidden = classifier, domain_head, domain_hidden
         self.lr, self.optimizer, self.weight_decay, self.batch_size = lr, optimizer, weight_decay, batch_size
         self.lr_anneal, self.grad_clip = lr_anneal, grad_clip
-        self.snapshot_epochs = sorted(set(snapshot_epochs or []))
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.snapshot_epochs, self.epochs = snapshot_epochs, epochs
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
     # -- construction -------------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        """Constructor arguments (shared modules are deep-copied by ``fit``, never trained)."""
-        keys = ["feature_extractor", "n_classes", "feature_dim", "lam_max", "gamma", "classifier", "domain_head",
-                "domain_hidden", "lr", "optimizer", "weight_decay", "batch_size", "lr_anneal", "grad_clip",
-                "snapshot_epochs", "device", "random_state", "verbose"]
-        return {k: getattr(self, k) for k in keys}
+    def clone(self, **overrides) -> DANN:
+        """An unfitted DANN with the same arguments, some replaced (``sklearn.base.clone`` +
+        ``set_params``)."""
+        from sklearn.base import clone
 
-    def clone(self, **overrides) -> "DANN":
-        """An unfitted DANN with the same arguments, some replaced."""
-        p = self.get_params()
-        p.update(overrides)
-        return DANN(**p)
+        return clone(self).set_params(**overrides)
 
-    def _build(self, feature_dim: int) -> None:
-        seed = 0 if self.random_state is None else int(self.random_state)
-        torch.manual_seed(seed)  # the default heads' initialisation
-        extractor = copy.deepcopy(self.feature_extractor)
+    def _extractor(self, n_features: int) -> nn.Module:
+        """The constructor's extractor, or the default one (seeded like the default heads)."""
+        if self.feature_extractor is not None:
+            return self.feature_extractor
+        torch.manual_seed(as_seed(self.random_state, default=0))
+        return default_extractor(n_features)
+
+    def _build(self, feature_dim: int, extractor: nn.Module, n_classes: int) -> None:
+        torch.manual_seed(as_seed(self.random_state, default=0))  # the default heads' initialisation
+        extractor = copy.deepcopy(extractor)
         classifier = copy.deepcopy(self.classifier) if self.classifier is not None else nn.Linear(
-            feature_dim, self.n_classes)
+            feature_dim, n_classes)
         head = copy.deepcopy(self.domain_head) if self.domain_head is not None else domain_head(
             feature_dim, self.domain_hidden)
-        adversary = DomainAdversarialLoss(head, lam_max=self.lam_max, gamma=self.gamma)
-        self.model_ = _Model(extractor, classifier, adversary).to(self.device)
-        self.feature_dim_ = feature_dim
+        adversary = DomainAdversarialLoss(head, lam_max=float(self.lam_max), gamma=float(self.gamma))
+        self.model_ = _Model(extractor, classifier, adversary).to(self._device())
+        self.feature_dim_, self.n_classes_ = feature_dim, n_classes
+        self.classes_ = np.arange(n_classes)
 
     @property
     def extractor_(self) -> nn.Module:
         return self.model_.extractor
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, Xs, ys, Xt, epochs: int = 30, source_weights=None) -> "DANN":
-        """Xs (N, *), ys (N,) int64, Xt (M, *) unlabeled, source_weights (N,) >= 0 or None."""
-        Xs, Xt = _as_tensor(Xs, "Xs"), _as_tensor(Xt, "Xt")
-        ys = _as_tensor(ys, "ys", torch.long)
-        if ys.shape != Xs.shape[:1]:
-            raise ValueError(f"ys must have shape ({Xs.shape[0]},), got {tuple(ys.shape)}")
+    def fit(self, Xs, ys, Xt, epochs: int | None = None, source_weights=None) -> DANN:
+        """Xs (N, *), ys (N,) class indices, Xt (M, *) unlabeled, source_weights (N,) >= 0 or
+        None; returns self. epochs: deprecated here (the constructor's ``epochs``)."""
+        epochs = fit_param_deprecated(self, "epochs", epochs)
+        Xs = self._validate_X(Xs, reset=True, name="Xs")
+        Xt = as_tensor(Xt, "Xt", min_ndim=2)
+        ys = as_labels(ys, Xs.shape[0], "ys", "Xs")
         if Xt.shape[1:] != Xs.shape[1:]:
             raise ValueError(f"Xt must have the feature shape of Xs {tuple(Xs.shape[1:])}, got {tuple(Xt.shape[1:])}")
-        if int(ys.min()) < 0 or int(ys.max()) >= self.n_classes:
-            raise ValueError(f"ys must lie in [0, {self.n_classes}), got [{int(ys.min())}, {int(ys.max())}]")
+        n_classes = int(self.n_classes) if self.n_classes is not None else max(int(ys.max()) + 1, 2)
+        if int(ys.min()) < 0 or int(ys.max()) >= n_classes:
+            raise ValueError(f"ys must lie in [0, {n_classes}), got [{int(ys.min())}, {int(ys.max())}]")
+        device = self._device()
         w = None
         if source_weights is not None:
             w = torch.as_tensor(source_weights, dtype=torch.float32)
             if w.shape != Xs.shape[:1] or bool((w < 0).any()) or not bool(torch.isfinite(w).all()):
                 raise ValueError(f"source_weights must have shape ({Xs.shape[0]},), finite and >= 0")
-            w = w.to(self.device)
-        if epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {epochs}")
-        Xs, ys, Xt = Xs.to(self.device), ys.to(self.device), Xt.to(self.device)
+            w = w.to(device)
+        if isinstance(epochs, bool) or not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        Xs, ys, Xt = Xs.to(device), ys.to(device), Xt.to(device)
+        extractor = self._extractor(Xs[0].numel())
         feature_dim = self.feature_dim
         if feature_dim is None:
             with torch.no_grad():
-                feature_dim = int(copy.deepcopy(self.feature_extractor).to(self.device)(Xs[:2]).shape[1])
-        self._build(feature_dim)
+                feature_dim = int(copy.deepcopy(extractor).to(device)(Xs[:2]).shape[1])
+        self._build(feature_dim, extractor, n_classes)
+        snapshot_epochs = sorted(set(self.snapshot_epochs or []))
         m = self.model_
         params = list(m.parameters())
         if self.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
         else:
             opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(0 if self.random_state is None else int(self.random_state))
+        gen = torch_generator(self.random_state, default=0)
         n, nt, b = Xs.shape[0], Xt.shape[0], self.batch_size
         steps_per_epoch = max(1, math.ceil(n / b))
         total = epochs * steps_per_epoch
@@ -227,7 +245,7 @@ class DANN:
             from tqdm.auto import tqdm
             bar = tqdm(total=total, desc="DANN", unit="step")
         tperm, tpos, step = torch.randperm(nt, generator=gen), 0, 0
-        domain = torch.cat([torch.zeros(min(b, n)), torch.ones(min(b, nt))]).to(self.device)
+        domain = torch.cat([torch.zeros(min(b, n)), torch.ones(min(b, nt))]).to(device)
         for epoch in range(1, epochs + 1):
             m.train()
             perm = torch.randperm(n, generator=gen)
@@ -244,8 +262,8 @@ class DANN:
                     g["lr"] = lr
                 f = m.extractor(torch.cat([Xs[idx], Xt[tidx]]))
                 dom = domain if len(idx) == b and len(tidx) == min(b, nt) else torch.cat(
-                    [torch.zeros(len(idx)), torch.ones(len(tidx))]).to(self.device)
-                bw = None if w is None else torch.cat([w[idx], torch.ones(len(tidx), device=self.device)])
+                    [torch.zeros(len(idx)), torch.ones(len(tidx))]).to(device)
+                bw = None if w is None else torch.cat([w[idx], torch.ones(len(tidx), device=device)])
                 f_task, d_loss = m.adversary(f, dom, p, bw)
                 ce = F.cross_entropy(m.classifier(f_task[:len(idx)]), ys[idx], reduction="none")
                 c_loss = ce.mean() if w is None else (w[idx] * ce).sum() / len(idx)
@@ -265,14 +283,14 @@ class DANN:
             if bar is not None:
                 bar.set_postfix(cls=f"{rec['class_loss']:.3f}", dom_acc=f"{rec['domain_acc']:.2f}",
                                 lam=f"{rec['lam']:.2f}")
-            if epoch in self.snapshot_epochs:
+            if epoch in snapshot_epochs:
                 self.snapshots_[epoch] = copy.deepcopy(m.state_dict())
         if bar is not None:
             bar.close()
         self.n_epochs_ = epochs
         return self
 
-    def use_snapshot(self, epoch: int) -> "DANN":
+    def use_snapshot(self, epoch: int) -> DANN:
         """Restores the parameters kept after `epoch` (see ``snapshot_epochs``)."""
         if epoch not in getattr(self, "snapshots_", {}):
             raise ValueError(f"no snapshot for epoch {epoch}; kept: {sorted(getattr(self, 'snapshots_', {}))}")
@@ -281,33 +299,24 @@ class DANN:
 
     # -- inference ----------------------------------------------------------------------------
     def _check_fitted(self) -> None:
-        if not hasattr(self, "model_"):
-            raise RuntimeError("this DANN is not fitted yet: call fit(Xs, ys, Xt) first")
+        self._check_is_fitted()
 
     @torch.no_grad()
-    def predict_proba(self, X) -> Tensor:
-        """(N, C) class probabilities."""
-        self._check_fitted()
-        X = _as_tensor(X, "X").to(self.device)
+    def _decision(self, X) -> Tensor:
+        """X (N, *) -> logits (N, C) on the model's device."""
+        X = self._validate_X(X, reset=False).to(self._device())
         self.model_.eval()
-        out = torch.cat([self.model_(X[i:i + 1024]).softmax(1) for i in range(0, X.shape[0], 1024)])
-        return out
+        return torch.cat([self.model_(X[i:i + 1024]) for i in range(0, X.shape[0], 1024)])
 
-    def predict(self, X) -> Tensor:
-        """(N,) int64 labels."""
-        return self.predict_proba(X).argmax(1)
-
-    def score(self, X, y) -> float:
-        """Accuracy on (X, y)."""
-        y = torch.as_tensor(y).to(self.device)
-        return float((self.predict(X) == y).float().mean())
-
-    @torch.no_grad()
-    def transform(self, X) -> Tensor:
-        """(N, F) learned features."""
+    def _features(self, X) -> Tensor:
         self._check_fitted()
         self.model_.eval()
-        return self.model_.extractor(_as_tensor(X, "X").to(self.device))
+        with torch.no_grad():
+            return self.model_.extractor(self._validate_X(X, reset=False).to(self._device()))
+
+    def transform(self, X):
+        """X (N, *) -> the learned features (N, F)."""
+        return like_input(self._features(X), X)
 
     @torch.no_grad()
     def domain_accuracy(self, Xs, Xt) -> float:
@@ -315,17 +324,29 @@ class DANN:
         self._check_fitted()
         self.model_.eval()
         h = self.model_.adversary.head
-        ps = h(self.transform(Xs)).reshape(-1) <= 0
-        pt = h(self.transform(Xt)).reshape(-1) > 0
+        ps = h(self._features(Xs)).reshape(-1) <= 0
+        pt = h(self._features(Xt)).reshape(-1) > 0
         return 0.5 * (float(ps.float().mean()) + float(pt.float().mean()))
 
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         self._check_fitted()
         return {"model": self.model_.state_dict(), "feature_dim": self.feature_dim_, "history": self.history_,
-                "n_epochs": self.n_epochs_}
+                "n_epochs": self.n_epochs_, "n_classes": self.n_classes_,
+                "n_features": getattr(self, "n_features_in_", None)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._build(int(state["feature_dim"]))
+        """Restores a fitted DANN from ``state_dict()`` (the constructor's modules give the
+        architecture; a default extractor needs the state's ``n_features``)."""
+        n_classes = state.get("n_classes", self.n_classes)
+        if n_classes is None:
+            raise ValueError("state has no 'n_classes' and the DANN was built with n_classes=None")
+        n_features = state.get("n_features")
+        if self.feature_extractor is None and n_features is None:
+            raise ValueError("state has no 'n_features' to build the default feature extractor")
+        extractor = self._extractor(int(n_features) if n_features is not None else 0)
+        self._build(int(state["feature_dim"]), extractor, int(n_classes))
+        if n_features is not None:
+            self.n_features_in_ = int(n_features)
         self.model_.load_state_dict(state["model"])
         self.history_, self.n_epochs_, self.snapshots_ = list(state["history"]), state["n_epochs"], {}

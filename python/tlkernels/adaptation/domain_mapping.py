@@ -19,16 +19,35 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from sklearn.base import ClassifierMixin as _SkClassifier
+from sklearn.base import TransformerMixin
 from torch import Tensor, nn
 
-from ..transfer._common import ClassifierMixin, as_weights, as_x, as_xy, predict_logits, torch_generator, train_loop
+from .._base import TorchEstimator, like_input
+from .._seeding import draw_seed
+from .._validation import as_labels
+from ..nn import mlp
+from ..transfer._common import (
+    ClassifierMixin,
+    as_weights,
+    as_x,
+    predict_logits,
+    torch_generator,
+    train_loop,
+)
 
-__all__ = ["CycleConsistencyLoss", "LSGANLoss", "conv_generator", "mlp_discriminator", "CycleGAN",
-           "MappedSourceClassifier"]
+__all__ = [
+    "CycleConsistencyLoss",
+    "CycleGAN",
+    "LSGANLoss",
+    "MappedSourceClassifier",
+    "conv_generator",
+    "mlp_discriminator",
+]
 
 
 def _reduce(per: Tensor, reduction: str) -> Tensor:
@@ -101,8 +120,7 @@ def conv_generator(channels: int = 1, hidden: int = 16) -> nn.Module:
 
 def mlp_discriminator(n_inputs: int = 64, hidden: int = 64) -> nn.Module:
     """Image (N, C, H, W) -> score (N, 1) (no sigmoid: the LSGAN loss takes raw scores)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(n_inputs, hidden), nn.LeakyReLU(0.2),
-                         nn.Linear(hidden, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, 1))
+    return mlp(n_inputs, (hidden, hidden), 1, activation=lambda: nn.LeakyReLU(0.2), flatten=True)
 
 
 def _check_pos(v, name: str, integer: bool = False, allow_zero: bool = False):
@@ -112,7 +130,7 @@ def _check_pos(v, name: str, integer: bool = False, allow_zero: bool = False):
         raise ValueError(f"{name} must be {kind} {'>=' if allow_zero else '>'} 0, got {v!r}")
 
 
-class CycleGAN:
+class CycleGAN(TransformerMixin, TorchEstimator):
     """Unpaired domain mapping F: source -> target, G: target -> source.
 
     Args:
@@ -159,7 +177,7 @@ class CycleGAN:
             raise ValueError(f"{name} must have shape (N, C, H, W), got {tuple(X.shape)}")
         return X.float()
 
-    def fit(self, X_source, X_target, sample_weight=None) -> "CycleGAN":
+    def fit(self, X_source, X_target, sample_weight=None) -> CycleGAN:
         """X_source (N, C, H, W), X_target (M, C, H, W), unpaired; returns self."""
         from tqdm.auto import tqdm
 
@@ -173,7 +191,7 @@ class CycleGAN:
         gen = torch_generator(self.random_state)
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
         C, H, W_ = Xs.shape[1:]
-        torch.manual_seed(int(torch.randint(2**31 - 1, (1,), generator=gen)))
+        torch.manual_seed(draw_seed(gen, 2**31 - 1))
         mk_g = self.make_generator or (lambda: conv_generator(C))
         mk_d = self.make_discriminator or (lambda: mlp_discriminator(C * H * W_))
         self.F_, self.G_ = mk_g().to(dev), mk_g().to(dev)
@@ -228,17 +246,12 @@ class CycleGAN:
             self.history_.append({"epoch": epoch + 1, **acc})
         for m in (self.F_, self.G_, self.D_target_, self.D_source_):
             m.eval()
-        self._device = dev
         return self
 
     def _map(self, attr: str, X, name: str):
-        if not hasattr(self, attr):
-            raise RuntimeError("CycleGAN is not fitted; call fit(X_source, X_target) first")
-        net = getattr(self, attr)
-        is_np = not isinstance(X, Tensor)
-        X = self._images(X, name)
-        out = predict_logits(net, X, self._device)
-        return out.numpy() if is_np else out
+        self._check_is_fitted()
+        out = predict_logits(getattr(self, attr), self._images(X, name), self._device())
+        return like_input(out, X)
 
     def transform(self, X_source):
         """F: source images (N, C, H, W) -> target-looking images (N, C, H, W)."""
@@ -249,17 +262,20 @@ class CycleGAN:
         return self._map("G_", X_target, "X_target")
 
 
-class MappedSourceClassifier(ClassifierMixin):
+class MappedSourceClassifier(ClassifierMixin, _SkClassifier, TorchEstimator):
     """Lampert 2019's domain-mapping recipe: map the labelled source into the target domain with a
     CycleGAN, train a classifier on (F(s_i), y_i), apply it to target images.
 
-    Args: mapper (an unfitted ``CycleGAN``, or fitted when prefit=True), model (an nn.Module
-    classifier (N, C, H, W) -> logits (N, K); copied), lr, epochs, batch_size, random_state,
-    verbose, device. fit(X_source, y_source, X_target, sample_weight=None) -> self;
+    Args: mapper (an unfitted ``CycleGAN``, cloned and fitted by fit, or a fitted one used as
+    given when prefit=True; None: ``CycleGAN()``), model (an nn.Module classifier (N, C, H, W) ->
+    logits (N, K); copied; None: Flatten - Linear(C*H*W, 64) - ReLU - Linear(64, K), K from
+    y_source), lr, epochs, batch_size, random_state, verbose, device.
+    fit(X_source, y_source, X_target, sample_weight=None) -> self;
     decision_function(X_target) -> logits (N, K); predict / predict_proba / score.
+    Attributes: ``mapper_`` (the fitted CycleGAN), ``model_``, ``history_``, ``classes_``.
     """
 
-    def __init__(self, mapper: CycleGAN, model: nn.Module, lr: float = 1e-3, epochs: int = 30,
+    def __init__(self, mapper: CycleGAN | None = None, model: nn.Module | None = None, lr: float = 1e-3, epochs: int = 30,
                  batch_size: int = 64, prefit: bool = False, device=None, random_state=None,
                  verbose: bool = False):
         self.mapper = mapper
@@ -272,30 +288,39 @@ class MappedSourceClassifier(ClassifierMixin):
         self.random_state = random_state
         self.verbose = verbose
 
-    def fit(self, X_source, y_source, X_target=None, sample_weight=None) -> "MappedSourceClassifier":
+    def fit(self, X_source, y_source, X_target=None, sample_weight=None) -> MappedSourceClassifier:
         """X_source (N, C, H, W), y_source (N,), X_target (M, C, H, W) (unneeded when prefit)."""
         import copy
 
-        Xs, ys = as_xy(X_source, y_source, "X_source")
+        from sklearn.base import clone
+
+        Xs = CycleGAN._images(X_source, "X_source")
+        ys = as_labels(y_source, Xs.shape[0], "y_source", "X_source")
         w = as_weights(sample_weight, Xs.shape[0])
-        if not self.prefit:
+        if self.prefit:
+            if self.mapper is None:
+                raise ValueError("prefit=True needs a fitted CycleGAN as mapper, got None")
+            mapper = self.mapper
+        else:
             if X_target is None:
                 raise ValueError("X_target must be given unless prefit=True")
-            self.mapper.fit(Xs, X_target, sample_weight=w)
-        self.mapper_ = self.mapper
-        mapped = torch.as_tensor(self.mapper.transform(Xs))
+            mapper = clone(self.mapper) if self.mapper is not None else CycleGAN()
+            mapper.fit(Xs, X_target, sample_weight=w)
+        self.mapper_ = mapper
+        mapped = torch.as_tensor(mapper.transform(Xs))
         gen = torch_generator(self.random_state)
-        dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
-        self.model_ = copy.deepcopy(self.model).to(dev)
+        dev = self._device()
+        model = self.model
+        if model is None:
+            model = mlp(Xs[0].numel(), (64,), max(int(ys.max()) + 1, 2), flatten=True)
+        self.model_ = copy.deepcopy(model).to(dev)
         groups = [{"params": list(self.model_.parameters()), "lr": self.lr}]
         self.history_ = train_loop(self.model_, groups, mapped, ys, epochs=self.epochs,
                                    batch_size=self.batch_size, optimizer="adam", gen=gen, device=dev,
                                    sample_weight=w, verbose=self.verbose, desc="classifier")
-        self._device = dev
+        self.classes_ = np.arange(int(predict_logits(self.model_, mapped[:1], dev).shape[1]))
         return self
 
-    def decision_function(self, X) -> np.ndarray:
+    def _decision(self, X) -> Tensor:
         """Target images (N, C, H, W) -> logits (N, K)."""
-        if not hasattr(self, "model_"):
-            raise RuntimeError("MappedSourceClassifier is not fitted")
-        return predict_logits(self.model_, as_x(X, "X"), self._device).numpy()
+        return predict_logits(self.model_, as_x(X, "X"), self._device())

@@ -17,15 +17,23 @@ possible (the square root shrinks with more data) but only from sufficiently sim
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
+from .._base import like_input
+from .._validation import as_numpy_2d, check_fitted, to_numpy
 from .discrepancy import labeled_discrepancy, linear_discrepancy, proxy_a_distance
 
-__all__ = ["bound_weights", "UntrustedSources", "MultiTaskUnlabeled", "choose_tasks_to_label",
-           "pairwise_discrepancies"]
+__all__ = [
+    "MultiTaskUnlabeled",
+    "UntrustedSources",
+    "bound_weights",
+    "choose_tasks_to_label",
+    "pairwise_discrepancies",
+]
 
 
 def _project_simplex(v: np.ndarray) -> np.ndarray:
@@ -77,12 +85,13 @@ def _default_estimator():
     return LogisticRegression(max_iter=2000)
 
 
-def _np(X) -> np.ndarray:
-    X = torch.as_tensor(X)
-    return X.reshape(X.shape[0], -1).double().cpu().numpy() if X.dim() > 1 else X.cpu().numpy()
+def _np(X, name: str = "X") -> np.ndarray:
+    """Inputs (N, ...) -> float64 (N, D) (``as_numpy_2d``); labels (N,) -> numpy as they are."""
+    A = to_numpy(X)
+    return as_numpy_2d(A, name) if A.ndim > 1 else A
 
 
-class UntrustedSources:
+class UntrustedSources(ClassifierMixin, BaseEstimator):
     """Robust learning from untrusted sources (Konstantinov & Lampert 2019).
 
     ``fit(sources=[(X_i (m_i, *), y_i (m_i,)), ...], target=(X_T (m_T, *), y_T (m_T,)))``:
@@ -97,13 +106,14 @@ class UntrustedSources:
     default, shares with sources closer than about 0.3).
 
     Learned: ``discrepancies_`` (K,), ``weights_`` (K,) (the last entry is the target's when
-    include_target), ``estimator_``. ``predict``, ``predict_proba``, ``score``.
+    include_target), ``estimator_``, ``classes_``. ``predict``, ``predict_proba``, ``score``
+    (numpy in -> numpy out, a tensor in -> a tensor out).
     """
 
     def __init__(self, estimator=None, lam: float = 3.0, include_target: bool = True, random_state=0):
         self.estimator, self.lam, self.include_target, self.random_state = estimator, lam, include_target, random_state
 
-    def fit(self, sources: Sequence, target) -> "UntrustedSources":
+    def fit(self, sources: Sequence, target) -> UntrustedSources:
         from sklearn.base import clone
 
         if len(sources) == 0:
@@ -124,18 +134,24 @@ class UntrustedSources:
         keep = w > 0
         self.estimator_ = clone(self.estimator) if self.estimator is not None else _default_estimator()
         self.estimator_.fit(X[keep], y[keep], sample_weight=w[keep] * keep.sum() / w[keep].sum())
+        self.classes_ = getattr(self.estimator_, "classes_", None)
         return self
 
-    def predict(self, X) -> np.ndarray:
-        """(N,) labels."""
-        return self.estimator_.predict(_np(X))
+    def predict(self, X):
+        """X (N, ...) -> (N,) labels."""
+        check_fitted(self)
+        return like_input(torch.as_tensor(self.estimator_.predict(_np(X))), X)
 
-    def predict_proba(self, X) -> np.ndarray:
-        """(N, C) probabilities."""
-        return self.estimator_.predict_proba(_np(X))
+    def predict_proba(self, X):
+        """X (N, ...) -> (N, C) probabilities."""
+        check_fitted(self)
+        return like_input(torch.as_tensor(self.estimator_.predict_proba(_np(X))), X)
 
-    def score(self, X, y) -> float:
-        return float(np.mean(self.predict(X) == _np(y)))
+    def score(self, X, y, sample_weight=None) -> float:
+        """(Weighted) accuracy on (X (N, ...), y (N,))."""
+        hit = (to_numpy(self.predict(X)) == _np(y)).astype(np.float64)
+        w = np.ones_like(hit) if sample_weight is None else to_numpy(sample_weight).astype(np.float64)
+        return float((w * hit).sum() / w.sum())
 
 
 def pairwise_discrepancies(tasks: Sequence, kind: str = "linear", random_state=0) -> np.ndarray:
@@ -173,7 +189,7 @@ def choose_tasks_to_label(D, k: int) -> list[int]:
     return sorted(chosen)
 
 
-class MultiTaskUnlabeled:
+class MultiTaskUnlabeled(BaseEstimator):
     """Multi-task learning with unlabeled tasks (Pentina & Lampert 2017).
 
     ``fit(tasks=[X_1, ..., X_T], labels={i: y_i for the labelled tasks})``: step 1, pairwise
@@ -184,13 +200,14 @@ class MultiTaskUnlabeled:
     ``pairwise_discrepancies(tasks)`` to decide which tasks to label first.
 
     Learned: ``discrepancies_`` (T, T), ``labeled_`` (sorted task indices), ``weights_`` (T, L),
-    ``estimators_`` (one per task). ``predict(t, X)``, ``score(t, X, y)``.
+    ``estimators_`` (one per task). ``predict(t, X)``, ``score(t, X, y)`` (a per-task surface:
+    scikit-learn's ClassifierMixin does not apply).
     """
 
     def __init__(self, estimator=None, lam: float = 1.0, discrepancy: str = "linear", random_state=0):
         self.estimator, self.lam, self.discrepancy, self.random_state = estimator, lam, discrepancy, random_state
 
-    def fit(self, tasks: Sequence, labels: dict, discrepancies=None) -> "MultiTaskUnlabeled":
+    def fit(self, tasks: Sequence, labels: dict, discrepancies=None) -> MultiTaskUnlabeled:
         from sklearn.base import clone
 
         if not labels:
@@ -215,9 +232,13 @@ class MultiTaskUnlabeled:
             self.estimators_.append(est)
         return self
 
-    def predict(self, task: int, X) -> np.ndarray:
-        """(N,) labels of task `task`'s model."""
-        return self.estimators_[task].predict(_np(X))
+    def predict(self, task: int, X):
+        """X (N, ...) -> (N,) labels of task `task`'s model (numpy, or a tensor for a tensor X)."""
+        check_fitted(self)
+        if not (isinstance(task, (int, np.integer)) and 0 <= task < len(self.estimators_)):
+            raise ValueError(f"task must be a task index in [0, {len(self.estimators_)}), got {task!r}")
+        return like_input(torch.as_tensor(self.estimators_[task].predict(_np(X))), X)
 
     def score(self, task: int, X, y) -> float:
-        return float(np.mean(self.predict(task, X) == _np(y)))
+        """Accuracy of task `task`'s model on (X (N, ...), y (N,))."""
+        return float(np.mean(to_numpy(self.predict(task, X)) == _np(y)))

@@ -61,16 +61,15 @@ def _reverse_scores_over_epochs(make_model, epochs: Sequence[int], tr, va, Xt) -
     per epoch. Every reverse run trains for max(epochs): the stopping epoch is a choice about the
     forward model, and a shorter reverse run would mostly measure its own under-training."""
     epochs = sorted(set(int(e) for e in epochs))
-    forward = make_model()
-    forward.snapshot_epochs = epochs
-    forward.fit(tr.X, tr.y, Xt, epochs=epochs[-1])
+    forward = make_model().set_params(snapshot_epochs=epochs, epochs=epochs[-1])
+    forward.fit(tr.X, tr.y, Xt)
     Xs_all = torch.cat([tr.X, va.X])
     scores, src = [], []
     for e in epochs:
         forward.use_snapshot(e)
         pseudo = torch.as_tensor(forward.predict(Xt)).long().cpu()
         src.append(float((torch.as_tensor(forward.predict(va.X)).cpu() == va.y).float().mean()))
-        reverse = make_model().fit(Xt, pseudo, Xs_all, epochs=epochs[-1])
+        reverse = make_model().set_params(epochs=epochs[-1]).fit(Xt, pseudo, Xs_all)
         scores.append(float((torch.as_tensor(reverse.predict(va.X)).cpu() == va.y).float().mean()))
     return scores, src
 
@@ -83,7 +82,7 @@ def select_by_reverse_validation(make_model: Callable[..., Any], settings: Seque
     settings: list of keyword dicts (e.g. ``[{'lam_max': 0.0}, {'lam_max': 0.3}, ...]``; include
     lam_max = 0, source-only, so that adaptation is only chosen when it scores better).
     epochs: optional list of stopping epochs crossed with every setting; then ``make_model(**s)``
-    must return an estimator with ``fit(Xs, ys, Xt, epochs=)``, a ``snapshot_epochs`` attribute
+    must return an estimator with ``epochs`` and ``snapshot_epochs`` parameters (``set_params``)
     and ``use_snapshot(e)`` (as ``DANN``): one forward run per setting serves every epoch (its
     snapshots give the pseudo-labels), each reverse run trains for max(epochs). The returned settings then carry 'epochs'.
     Returns dict(best=setting, best_index, settings=[...], scores=[float per setting],

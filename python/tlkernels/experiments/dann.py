@@ -75,9 +75,8 @@ def run_shift(shift: str, seed: int = 0, lam_grid=(0.0, 0.1, 0.3, 1.0), epoch_gr
     # the final models on the whole source, and every grid point's target test accuracy
     test_acc, dom_acc = {}, {}
     for lam in lam_grid:
-        m = make(lam)
-        m.snapshot_epochs = epoch_grid
-        m.fit(src.X, src.y, tt.X, epochs=e_max)
+        m = make(lam).set_params(snapshot_epochs=epoch_grid, epochs=e_max)
+        m.fit(src.X, src.y, tt.X)
         for e in epoch_grid:
             m.use_snapshot(e)
             test_acc[_key(lam, e)] = m.score(test.X, test.y)
@@ -85,8 +84,8 @@ def run_shift(shift: str, seed: int = 0, lam_grid=(0.0, 0.1, 0.3, 1.0), epoch_gr
     best = rv["best"]
     oracle = max(rv["settings"], key=lambda s: test_acc[_key(s["lam_max"], s["epochs"])])
     source_only = test_acc[_key(0.0, e_max)] if 0.0 in lam_grid else \
-        make(0.0).fit(src.X, src.y, tt.X, epochs=e_max).score(test.X, test.y)
-    target_oracle = make(0.0).fit(tt.X, tt.y, tt.X, epochs=e_max).score(test.X, test.y)
+        make(0.0).set_params(epochs=e_max).fit(src.X, src.y, tt.X).score(test.X, test.y)
+    target_oracle = make(0.0).set_params(epochs=e_max).fit(tt.X, tt.y, tt.X).score(test.X, test.y)
     return dict(
         shift=shift, seed=seed, lam_grid=list(lam_grid), epoch_grid=epoch_grid,
         accuracy=dict(source_only=source_only, dann=test_acc[_key(best["lam_max"], best["epochs"])],

@@ -31,8 +31,11 @@ import numbers
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClusterMixin
 from torch import Tensor
 
+from .._seeding import numpy_seeds
+from .._validation import as_tensor
 from ..cluster import KMeans
 
 __all__ = ["SelfTaughtClustering", "coclustering_objective"]
@@ -40,14 +43,10 @@ __all__ = ["SelfTaughtClustering", "coclustering_objective"]
 
 def _as_nonneg(X, name: str) -> Tensor:
     """(N, D) or (N, ...) non-negative numbers -> float64 (N, D')."""
-    t = X if isinstance(X, Tensor) else torch.as_tensor(np.asarray(X))
-    if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int8, torch.int16, torch.int32,
-                                                                    torch.int64, torch.uint8, torch.bool)):
-        raise ValueError(f"{name} must hold real numbers, got dtype {t.dtype}")
-    t = t.detach().to("cpu", torch.float64)
-    if t.dim() < 2 or t.shape[0] == 0:
+    if not isinstance(X, Tensor) and np.asarray(X).ndim < 2:
         raise ValueError(f"{name} must have shape (N, D) (or (N, C, H, W), flattened) with N >= 1, "
-                         f"got {tuple(t.shape)}")
+                         f"got {np.asarray(X).shape}")
+    t = as_tensor(X, name, min_ndim=2, dtype=torch.float64, finite=False).detach().cpu()
     t = t.reshape(t.shape[0], -1)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got NaN or inf")
@@ -144,7 +143,7 @@ def _check_int(v, name: str, minimum: int = 1) -> int:
     return int(v)
 
 
-class SelfTaughtClustering:
+class SelfTaughtClustering(ClusterMixin, BaseEstimator):
     """Self-taught clustering: co-cluster target and auxiliary data with one shared feature
     clustering (module docstring for the objective and updates).
 
@@ -193,7 +192,7 @@ class SelfTaughtClustering:
         return self._kmeans(V, L, seed)
 
     # -- fit ---------------------------------------------------------------------------------
-    def fit(self, X_target, X_aux=None, sample_weight=None) -> "SelfTaughtClustering":
+    def fit(self, X_target, X_aux=None, sample_weight=None) -> SelfTaughtClustering:
         """X_target (N, D) or (N, C, H, W) >= 0, X_aux (N_a, D) or None; returns self."""
         from tqdm.auto import tqdm
 
@@ -222,7 +221,7 @@ class SelfTaughtClustering:
                 raise ValueError(f"X_aux must have the {Xt.shape[1]} features of X_target, got {Xa.shape[1]}")
             if Ka > Xa.shape[0]:
                 raise ValueError(f"n_aux_clusters={Ka} must be <= the {Xa.shape[0]} rows of X_aux")
-        seeds = np.random.default_rng(self.random_state).integers(2**31 - 1, size=3)
+        seeds = numpy_seeds(self.random_state, 3)
         Pt = Xt / Xt.sum()
         Pa = None if Xa is None else Xa / Xa.sum()
         use_aux = Pa is not None and lam > 0
