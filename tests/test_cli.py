@@ -88,3 +88,20 @@ def test_soseleto_device_is_checked():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device is visible"):
             main(["demo", "--device", "cuda", "--quiet"])
+
+
+def test_every_subcommand_registers_through_the_table():
+    """cli.COMMANDS names every module and the subcommands its add_parser registers; the parser
+    has exactly those."""
+    import argparse
+
+    from tlkernels.cli import COMMANDS, build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = [name.strip() for _, names in COMMANDS for name in names.split(",")]
+    assert sorted(action.choices) == sorted(listed)
+    assert {"info", "demo", "soseleto", "dataserver", "serve", "dann", "transfer", "distill", "zeroshot",
+            "stc", "mapping", "multitask", "domaingen", "weak"} <= set(listed)
+    for name, sub in action.choices.items():
+        assert callable(sub.get_default("func")) or name == "dataserver", name

@@ -21,7 +21,7 @@ from torch import nn
 from ..data import load_digits, stratified_split
 from ..transfer import FineTune
 from ..transfer.distill import Distill, distillation_targets
-from ._cli import add_common_args, seeds_of, write_outputs
+from ..commands.common import add_common_args, seeds_of, write_outputs
 
 __all__ = ["ROWS", "LABELS", "make_mlp", "run", "table", "plot", "add_parser"]
 

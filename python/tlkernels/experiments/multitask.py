@@ -33,7 +33,7 @@ import torch
 
 from ..data import load_digits, shift_images
 from ..multitask import ContextualClassifier, MultiTaskClassifier
-from ._cli import add_common_args, seeds_of
+from ..commands.common import add_common_args, seeds_of
 
 __all__ = ["TASKS", "MT_METHODS", "DG_METHODS", "digit_tasks", "run", "run_multitask", "run_domaingen", "table",
            "table_multitask", "table_domaingen", "plot_domaingen", "add_parser"]

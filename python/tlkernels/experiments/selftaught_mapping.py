@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..data import class_split, load_digits, shift_images, stratified_split
-from ._cli import add_common_args, seeds_of
+from ..commands.common import add_common_args, seeds_of
 
 __all__ = ["make_shared_feature_problem", "run_stc", "run_mapping", "run", "table", "table_stc",
            "table_mapping", "plot_mapping", "add_parser"]

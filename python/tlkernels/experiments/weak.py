@@ -23,7 +23,7 @@ import torch
 
 from ..data import load_digits, stratified_split
 from ..weak import SelfTraining, WeakLocalizer, iou, localize, make_canvas_digits
-from ._cli import add_common_args, seeds_of, write_outputs
+from ..commands.common import add_common_args, seeds_of, write_outputs
 
 __all__ = ["run", "table", "add_parser", "run_selftraining", "run_localization"]
 

@@ -30,7 +30,7 @@ import torch
 
 from ..data import Dataset, class_split, load_digits, stratified_split
 from ..zeroshot import DAP, DIGIT_ATTRIBUTES, ConSE, EmbeddingZeroShot
-from ._cli import add_common_args, seeds_of, write_outputs
+from ..commands.common import add_common_args, seeds_of, write_outputs
 
 __all__ = ["run", "table", "plot", "add_parser", "LABELS"]
 
