@@ -9,7 +9,8 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from tlkernels import valuation
+from tlkernels import persample, valuation
+from tlkernels.valuation._products import _gram_is_cheaper
 from tlkernels.valuation.similarity import _directions
 from torch import nn
 
@@ -58,14 +59,31 @@ def flat_params(model):
 
 
 # ---------------------------------------------------------------------------------------------- InRun
-@pytest.mark.parametrize("joint", [True, False])
-@pytest.mark.parametrize("make", [logistic, mlp])
-def test_inrun_step_sums_to_first_order_change_of_val_loss(joint, make):
-    model = make()
-    x, y = data(40, 1)
-    val = data(9, 2)
+def wide(seed=0, d=30, c=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(d, 40), nn.Tanh(), nn.Linear(40, c)).to(DT)
+
+
+@pytest.mark.parametrize(
+    "make, d, n_val, route",
+    [(logistic, 5, 9, "dot"), (mlp, 5, 9, "dot"), (wide, 30, 2, "gram")],
+)
+def test_inrun_step_sums_to_first_order_change_of_val_loss(make, d, n_val, route):
+    model = make(d=d)
+    x, y = data(40, 1, d=d)
+    val = data(n_val, 2, d=d)
+    cap = persample.capture(model, loss_fn, (x[:8], y[:8]))
+    cap_val = persample.capture(model, loss_fn, val)
+    routes = {
+        _gram_is_cheaper(cap.reps[n], cap_val.reps[n])
+        for n in cap.reps
+        if n.endswith("weight")
+    }
+    assert routes == {
+        route == "gram"
+    }  # both ways of forming the products are exercised
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    inrun = valuation.InRun(model, loss_fn, val, optimizer=opt, joint=joint)
+    inrun = valuation.InRun(model, loss_fn, val, optimizer=opt)
     total_first_order = 0.0
     for step in range(5):
         idx = torch.arange(step * 8, step * 8 + 8)

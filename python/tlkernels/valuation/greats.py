@@ -13,7 +13,7 @@ drops the G_ii / 2 term, kept here so that the greedy maximises exactly the f ab
 candidate sets ``method="exhaustive"`` maximises f over every subset of size k.
 
 ``GREATS.step(candidates, k)`` selects and then writes the selected examples' mean-loss gradient
-into ``.grad`` from the same capture: one forward and one backward of the candidates joined with
+into ``.grad`` from the same capture: one forward and one backward of the candidates and one of
 the validation batch.
 """
 
@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import persample
-from ._batches import batch_size, join
-from ._grads import LossFn, learning_rates, mean_loss_grad
+from ._batches import batch_size
+from ._grads import LossFn, learning_rates
+from ._products import val_products
 
 __all__ = ["GREATS", "batch_objective", "select_batch"]
 
@@ -145,26 +146,19 @@ class GREATS:
         return rates.pop() if rates else 0.0
 
     def scores(self, candidates: Any):
-        """(s (B,), gram (B, B), capture): what ``select_batch`` needs, from one capture of the
-        candidates joined with the validation batch (or of the candidates alone, with the
-        validation gradient from its own backward, when the two cannot be joined)."""
+        """(s (B,), gram (B, B), capture of the candidates): what ``select_batch`` needs, from one
+        capture of the candidates and one of the validation batch."""
         b = batch_size(candidates, "candidates")
-        joined = join(candidates, self.val_batch)
-        if joined is not None:
-            cap = persample.capture(self.model, self.loss_fn, joined, **self.options)
-            if cap.batch_size != b + self.val_size:
-                raise ValueError(
-                    f"loss_fn returned {cap.batch_size} losses for {b} candidates and "
-                    f"{self.val_size} validation examples"
-                )
-            w = cap.losses.new_zeros(cap.batch_size)
-            w[b:] = 1.0 / self.val_size
-            s = cap.dot(cap.weighted_sum(w))[:b]
-            gram = cap.gram()[:b, :b]
-            return s, gram, cap
-        g_val = mean_loss_grad(self.model, self.loss_fn, self.val_batch)
         cap = persample.capture(self.model, self.loss_fn, candidates, **self.options)
-        return cap.dot(g_val), cap.gram(), cap
+        if cap.batch_size != b:
+            raise ValueError(
+                f"loss_fn returned {cap.batch_size} losses for {b} candidates"
+            )
+        cap_val = persample.capture(
+            self.model, self.loss_fn, self.val_batch, **self.options
+        )
+        s = val_products(cap, cap_val, dict.fromkeys(cap.reps, 1.0))
+        return s, cap.gram(), cap
 
     def step(self, candidates: Any, k: int) -> Tensor:
         """Selects k of the candidates (B) and adds the selected examples' mean-loss gradient to
@@ -172,9 +166,7 @@ class GREATS:
         b = batch_size(candidates, "candidates")
         s, gram, cap = self.scores(candidates)
         chosen = select_batch(s, gram, k, self._lr(), method=self.method)
-        w = cap.losses.new_zeros(cap.batch_size)
+        w = cap.losses.new_zeros(b)
         w[chosen.to(w.device)] = 1.0 / k
-        if cap.batch_size > b:
-            w[b:] = 0.0
         cap.accumulate_grad(w)
         return chosen

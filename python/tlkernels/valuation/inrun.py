@@ -10,9 +10,10 @@ utility is additive in the examples to first order, so the Shapley value is the 
 Values add up over steps. A negative value lowers the validation loss: the example helped.
 
 ``InRun.step(batch, index)`` does the step's backward: one forward and one backward of the batch
-and the validation batch joined, through ``tlkernels.persample.capture``; from what it records,
-∇L_val, the products <∇l_i, η ∇L_val> and the training gradient Σ_i w_i ∇l_i (written into
-``.grad``) are formed without per-sample gradients and without a second backward.
+and one of the validation batch, each through ``tlkernels.persample.capture``; from what they
+record, the products <∇l_i, η ∇L_val> (per layer by a dot with ∇L_val or the ghost Gram of the
+two batches, whichever is cheaper) and the training gradient Σ_i w_i ∇l_i (written into
+``.grad``) are formed without per-sample gradients and without a second backward of the batch.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import persample
-from ._batches import batch_size, check_index, join
-from ._grads import LossFn, learning_rates, mean_loss_grad, scaled
+from ._batches import batch_size, check_index
+from ._grads import LossFn, learning_rates
+from ._products import val_products
 
 __all__ = ["InRun", "ValuedOptimizer"]
 
@@ -41,9 +43,6 @@ class InRun:
             momentum or Adam they are the current gradient's share, -η <∇l_i, ∇L_val>, as in the paper.
         lr: one learning rate for every parameter instead (overrides the optimizer's).
         reduction: "mean" (w_i = 1/B, the default training loss) or "sum" (w_i = 1).
-        joint: run the validation batch in the same forward as the training batch (no extra
-            backward). When the two batches cannot be joined (different structure, or a shared
-            non-batch input that differs), the validation gradient takes its own forward/backward.
         persample_options: passed to ``tlkernels.persample.capture`` (fallback, verify, batch_axes).
 
     Attributes:
@@ -62,7 +61,6 @@ class InRun:
         optimizer: torch.optim.Optimizer | None = None,
         lr: float | None = None,
         reduction: str = "mean",
-        joint: bool = True,
         **persample_options,
     ):
         if not isinstance(model, nn.Module):
@@ -83,7 +81,7 @@ class InRun:
         self.val_batch = val_batch
         self.val_size = batch_size(val_batch, "val_batch")
         self.optimizer, self.lr = optimizer, lr
-        self.reduction, self.joint = reduction, joint
+        self.reduction = reduction
         self.options = persample_options
         self.values = torch.zeros(0, dtype=torch.float64)
         self.counts = torch.zeros(0, dtype=torch.int64)
@@ -105,42 +103,17 @@ class InRun:
             self.model, self.optimizer, lr if lr is not None else self.lr
         )
         w = 1.0 / b if self.reduction == "mean" else 1.0
-        joined = join(batch, self.val_batch) if self.joint else None
-        if joined is not None:
-            cap = persample.capture(self.model, self.loss_fn, joined, **self.options)
-            if cap.batch_size != b + self.val_size:
-                raise ValueError(
-                    f"loss_fn returned {cap.batch_size} losses for the joined batch of "
-                    f"{b} training and {self.val_size} validation examples"
-                )
-            weights = cap.losses.new_zeros(cap.batch_size)
-            weights[b:] = 1.0 / self.val_size
-            g_val = cap.weighted_sum(weights)
-            s = (
-                cap.dot(scaled(g_val, rates))[:b]
-                if any(rates.values())
-                else cap.losses.new_zeros(b)
+        cap = persample.capture(self.model, self.loss_fn, batch, **self.options)
+        if cap.batch_size != b:
+            raise ValueError(
+                f"loss_fn returned {cap.batch_size} losses for a batch of {b} examples"
             )
-            weights.zero_()
-            weights[:b] = w
-            cap.accumulate_grad(weights)
-            losses, val_loss = cap.losses[:b], cap.losses[b:].mean()
-        else:
-            g_val = mean_loss_grad(self.model, self.loss_fn, self.val_batch)
-            with torch.no_grad():
-                val_loss = self.loss_fn(self.model, self.val_batch).mean()
-            cap = persample.capture(self.model, self.loss_fn, batch, **self.options)
-            if cap.batch_size != b:
-                raise ValueError(
-                    f"loss_fn returned {cap.batch_size} losses for a batch of {b} examples"
-                )
-            s = (
-                cap.dot(scaled(g_val, rates))
-                if any(rates.values())
-                else cap.losses.new_zeros(b)
-            )
-            cap.accumulate_grad(torch.full_like(cap.losses, w))
-            losses = cap.losses
+        cap_val = persample.capture(
+            self.model, self.loss_fn, self.val_batch, **self.options
+        )
+        s = val_products(cap, cap_val, rates)
+        cap.accumulate_grad(torch.full_like(cap.losses, w))
+        losses, val_loss = cap.losses, cap_val.losses.mean()
         step_values = (-w * s.detach()).to(torch.float64).cpu()
         self._add(idx, step_values)
         self.last_values = step_values
