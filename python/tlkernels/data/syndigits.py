@@ -23,6 +23,7 @@ import os
 import numpy as np
 import torch
 
+from .._optional import require
 from ._base import Dataset
 from .cache import cache_dir as _cache_dir
 from .cache import cache_key, load_cached, save_cached
@@ -45,8 +46,9 @@ _SUPER = (
 
 
 def _font_file(name: str) -> str:
-    import matplotlib
-
+    matplotlib = require(
+        "matplotlib", "data", "make_syndigits (it renders matplotlib's bundled fonts)"
+    )
     path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -57,8 +59,7 @@ def _font_file(name: str) -> str:
 
 @functools.lru_cache(maxsize=2048)
 def _font(index: int, px: int):
-    from PIL import ImageFont
-
+    ImageFont = require("PIL.ImageFont", "data", "make_syndigits")
     return ImageFont.truetype(_font_file(SYNDIGITS_FONTS[index]), px)
 
 
