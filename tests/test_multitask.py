@@ -84,7 +84,7 @@ def test_soft_sharing_lambda_infinite_equals_hard_sharing(digits):
         assert _max_diff(soft.model_.trunks[t], soft.model_.trunks["identity"]) == 0.0
         assert _max_diff(soft.model_.trunks[t], hard.model_.trunk) < 1e-4
         assert _max_diff(soft.model_.heads[t], hard.model_.heads[t]) < 1e-4
-    ph, ps = hard.predict(X), soft.predict(X)
+    ph, ps = hard.predict(X.numpy()), soft.predict(X.numpy())  # numpy in, numpy out
     for t in Y:
         assert (ph[t] == ps[t]).mean() > 0.99
     assert hard.history_[-1]["loss"] == pytest.approx(soft.history_[-1]["loss"], rel=1e-4)
@@ -116,7 +116,7 @@ def test_lambda_mu_zero_equals_separate_training(digits):
         # the same network from the same init on the same batches; only Adam's eps sees the 1/T loss scale
         assert _max_diff(alone.model_.trunks[t], sep.model_.trunks[t]) < 1e-5
         assert _max_diff(alone.model_.trunks[t], soft.model_.trunks[t]) < 1e-3
-        assert (alone.predict(X)[t] == soft.predict(X)[t]).mean() > 0.99
+        assert (alone.predict(X.numpy())[t] == soft.predict(X.numpy())[t]).mean() > 0.99
 
 
 def test_multitask_learns_and_scores_per_task(digits):
@@ -231,7 +231,7 @@ def test_contextual_classifier_errors_and_weights():
     # sample_weight reaches the loss: with weight only on class 3, the model predicts 3 almost everywhere
     w = (y == 3).float().numpy()
     one = ContextualClassifier("pooled", hidden=(8,), epochs=5, random_state=0).fit(X, y, sample_weight=w)
-    assert (one.predict(X) == 3).mean() > 0.9
+    assert (one.predict(X.numpy()) == 3).mean() > 0.9
 
 
 def test_experiment_smoke(tmp_path):

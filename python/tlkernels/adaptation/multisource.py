@@ -140,12 +140,12 @@ class UntrustedSources(ClassifierMixin, BaseEstimator):
     def predict(self, X):
         """X (N, ...) -> (N,) labels."""
         check_fitted(self)
-        return like_input(torch.as_tensor(self.estimator_.predict(_np(X))), X)
+        return like_input(self.estimator_.predict(_np(X)), X)
 
     def predict_proba(self, X):
         """X (N, ...) -> (N, C) probabilities."""
         check_fitted(self)
-        return like_input(torch.as_tensor(self.estimator_.predict_proba(_np(X))), X)
+        return like_input(self.estimator_.predict_proba(_np(X)), X)
 
     def score(self, X, y, sample_weight=None) -> float:
         """(Weighted) accuracy on (X (N, ...), y (N,))."""
@@ -237,7 +237,7 @@ class MultiTaskUnlabeled(BaseEstimator):
         check_fitted(self)
         if not (isinstance(task, (int, np.integer)) and 0 <= task < len(self.estimators_)):
             raise ValueError(f"task must be a task index in [0, {len(self.estimators_)}), got {task!r}")
-        return like_input(torch.as_tensor(self.estimators_[task].predict(_np(X))), X)
+        return like_input(self.estimators_[task].predict(_np(X)), X)
 
     def score(self, task: int, X, y) -> float:
         """Accuracy of task `task`'s model on (X (N, ...), y (N,))."""

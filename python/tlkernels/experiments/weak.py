@@ -90,11 +90,11 @@ def run_localization(seed: int, n_train: int = 800, n_test: int = 400, epochs: i
                            random_state=seed, verbose=verbose).fit(X, y)
         fit_s = time.time() - t0
         t0 = time.time()
-        boxes = wl.localize(Xp)
+        boxes = wl.localize(Xp).numpy()  # tensor in, tensor out
         ess_s, n_ess = time.time() - t0, wl.n_evaluated_.copy()
         extra = {"image_accuracy": wl.classification_score(Xt, yt), "fit_seconds": fit_s}
         if pooling == "window":
-            maps = wl.score_maps(Xp)
+            maps = wl.score_maps(Xp).numpy()
             t0 = time.time()
             ex = [localize(s, "exhaustive", min_size, max_size, return_info=True) for s in maps]
             ex_s = time.time() - t0

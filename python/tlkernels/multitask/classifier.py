@@ -11,6 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .._base import TorchEstimator, like_input
+from .._seeding import draw_seed
+from ..nn import mlp
 from ..transfer._common import as_x, reset_parameters, torch_generator
 from .sharing import HardSharingNet, PerTaskNets, SoftSharingPenalty, check_task_name
 
@@ -73,14 +76,11 @@ def _task_weights(sample_weight, labels: dict[str, Tensor], n: int) -> dict[str,
 
 
 def _mlp_trunk(d_in: int, hidden) -> tuple[nn.Sequential, int]:
-    layers, d = [nn.Flatten()], d_in
-    for h in hidden:
-        layers += [nn.Linear(d, int(h)), nn.ReLU()]
-        d = int(h)
-    return nn.Sequential(*layers), d
+    """Flatten -> (Linear, ReLU) per width (``tlkernels.nn.mlp``) and its output width."""
+    return mlp(d_in, hidden, flatten=True), int(hidden[-1])
 
 
-class MultiTaskClassifier:
+class MultiTaskClassifier(TorchEstimator):
     """Several classification tasks on one input space (Lampert 2019, "Situation 1"):
 
     mode='separate': one network (trunk eta_t + head beta_t) per task, each trained on its own loss.
@@ -111,7 +111,9 @@ class MultiTaskClassifier:
     sample_weight: None, (N,) for all tasks, or {task: (N,)}. Each task's loss in a batch is the
     sample-weighted mean over its labelled examples in that batch.
     Attributes: ``model_`` (HardSharingNet or PerTaskNets), ``tasks_``, ``n_classes_`` {task: C_t},
-    ``history_`` [{epoch, loss, loss_<task>, penalty}].
+    ``history_`` [{epoch, loss, loss_<task>, penalty}]. Outputs are dicts {task: ...} (numpy for
+    numpy X, tensors for a tensor X): scikit-learn's ClassifierMixin (one label per example)
+    does not apply.
     """
 
     MODES = ("separate", "hard", "soft")
@@ -140,10 +142,10 @@ class MultiTaskClassifier:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        self.mode, self.hidden, self.trunk, self.lam, self.mu = mode, tuple(hidden), trunk, lam, mu
-        self.task_weights, self.lr, self.epochs, self.batch_size = task_weights, lr, int(epochs), int(batch_size)
+        self.mode, self.hidden, self.trunk, self.lam, self.mu = mode, hidden, trunk, lam, mu
+        self.task_weights, self.lr, self.epochs, self.batch_size = task_weights, lr, epochs, batch_size
         self.optimizer, self.weight_decay = optimizer, weight_decay
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
     # -- construction -------------------------------------------------------------------------
@@ -195,7 +197,7 @@ class MultiTaskClassifier:
                 p.grad = total.clone()
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, X, Y, sample_weight=None) -> "MultiTaskClassifier":
+    def fit(self, X, Y, sample_weight=None) -> MultiTaskClassifier:
         from tqdm.auto import tqdm
 
         X = as_x(X)
@@ -211,8 +213,9 @@ class MultiTaskClassifier:
                 raise ValueError(f"Y[{t!r}] has no labelled example with positive weight")
         self.tasks_ = list(labels)
         self.n_classes_ = {t: max(int(y.max()) + 1, 2) for t, y in labels.items()}
-        seed = int(torch.randint(2**31 - 1, (1,), generator=torch_generator(self.random_state)))
-        model = self._build(X, seed).to(self.device)
+        seed = draw_seed(torch_generator(self.random_state), 2**31 - 1)
+        device = self._device()
+        model = self._build(X, seed).to(device)
         coef = self._loss_coef()
         soft = self.mode == "soft"
         inf = float("inf")
@@ -234,10 +237,10 @@ class MultiTaskClassifier:
             perm = torch.randperm(n, generator=gen)
             sums = {t: 0.0 for t in self.tasks_}
             tot, pen_tot, steps = 0.0, 0.0, 0
-            for i in range(0, n, self.batch_size):
-                idx = perm[i:i + self.batch_size]
-                xb = X[idx].to(self.device)
-                yb, wb = Ymat[idx].to(self.device), Wmat[idx].to(self.device)
+            for i in range(0, n, int(self.batch_size)):
+                idx = perm[i:i + int(self.batch_size)]
+                xb = X[idx].to(device)
+                yb, wb = Ymat[idx].to(device), Wmat[idx].to(device)
                 feats = model.trunk(xb) if self.mode == "hard" else None
                 loss = None
                 for j, t in enumerate(self.tasks_):
@@ -278,27 +281,29 @@ class MultiTaskClassifier:
 
     # -- prediction ---------------------------------------------------------------------------
     def _check_fitted(self):
-        if not hasattr(self, "model_"):
-            raise ValueError("this MultiTaskClassifier is not fitted yet; call fit(X, Y) first")
+        self._check_is_fitted()
 
-    def decision_function(self, X) -> dict[str, np.ndarray]:
-        """X (N, ...) -> {task: logits (N, C_t)}."""
+    def _logits(self, X) -> dict[str, Tensor]:
         self._check_fitted()
         X = as_x(X)
         out = {t: [] for t in self.tasks_}
         with torch.no_grad():
             for i in range(0, X.shape[0], 512):
-                for t, v in self.model_(X[i:i + 512].to(self.device)).items():
+                for t, v in self.model_(X[i:i + 512].to(self._device())).items():
                     out[t].append(v.cpu())
-        return {t: torch.cat(v).numpy() for t, v in out.items()}
+        return {t: torch.cat(v) for t, v in out.items()}
 
-    def predict_proba(self, X) -> dict[str, np.ndarray]:
+    def decision_function(self, X) -> dict:
+        """X (N, ...) -> {task: logits (N, C_t)}."""
+        return like_input(self._logits(X), X)
+
+    def predict_proba(self, X) -> dict:
         """X (N, ...) -> {task: class probabilities (N, C_t)}."""
-        return {t: torch.softmax(torch.as_tensor(v), 1).numpy() for t, v in self.decision_function(X).items()}
+        return like_input({t: torch.softmax(v, 1) for t, v in self._logits(X).items()}, X)
 
-    def predict(self, X) -> dict[str, np.ndarray]:
+    def predict(self, X) -> dict:
         """X (N, ...) -> {task: class indices (N,)}."""
-        return {t: v.argmax(1) for t, v in self.decision_function(X).items()}
+        return like_input({t: v.argmax(1) for t, v in self._logits(X).items()}, X)
 
     def score(self, X, Y, sample_weight=None) -> dict[str, float]:
         """Per-task (weighted) accuracy over the examples labelled for that task: {task: accuracy}.
@@ -310,7 +315,7 @@ class MultiTaskClassifier:
         if unknown:
             raise ValueError(f"Y names unknown tasks {unknown}; the model was fitted on {self.tasks_}")
         weights = _task_weights(sample_weight, labels, X.shape[0])
-        pred = self.predict(X)
+        pred = {t: v.numpy() for t, v in self.predict(X.cpu()).items()}
         out = {}
         for t, y in labels.items():
             m = (y >= 0).numpy()

@@ -6,22 +6,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import ClassifierMixin
 from torch import Tensor, nn
 
-from ..transfer._common import as_weights, as_x, as_xy, reset_parameters, torch_generator, train_loop
+from .._base import TorchEstimator, like_input
+from .._validation import as_labels, to_numpy
+from ..nn import mlp
+from ..transfer._common import (
+    as_weights,
+    reset_parameters,
+    torch_generator,
+    train_loop,
+)
 
-__all__ = ["ContextConcatNet", "WeightPredictingNet", "ContextualClassifier", "as_context", "mlp"]
-
-
-def mlp(d_in: int, hidden, d_out: int | None = None) -> nn.Sequential:
-    """(Linear, ReLU) * len(hidden) [+ Linear(hidden[-1], d_out)]; input (N, d_in)."""
-    layers, d = [], int(d_in)
-    for h in hidden:
-        layers += [nn.Linear(d, int(h)), nn.ReLU()]
-        d = int(h)
-    if d_out is not None:
-        layers.append(nn.Linear(d, int(d_out)))
-    return nn.Sequential(*layers)
+__all__ = ["ContextConcatNet", "ContextualClassifier", "WeightPredictingNet", "as_context", "mlp"]  # mlp: tlkernels.nn.mlp
 
 
 def as_context(context, n: int, dim: int | None = None, arg: str = "context") -> Tensor:
@@ -114,7 +112,7 @@ class _Pooled(nn.Module):
         return self.net(x.flatten(1))
 
 
-class ContextualClassifier:
+class ContextualClassifier(ClassifierMixin, TorchEstimator):
     """Train one model on the union of all source tasks, each example carrying its task's context
     vector mu; predict a new task from its context alone (domain generalisation).
 
@@ -147,35 +145,40 @@ class ContextualClassifier:
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         if optimizer not in ("adam", "sgd"):
             raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
-        self.model, self.hidden, self.hyper_hidden, self.at = model, tuple(hidden), tuple(hyper_hidden), at
-        self.lr, self.epochs, self.batch_size, self.optimizer = lr, int(epochs), int(batch_size), optimizer
+        self.model, self.hidden, self.hyper_hidden, self.at = model, hidden, hyper_hidden, at
+        self.lr, self.epochs, self.batch_size, self.optimizer = lr, epochs, batch_size, optimizer
         self.weight_decay = weight_decay
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
     def _build(self, d_in: int, c: int, C: int) -> nn.Module:
+        hidden = tuple(self.hidden)
         if self.model == "concat":
-            return ContextConcatNet(d_in, c, C, self.hidden, self.at)
+            return ContextConcatNet(d_in, c, C, hidden, self.at)
         if self.model == "weights":
-            phi = nn.Sequential(nn.Flatten(), mlp(d_in, self.hidden))
-            return WeightPredictingNet(phi, self.hidden[-1], c, C, self.hyper_hidden)
-        return _Pooled(mlp(d_in, self.hidden, C))
+            phi = nn.Sequential(nn.Flatten(), mlp(d_in, hidden))
+            return WeightPredictingNet(phi, hidden[-1], c, C, tuple(self.hyper_hidden))
+        return _Pooled(mlp(d_in, hidden, C))
 
     def _context(self, context, n: int, fitting: bool) -> Tensor:
         if self.model == "pooled" and context is None:
             return torch.zeros(n, 0 if fitting else self.context_dim_)
         return as_context(context, n, None if fitting else self.context_dim_)
 
-    def fit(self, X, y, context=None, sample_weight=None) -> "ContextualClassifier":
-        X, y = as_xy(X, y)
+    def fit(self, X, y, context=None, sample_weight=None) -> ContextualClassifier:
+        """X (N, ...), y (N,) class indices, context (N, c) / (N,) (None for 'pooled'),
+        sample_weight (N,); returns self."""
+        X = self._validate_X(X, reset=True)
+        y = as_labels(y, X.shape[0])
         X = X.flatten(1)
         n = X.shape[0]
         ctx = self._context(context, n, fitting=True)
         w = as_weights(sample_weight, n)
         gen = torch_generator(self.random_state)
         self.n_classes_, self.context_dim_ = max(int(y.max()) + 1, 2), ctx.shape[1]
-        net = reset_parameters(self._build(X.shape[1], ctx.shape[1], self.n_classes_), gen).to(self.device)
-        Xd, Cd = X.to(self.device), ctx.to(self.device)
+        device = self._device()
+        net = reset_parameters(self._build(X.shape[1], ctx.shape[1], self.n_classes_), gen).to(device)
+        Xd, Cd = X.to(device), ctx.to(device)
 
         # train_loop batches over example indices; the loss looks the inputs and contexts up
         def loss_fn(m, ib, yb):
@@ -184,35 +187,39 @@ class ContextualClassifier:
 
         groups = [{"params": list(net.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}]
         self.history_ = train_loop(net, groups, torch.arange(n), y, epochs=self.epochs, batch_size=self.batch_size,
-                                   optimizer=self.optimizer, gen=gen, device=self.device, sample_weight=w,
+                                   optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
                                    loss_fn=loss_fn, verbose=self.verbose, desc=f"context ({self.model})")
         net.eval()
         self.model_ = net
+        self.classes_ = np.arange(self.n_classes_)
         return self
 
-    def decision_function(self, X, context=None) -> np.ndarray:
-        """X (N, ...), context (N, c) -> logits (N, C)."""
-        if not hasattr(self, "model_"):
-            raise ValueError("this ContextualClassifier is not fitted yet; call fit(X, y, context) first")
-        X = as_x(X).flatten(1)
+    def _logits(self, X, context) -> Tensor:
+        self._check_is_fitted()
+        X = self._validate_X(X, reset=False).flatten(1)
         ctx = self._context(context, X.shape[0], fitting=False)
+        dev = self._device()
         out = []
         with torch.no_grad():
             for i in range(0, X.shape[0], 512):
-                out.append(self.model_(X[i:i + 512].to(self.device), ctx[i:i + 512].to(self.device)).cpu())
-        return torch.cat(out).numpy()
+                out.append(self.model_(X[i:i + 512].to(dev), ctx[i:i + 512].to(dev)).cpu())
+        return torch.cat(out)
 
-    def predict_proba(self, X, context=None) -> np.ndarray:
+    def decision_function(self, X, context=None):
+        """X (N, ...), context (N, c) -> logits (N, C)."""
+        return like_input(self._logits(X, context), X)
+
+    def predict_proba(self, X, context=None):
         """-> class probabilities (N, C)."""
-        return torch.softmax(torch.as_tensor(self.decision_function(X, context)), 1).numpy()
+        return like_input(torch.softmax(self._logits(X, context), 1), X)
 
-    def predict(self, X, context=None) -> np.ndarray:
+    def predict(self, X, context=None):
         """-> class indices (N,)."""
-        return self.decision_function(X, context).argmax(1)
+        return like_input(self._logits(X, context).argmax(1), X)
 
     def score(self, X, y, context=None, sample_weight=None) -> float:
         """(Weighted) accuracy on (X, y) under the given contexts."""
-        y = np.asarray(y.cpu() if isinstance(y, Tensor) else y)
-        hit = (self.predict(X, context) == y).astype(np.float64)
+        y = to_numpy(y)
+        hit = (to_numpy(self.predict(X, context)) == y).astype(np.float64)
         w = np.ones_like(hit) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
         return float((w * hit).sum() / w.sum())

@@ -21,8 +21,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import ClassifierMixin
 from torch import Tensor, nn
 
+from .._base import TorchEstimator, like_input
+from .._seeding import seed_global_torch
+from .._validation import to_numpy
 from ..transfer._common import as_weights, as_x, torch_generator, train_loop
 from .localization import iou, localize
 
@@ -100,7 +104,7 @@ def _check_images(images, name="images") -> Tensor:
     return X
 
 
-class WeakLocalizer:
+class WeakLocalizer(ClassifierMixin, TorchEstimator):
     """Localiser trained from image-level labels only.
 
     Args:
@@ -117,8 +121,10 @@ class WeakLocalizer:
         device, random_state, verbose (tqdm bar over epochs).
 
     fit(images (N, 1, H, W), image_labels (N,) in {0, 1}, sample_weight=None (N,)) -> self.
-    Attributes: ``net_`` (the trained ScoreMapNet), ``history_`` (per-epoch loss),
-    ``n_evaluated_`` (N,) boxes / box sets scored by the last ``localize`` call.
+    Attributes: ``net_`` (the trained ScoreMapNet), ``history_`` (per-epoch loss), ``classes_``
+    ([0, 1]), ``n_evaluated_`` (N,) boxes / box sets scored by the last ``localize`` call.
+    Outputs are numpy for numpy images and tensors for tensor images. ``score`` is the
+    localisation accuracy (boxes); ``classification_score`` the image-level accuracy.
     """
 
     def __init__(self, channels: int = 16, kernel_size: int = 5, pooling: str = "window", epochs: int = 20,
@@ -136,15 +142,15 @@ class WeakLocalizer:
             raise ValueError(f"lr must be positive, got {lr}")
         ScoreMapNet(channels, kernel_size)  # validates channels / kernel_size now
         self.pooling = pooling
-        self.channels, self.kernel_size, self.epochs, self.lr = channels, kernel_size, int(epochs), lr
+        self.channels, self.kernel_size, self.epochs, self.lr = channels, kernel_size, epochs, lr
         self.weight_decay, self.batch_size, self.optimizer = weight_decay, batch_size, optimizer
         self.method, self.min_size, self.max_size = method, min_size, max_size
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
-    def fit(self, images, image_labels, sample_weight=None) -> "WeakLocalizer":
+    def fit(self, images, image_labels, sample_weight=None) -> WeakLocalizer:
         X = _check_images(images)
-        y = torch.as_tensor(np.asarray(image_labels.cpu() if isinstance(image_labels, Tensor) else image_labels))
+        y = torch.as_tensor(to_numpy(image_labels))
         if y.dim() != 1 or y.shape[0] != X.shape[0]:
             raise ValueError(f"image_labels must have shape ({X.shape[0]},) to match images, got {tuple(y.shape)}")
         if not bool(((y == 0) | (y == 1)).all()):
@@ -152,8 +158,9 @@ class WeakLocalizer:
         y = y.long()
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
-        torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-        net = ScoreMapNet(self.channels, self.kernel_size).to(self.device)
+        seed_global_torch(gen)
+        device = self._device()
+        net = ScoreMapNet(self.channels, self.kernel_size).to(device)
         groups = [{"params": list(net.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}]
 
         def loss_fn(m, xb, yb):
@@ -161,63 +168,71 @@ class WeakLocalizer:
             return F.binary_cross_entropy_with_logits(logits, yb.float(), reduction="none")
 
         self.history_ = train_loop(net, groups, X, y, epochs=self.epochs, batch_size=self.batch_size,
-                                   optimizer=self.optimizer, gen=gen, device=self.device, sample_weight=w,
+                                   optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
                                    loss_fn=loss_fn, verbose=self.verbose, desc="weak localiser")
         self.net_ = net.eval()
+        self.classes_ = np.arange(2)
         return self
 
     def _check_fitted(self):
-        if not hasattr(self, "net_"):
-            raise ValueError("this WeakLocalizer is not fitted yet: call fit(images, image_labels) first")
+        self._check_is_fitted()
 
     @torch.no_grad()
-    def score_maps(self, images) -> np.ndarray:
-        """images (N, 1, H, W) -> per-pixel scores s(p) (N, H, W)."""
+    def _score_maps(self, images) -> np.ndarray:
         self._check_fitted()
         X = _check_images(images)
-        return torch.cat([self.net_(X[i:i + 256].to(self.device)).cpu() for i in range(0, X.shape[0], 256)]).numpy()
+        dev = self._device()
+        return torch.cat([self.net_(X[i:i + 256].to(dev)).cpu() for i in range(0, X.shape[0], 256)]).numpy()
 
     @torch.no_grad()
-    def decision_function(self, images) -> np.ndarray:
-        """images (N, 1, H, W) -> image-level logits (N,) (the training ``pooling``)."""
+    def _logits(self, images) -> np.ndarray:
         self._check_fitted()
         X = _check_images(images)
-        return torch.cat([self.net_.image_logits(X[i:i + 256].to(self.device), self.pooling, self.min_size,
+        dev = self._device()
+        return torch.cat([self.net_.image_logits(X[i:i + 256].to(dev), self.pooling, self.min_size,
                                                  self.max_size).cpu() for i in range(0, X.shape[0], 256)]).numpy()
 
-    def predict_proba(self, images) -> np.ndarray:
-        """images (N, 1, H, W) -> (N, 2) probabilities of [absent, present]."""
-        p = 1.0 / (1.0 + np.exp(-np.clip(self.decision_function(images), -60, 60)))
-        return np.stack([1 - p, p], 1)
+    def score_maps(self, images):
+        """images (N, 1, H, W) -> per-pixel scores s(p) (N, H, W)."""
+        return like_input(self._score_maps(images), images)
 
-    def predict(self, images) -> np.ndarray:
+    def decision_function(self, images):
+        """images (N, 1, H, W) -> image-level logits (N,) (the training ``pooling``)."""
+        return like_input(self._logits(images), images)
+
+    def predict_proba(self, images):
+        """images (N, 1, H, W) -> (N, 2) probabilities of [absent, present]."""
+        p = 1.0 / (1.0 + np.exp(-np.clip(self._logits(images), -60, 60)))
+        return like_input(np.stack([1 - p, p], 1), images)
+
+    def predict(self, images):
         """images (N, 1, H, W) -> image-level labels (N,) in {0, 1}."""
-        return (self.decision_function(images) > 0).astype(np.int64)
+        return like_input((self._logits(images) > 0).astype(np.int64), images)
 
     def classification_score(self, images, image_labels) -> float:
         """Image-level accuracy on (images (N, 1, H, W), image_labels (N,))."""
-        y = np.asarray(image_labels.cpu() if isinstance(image_labels, Tensor) else image_labels)
-        return float((self.predict(images) == y).mean())
+        return float((to_numpy(self.predict(images)) == to_numpy(image_labels)).mean())
 
     def localize(self, images, return_info: bool = False):
         """images (N, 1, H, W) -> boxes (N, 4) int64 (y0, x0, y1, x1), exclusive ends: the arg-max
         window of each score map; with return_info also the window scores (N,). Sets
         ``n_evaluated_`` (N,)."""
-        maps = self.score_maps(images)
+        maps = self._score_maps(images)
         out = [localize(s, self.method, self.min_size, self.max_size, return_info=True) for s in maps]
         boxes = np.stack([b for b, _ in out])
         self.n_evaluated_ = np.array([i["n_evaluated"] for _, i in out])
-        return (boxes, np.array([i["score"] for _, i in out])) if return_info else boxes
+        res = (boxes, np.array([i["score"] for _, i in out])) if return_info else boxes
+        return like_input(res, images)
 
     def score(self, images, boxes, threshold: float = 0.5) -> float:
         """Localisation accuracy: fraction of images whose predicted box has IoU >= threshold with
         the true box (boxes (N, 4)); rows with negative coordinates (no object) are skipped."""
-        b = np.asarray(boxes.cpu() if isinstance(boxes, Tensor) else boxes)
+        b = to_numpy(boxes)
         X = _check_images(images)
         if b.shape != (X.shape[0], 4):
             raise ValueError(f"boxes must have shape ({X.shape[0]}, 4) to match images, got {b.shape}")
         keep = (b >= 0).all(1)
         if not keep.any():
             raise ValueError("boxes holds no object (every row has negative coordinates)")
-        pred = self.localize(X[torch.as_tensor(np.flatnonzero(keep))])
+        pred = to_numpy(self.localize(X[torch.as_tensor(np.flatnonzero(keep))]))
         return float((iou(pred, b[keep]) >= threshold).mean())

@@ -8,13 +8,16 @@ import copy
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import Tensor
+
+from .._base import like_input
+from .._validation import as_tensor, check_fitted, to_numpy
 
 __all__ = ["SelfTraining"]
 
 
-def _to_numpy(a) -> np.ndarray:
-    return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+_to_numpy = to_numpy
 
 
 def _concat(a, b):
@@ -30,20 +33,27 @@ def _take(a, idx: np.ndarray):
 
 
 def _check_x(X, name: str):
+    """Checks X (N, ...) (non-empty, finite numbers) without converting it: the wrapped
+    estimator gets the caller's array or tensor."""
     if not hasattr(X, "shape") or len(X.shape) < 1 or X.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty array or tensor with examples along dim 0")
-    if not np.isfinite(_to_numpy(X).astype(np.float64, copy=False)).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    as_tensor(X, name)
 
 
-class SelfTraining:
+def _default_estimator():
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(max_iter=1000)
+
+
+class SelfTraining(ClassifierMixin, BaseEstimator):
     """Self-training wrapper around any probabilistic classifier.
 
     Args:
         estimator: an estimator with ``fit(X, y[, sample_weight])`` and ``predict_proba(X)``
             (scikit-learn's LogisticRegression, tlkernels.transfer.FineTune, ...), cloned
             (sklearn.base.clone, else deep-copied) before every round; or a zero-argument factory
-            returning a fresh one (a class counts as a factory).
+            returning a fresh one (a class counts as a factory); None: LogisticRegression(max_iter=1000).
         threshold: an unlabeled example is pseudo-labelled in a round when the current model's
             max class probability is >= threshold (in [0, 1]; above 1 nothing is ever added).
         max_rounds: retraining rounds after the labelled-only fit (0 = labelled only).
@@ -60,7 +70,9 @@ class SelfTraining:
     retraining would see the same data).
 
     fit(X_labeled (n, ...), y (n,), X_unlabeled (m, ...), sample_weight=None (n,),
-    y_unlabeled_true=None (m,)) -> self. ``y_unlabeled_true`` is for reporting only: it fills
+    y_unlabeled_true=None (m,)) -> self. Without X_unlabeled, the examples of X_labeled whose
+    label is -1 are the unlabeled ones (scikit-learn's SelfTrainingClassifier convention); with
+    none, only the labelled model is fitted. ``y_unlabeled_true`` is for reporting only: it fills
     ``history_[r]["pseudo_accuracy"]`` and is never used for training or stopping.
 
     Attributes: ``estimator_`` (the final model), ``estimators_`` (one per round, round 0 = the
@@ -70,9 +82,9 @@ class SelfTraining:
     model: round, n_pseudo, n_changed, mean_confidence, pseudo_accuracy).
     """
 
-    def __init__(self, estimator, threshold: float = 0.9, max_rounds: int = 5, max_new_per_round: int | None = None,
+    def __init__(self, estimator=None, threshold: float = 0.9, max_rounds: int = 5, max_new_per_round: int | None = None,
                  weight_by_confidence: bool = False, random_state=None, verbose: bool = False):
-        if not (hasattr(estimator, "fit") or callable(estimator)):
+        if estimator is not None and not (hasattr(estimator, "fit") or callable(estimator)):
             raise ValueError(f"estimator must have fit/predict_proba or be a factory returning one, got {estimator!r}")
         if hasattr(estimator, "fit") and not isinstance(estimator, type) and not hasattr(estimator, "predict_proba"):
             raise ValueError(f"estimator must have a predict_proba method, {type(estimator).__name__} has none")
@@ -83,12 +95,14 @@ class SelfTraining:
         if max_new_per_round is not None and not (isinstance(max_new_per_round, (int, np.integer))
                                                   and max_new_per_round >= 1):
             raise ValueError(f"max_new_per_round must be None or an int >= 1, got {max_new_per_round!r}")
-        self.estimator, self.threshold, self.max_rounds = estimator, float(threshold), int(max_rounds)
+        self.estimator, self.threshold, self.max_rounds = estimator, threshold, max_rounds
         self.max_new_per_round, self.weight_by_confidence = max_new_per_round, weight_by_confidence
         self.random_state, self.verbose = random_state, verbose
 
     def _new(self):
-        if hasattr(self.estimator, "fit") and not isinstance(self.estimator, type):
+        if self.estimator is None:
+            est = _default_estimator()
+        elif hasattr(self.estimator, "fit") and not isinstance(self.estimator, type):
             try:
                 from sklearn.base import clone
 
@@ -113,15 +127,29 @@ class SelfTraining:
         cl = getattr(est, "classes_", None)
         return np.asarray(cl) if cl is not None else np.arange(n_cols)
 
-    def fit(self, X_labeled, y, X_unlabeled, sample_weight=None, y_unlabeled_true=None) -> "SelfTraining":
+    def fit(self, X_labeled, y, X_unlabeled=None, sample_weight=None, y_unlabeled_true=None) -> SelfTraining:
+        """X_labeled (n, ...), y (n,), X_unlabeled (m, ...) or None (then y == -1 marks them),
+        sample_weight (n,), y_unlabeled_true (m,) for reporting only; returns self."""
         from tqdm.auto import tqdm
 
         _check_x(X_labeled, "X_labeled")
-        _check_x(X_unlabeled, "X_unlabeled")
         y_np = _to_numpy(y)
+        if y_np.ndim != 1 or y_np.shape[0] != X_labeled.shape[0]:
+            raise ValueError(f"y must have shape ({X_labeled.shape[0]},) to match X_labeled, got {tuple(y_np.shape)}")
+        if X_unlabeled is None:
+            unl = y_np == -1 if y_np.dtype.kind in "iuf" else np.zeros(len(y_np), dtype=bool)
+            X_unlabeled = _take(X_labeled, np.flatnonzero(unl))
+            keep = np.flatnonzero(~unl)
+            if unl.any():
+                if sample_weight is not None:
+                    sample_weight = _to_numpy(sample_weight)[keep]
+                X_labeled, y = _take(X_labeled, keep), _take(y, keep)
+                y_np = _to_numpy(y)
+        if y_np.shape[0] == 0:
+            raise ValueError("y must label at least one example (every label is -1)")
+        if X_unlabeled.shape[0] > 0:
+            _check_x(X_unlabeled, "X_unlabeled")
         n, m = X_labeled.shape[0], X_unlabeled.shape[0]
-        if y_np.ndim != 1 or y_np.shape[0] != n:
-            raise ValueError(f"y must have shape ({n},) to match X_labeled, got {tuple(y_np.shape)}")
         if tuple(X_labeled.shape[1:]) != tuple(X_unlabeled.shape[1:]):
             raise ValueError(f"X_unlabeled must have feature shape {tuple(X_labeled.shape[1:])} like X_labeled, "
                              f"got {tuple(X_unlabeled.shape[1:])}")
@@ -143,12 +171,13 @@ class SelfTraining:
         labels = np.full(m, -1, dtype=np.int64)
         mask = np.zeros(m, dtype=bool)
         conf = np.zeros(m)
-        bar = tqdm(range(1, self.max_rounds + 1), desc="self-training", disable=not self.verbose, leave=False)
+        bar = tqdm(range(1, int(self.max_rounds) + 1 if m > 0 else 1), desc="self-training",
+                   disable=not self.verbose, leave=False)
         for r in bar:
             proba = np.asarray(est.predict_proba(X_unlabeled))
             conf = proba.max(1)
             pred = self._classes(est, proba.shape[1])[proba.argmax(1)].astype(np.int64)
-            new_mask = conf >= self.threshold
+            new_mask = conf >= float(self.threshold)
             if self.max_new_per_round is not None:
                 cap = int(mask.sum()) + int(self.max_new_per_round)
                 if new_mask.sum() > cap:
@@ -175,7 +204,7 @@ class SelfTraining:
                 est = self._fit_one(self._new(), X_all, y_all, w)
             self.estimators_.append(est)
             acc = None if y_true is None or len(idx) == 0 else float((labels[idx] == y_true[idx]).mean())
-            self.history_.append({"round": r, "n_pseudo": int(len(idx)), "n_changed": n_changed,
+            self.history_.append({"round": r, "n_pseudo": len(idx), "n_changed": n_changed,
                                   "mean_confidence": float(conf[idx].mean()) if len(idx) else None,
                                   "pseudo_accuracy": acc})
         bar.close()
@@ -186,21 +215,20 @@ class SelfTraining:
         return self
 
     def _check_fitted(self):
-        if not hasattr(self, "estimator_"):
-            raise ValueError("this SelfTraining is not fitted yet: call fit(X_labeled, y, X_unlabeled) first")
+        check_fitted(self)
 
-    def predict_proba(self, X) -> np.ndarray:
+    def predict_proba(self, X):
         """X (N, ...) -> class probabilities (N, C) of the final model."""
         self._check_fitted()
-        return np.asarray(self.estimator_.predict_proba(X))
+        return like_input(_to_numpy(self.estimator_.predict_proba(X)), X)
 
-    def predict(self, X) -> np.ndarray:
+    def predict(self, X):
         """X (N, ...) -> class labels (N,)."""
         self._check_fitted()
-        return np.asarray(self.estimator_.predict(X))
+        return like_input(_to_numpy(self.estimator_.predict(X)), X)
 
     def score(self, X, y, sample_weight=None) -> float:
         """(Weighted) accuracy of the final model on (X (N, ...), y (N,))."""
-        hit = (self.predict(X) == _to_numpy(y)).astype(np.float64)
+        hit = (_to_numpy(self.predict(X)) == _to_numpy(y)).astype(np.float64)
         w = np.ones_like(hit) if sample_weight is None else _to_numpy(sample_weight).astype(np.float64)
         return float((w * hit).sum() / w.sum())

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import numpy as np
-from torch import Tensor
+import torch
 
-__all__ = ["accuracy", "check_class_attributes", "check_labels", "resolve_candidates", "to_numpy_2d",
-           "ZeroShotPredictMixin"]
+from .._base import like_input
+from .._validation import as_numpy_2d, check_fitted, to_numpy
+
+__all__ = [
+    "ZeroShotPredictMixin",
+    "accuracy",
+    "check_class_attributes",
+    "check_labels",
+    "resolve_candidates",
+    "to_numpy_2d",
+]
 
 
-def _np(a):
-    return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+_np = to_numpy
 
 
 def to_numpy_2d(X, name: str = "X") -> np.ndarray:
-    """numpy / tensor (N, ...) -> float64 (N, D) (images are flattened); rejects empty / non-finite."""
-    X = _np(X)
-    if X.ndim < 1 or X.shape[0] == 0:
-        raise ValueError(f"{name} must be non-empty with examples along dim 0, got shape {X.shape}")
-    X = X.reshape(X.shape[0], -1).astype(np.float64)
-    if not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return X
+    """numpy / tensor (N, ...) -> float64 (N, D) (images are flattened); rejects empty / non-finite
+    (``tlkernels._validation.as_numpy_2d``)."""
+    return as_numpy_2d(X, name)
 
 
 def check_class_attributes(class_attributes, name: str = "class_attributes") -> np.ndarray:
@@ -84,22 +87,30 @@ def accuracy(pred, y, sample_weight=None) -> float:
 
 
 class ZeroShotPredictMixin:
-    """predict_proba / predict / score of a zero-shot estimator from its ``decision_function(X,
-    candidate_classes, class_attributes)`` (N, C) scores over the candidates and its ``_table``."""
+    """decision_function / predict_proba / predict / score of a zero-shot estimator from its
+    ``_scores(X, candidate_classes, class_attributes)`` (N, C) numpy scores over the candidates
+    and its ``_table``; numpy in -> numpy out, a tensor in -> a tensor out."""
 
-    def predict_proba(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+    def decision_function(self, X, candidate_classes=None, class_attributes=None):
+        """Scores (N, len(candidates)); candidates default to the classes not seen in fit."""
+        check_fitted(self)
+        return like_input(torch.as_tensor(self._scores(X, candidate_classes, class_attributes)), X)
+
+    def predict_proba(self, X, candidate_classes=None, class_attributes=None):
         """Softmax of the scores over the candidates (N, C): for DAP the posterior of its rule,
         for the embedding methods a ranking, not calibrated."""
-        s = self.decision_function(X, candidate_classes, class_attributes)
+        check_fitted(self)
+        s = self._scores(X, candidate_classes, class_attributes)
         e = np.exp(s - s.max(1, keepdims=True))
-        return e / e.sum(1, keepdims=True)
+        return like_input(torch.as_tensor(e / e.sum(1, keepdims=True)), X)
 
-    def predict(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+    def predict(self, X, candidate_classes=None, class_attributes=None):
         """X (N, ...) -> predicted classes (N,), table indices taken from the candidates."""
+        check_fitted(self)
         table = self._table(class_attributes)
         cand = resolve_candidates(candidate_classes, table.shape[0], self.seen_classes_)
-        return cand[self.decision_function(X, cand, class_attributes).argmax(1)]
+        return like_input(torch.as_tensor(cand[self._scores(X, cand, class_attributes).argmax(1)]), X)
 
     def score(self, X, y, candidate_classes=None, class_attributes=None, sample_weight=None) -> float:
         """(Weighted) accuracy of ``predict`` on (X, y)."""
-        return accuracy(self.predict(X, candidate_classes, class_attributes), y, sample_weight)
+        return accuracy(_np(self.predict(X, candidate_classes, class_attributes)), y, sample_weight)

@@ -4,14 +4,22 @@ off-the-shelf classifier over the seen classes + the class embeddings, no furthe
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
+from .._validation import check_fitted
+from ._common import (
+    ZeroShotPredictMixin,
+    check_class_attributes,
+    check_labels,
+    resolve_candidates,
+    to_numpy_2d,
+)
 from .embedding import encode_classes, encoded_table
 
 __all__ = ["ConSE"]
 
 
-class ConSE(ZeroShotPredictMixin):
+class ConSE(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
     """ConSE: embed x as the convex combination of the embeddings of its top-T seen classes,
 
         s(x) = sum_{t<=T} p(y_t | x) w_{y_t} / sum_{t<=T} p(y_t | x),
@@ -43,10 +51,10 @@ class ConSE(ZeroShotPredictMixin):
             raise ValueError(f"classifier must be 'logistic' or an estimator with predict_proba, got {classifier!r}")
         if not isinstance(classifier, str) and not hasattr(classifier, "predict_proba"):
             raise ValueError(f"classifier must have predict_proba, got {type(classifier).__name__}")
-        self.classifier, self.T, self.C, self.prefit = classifier, int(T), C, prefit
+        self.classifier, self.T, self.C, self.prefit = classifier, T, C, prefit
         self.signed, self.normalize, self.random_state = signed, normalize, random_state
 
-    def fit(self, X, y, class_attributes, sample_weight=None) -> "ConSE":
+    def fit(self, X, y, class_attributes, sample_weight=None) -> ConSE:
         """Trains the seen-class classifier (unless prefit) and stores the class embeddings."""
         S = check_class_attributes(class_attributes)
         if self.prefit:
@@ -78,10 +86,9 @@ class ConSE(ZeroShotPredictMixin):
 
     def embed(self, X) -> np.ndarray:
         """X (N, ...) -> s(x) (N, A): the probability-weighted mean embedding of the top-T seen classes."""
-        if not hasattr(self, "classifier_"):
-            raise RuntimeError("ConSE is not fitted: call fit first")
+        check_fitted(self)
         P = np.asarray(self.classifier_.predict_proba(to_numpy_2d(X)), dtype=np.float64)  # (N, S)
-        T = min(self.T, P.shape[1])
+        T = min(int(self.T), P.shape[1])
         top = np.argsort(-P, axis=1, kind="stable")[:, :T]  # (N, T)
         p = np.take_along_axis(P, top, 1)
         E = self.class_embeddings_[self.seen_classes_][top]  # (N, T, A)
@@ -90,7 +97,7 @@ class ConSE(ZeroShotPredictMixin):
     def _table(self, class_attributes):
         return encoded_table(self, class_attributes)
 
-    def decision_function(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+    def _scores(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
         """Cosine similarities (N, len(candidates)) between s(x) and the candidates' embeddings."""
         W = self._table(class_attributes)
         cand = resolve_candidates(candidate_classes, W.shape[0], self.seen_classes_)

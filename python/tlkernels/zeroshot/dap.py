@@ -4,8 +4,16 @@ zero-shot classification (Lampert 2019, "attribute-based classification", steps 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
+from .._validation import check_fitted
+from ._common import (
+    ZeroShotPredictMixin,
+    check_class_attributes,
+    check_labels,
+    resolve_candidates,
+    to_numpy_2d,
+)
 
 __all__ = ["DAP"]
 
@@ -21,7 +29,7 @@ class _Constant:
         return np.stack([1.0 - p1, p1], 1)
 
 
-class DAP(ZeroShotPredictMixin):
+class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
     """Direct Attribute Prediction.
 
     Step 1 (``fit``): from the labels of the seen classes build one binary training set per
@@ -81,7 +89,7 @@ class DAP(ZeroShotPredictMixin):
 
         return [clone(est) for _ in range(A)]
 
-    def fit(self, X, y, class_attributes, sample_weight=None) -> "DAP":
+    def fit(self, X, y, class_attributes, sample_weight=None) -> DAP:
         """X (N, ...) seen-class examples, y (N,) their classes (rows of class_attributes (K, A))."""
         X = to_numpy_2d(X)
         S = check_class_attributes(class_attributes)
@@ -117,8 +125,7 @@ class DAP(ZeroShotPredictMixin):
         return self
 
     def _check_fitted(self):
-        if not hasattr(self, "estimators_"):
-            raise RuntimeError("DAP is not fitted: call fit first")
+        check_fitted(self)
 
     def predict_attributes(self, X) -> np.ndarray:
         """X (N, ...) -> p(a_m = 1 | x) (N, A), clipped into [clip, 1 - clip]."""
@@ -142,7 +149,7 @@ class DAP(ZeroShotPredictMixin):
                              f"got shape {S.shape}")
         return S.astype(bool)
 
-    def decision_function(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+    def _scores(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
         """Log of the DAP score, (N, len(candidates)): sum_m log p(a_m^z | x) - log p(a_m^z).
 
         candidate_classes: indices into the table (default: every class not seen in fit);

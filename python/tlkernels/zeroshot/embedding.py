@@ -7,12 +7,20 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import Tensor, nn
 
+from .._validation import check_fitted
 from ..transfer._common import as_weights, torch_generator, train_loop
-from ._common import ZeroShotPredictMixin, check_class_attributes, check_labels, resolve_candidates, to_numpy_2d
+from ._common import (
+    ZeroShotPredictMixin,
+    check_class_attributes,
+    check_labels,
+    resolve_candidates,
+    to_numpy_2d,
+)
 
-__all__ = ["BilinearCompatibility", "ZeroShotHingeLoss", "EmbeddingZeroShot", "encode_classes"]
+__all__ = ["BilinearCompatibility", "EmbeddingZeroShot", "ZeroShotHingeLoss", "encode_classes"]
 
 
 def encode_classes(class_attributes: np.ndarray, signed: bool = True, normalize: bool = True) -> np.ndarray:
@@ -119,7 +127,7 @@ class _Scorer(nn.Module):
         return self.comp(x, self.W)
 
 
-class EmbeddingZeroShot(ZeroShotPredictMixin):
+class EmbeddingZeroShot(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
     """Bilinear embedding zero-shot classifier: f(x) = argmax_{y in candidates} v(x)^T M w_y.
 
     Args:
@@ -146,10 +154,10 @@ class EmbeddingZeroShot(ZeroShotPredictMixin):
             raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.margin, self.lr, self.epochs, self.weight_decay = margin, lr, int(epochs), weight_decay
+        self.margin, self.lr, self.epochs, self.weight_decay = margin, lr, epochs, weight_decay
         self.aggregate, self.batch_size, self.signed, self.normalize = aggregate, batch_size, signed, normalize
         self.standardize = standardize
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = device
         self.random_state, self.verbose = random_state, verbose
 
     def _features(self, X) -> Tensor:
@@ -158,7 +166,7 @@ class EmbeddingZeroShot(ZeroShotPredictMixin):
             raise ValueError(f"X must have {self.mean_.shape[0]} features, got {X.shape[1]}")
         return torch.as_tensor((X - self.mean_) / self.scale_, dtype=torch.float32)
 
-    def fit(self, X, y, class_attributes, sample_weight=None) -> "EmbeddingZeroShot":
+    def fit(self, X, y, class_attributes, sample_weight=None) -> EmbeddingZeroShot:
         """X (N, ...) seen-class examples, y (N,) their classes, class_attributes (K, A)."""
         Xn = to_numpy_2d(X)
         S = check_class_attributes(class_attributes)
@@ -176,11 +184,12 @@ class EmbeddingZeroShot(ZeroShotPredictMixin):
         gen = torch_generator(self.random_state)
         comp = BilinearCompatibility(Xt.shape[1], S.shape[1], generator=gen)
         W = torch.as_tensor(self.class_embeddings_[self.seen_classes_], dtype=torch.float32)
-        model = _Scorer(comp, W).to(self.device)
+        device = torch.device(self.device) if self.device is not None else torch.device("cpu")
+        model = _Scorer(comp, W).to(device)
         hinge = ZeroShotHingeLoss(self.margin, self.aggregate, reduction="none")
         groups = [{"params": list(comp.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}]
         self.history_ = train_loop(model, groups, Xt, local, epochs=self.epochs, batch_size=self.batch_size,
-                                   optimizer="adam", gen=gen, device=self.device, sample_weight=w,
+                                   optimizer="adam", gen=gen, device=device, sample_weight=w,
                                    loss_fn=lambda m, xb, yb: hinge(m(xb), yb), verbose=self.verbose,
                                    desc="bilinear zero-shot")
         self.compatibility_ = comp.cpu().eval()
@@ -190,10 +199,9 @@ class EmbeddingZeroShot(ZeroShotPredictMixin):
         return encoded_table(self, class_attributes)
 
     @torch.no_grad()
-    def decision_function(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
+    def _scores(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:
         """Compatibilities F(x, w_z) (N, len(candidates)); candidates default to the unseen classes."""
-        if not hasattr(self, "compatibility_"):
-            raise RuntimeError("EmbeddingZeroShot is not fitted: call fit first")
+        check_fitted(self)
         W = self._table(class_attributes)
         cand = resolve_candidates(candidate_classes, W.shape[0], self.seen_classes_)
         return self.compatibility_(self._features(X), torch.as_tensor(W[cand], dtype=torch.float32)).numpy()
