@@ -347,29 +347,12 @@ def _solve(
     centre_in_place: X is mean-centred in place and restored before returning (scikit-learn's
     copy_x=False: no copy of X, the restored X equal up to rounding). verbose: a progress bar on
     stderr; with messages also scikit-learn's verbose lines on stdout (KMeans)."""
-    P, N, D = X.shape
-    dtype, dev = X.dtype, X.device
+    P, N, _ = X.shape
     # sample weights with padding rows zeroed: what the update op and the inertia see
     W = weights
     if valid is not None:
-        W = (torch.ones(P, N, dtype=dtype, device=dev) if W is None else W) * valid
-    # centre every data set on its (unweighted) mean: smaller numbers, less float32 cancellation;
-    # the tolerance is tol times the mean feature variance (scikit-learn's), i.e.
-    # Σ_n ‖x_n − μ‖² / (N·D). Both come from the ops: one float64 sum, one exact distance pass.
-    # (A NaN / inf in X makes the first op raise "X must be finite".)
-    Wv = None if valid is None else valid.to(dtype)
-    zeros = torch.zeros(P, N, dtype=torch.long, device=dev)
-    s1, n_rows = ops.kmeans_update(X, zeros, 1, Wv)  # (P, 1, D), (P, 1)
-    s1 = comm.sum_(s1[:, 0].to(torch.float64))
-    n_rows = comm.sum_(n_rows[:, 0].to(torch.float64))
-    mean = (s1 / n_rows[:, None]).to(dtype)  # (P, D)
-    if tol > 0:
-        d2 = ops.kmeans_assign(X, mean[:, None])[1].to(torch.float64)  # (P, N)
-        ss = comm.sum_((d2 if valid is None else d2 * valid).sum(1))
-        tol_abs = (ss / (n_rows * max(D, 1)) * tol).cpu()
-    else:
-        tol_abs = torch.zeros(P, dtype=torch.float64)
-    n_rows = n_rows.cpu()
+        W = (torch.ones(P, N, dtype=X.dtype, device=X.device) if W is None else W) * valid
+    mean, tol_abs = _mean_and_tolerance(X, valid, tol, comm)
     centre_in_place = centre_in_place and not spherical and valid is None
     if spherical:
         mean = torch.zeros_like(mean)
@@ -379,28 +362,76 @@ def _solve(
         X = X - mean[:, None]
         if valid is not None:
             X = X * valid[..., None]
+    C = _initial_centres(X, K, W, init, n_init, gen, mean, spherical, comm)
+    R = C.shape[0] // P
+    C, n_iter = _lloyd(X, C, W, valid, R, max_iter, tol_abs.repeat_interleave(R), spherical, verbose,
+                       comm, desc, messages)
+    centers, labels, inertia, pick = _best_runs(X, C, W, R, comm)
+    if centre_in_place:
+        X.add_(mean[:, None])
+    if valid is not None:
+        labels = labels.masked_fill(~valid, -1)
+    return centers + mean[:, None], labels, inertia, n_iter[pick.cpu()]
 
-    # initial centres (P * R, K, D), chosen on rank 0 and broadcast
+
+def _mean_and_tolerance(X: Tensor, valid: Tensor | None, tol: float, comm: _Comm) -> tuple[Tensor, Tensor]:
+    """The (unweighted) mean of every data set, (P, D) in X's dtype, and the absolute tolerance,
+    (P,) float64 on the CPU. Centring on the mean gives smaller numbers, less float32
+    cancellation; the tolerance is tol times the mean feature variance (scikit-learn's), i.e.
+    Σ_n ‖x_n − μ‖² / (N·D). Both come from the ops: one float64 sum, one exact distance pass.
+    (A NaN / inf in X makes the first op raise "X must be finite".)"""
+    P, N, D = X.shape
+    Wv = None if valid is None else valid.to(X.dtype)
+    zeros = torch.zeros(P, N, dtype=torch.long, device=X.device)
+    s1, n_rows = ops.kmeans_update(X, zeros, 1, Wv)  # (P, 1, D), (P, 1)
+    s1 = comm.sum_(s1[:, 0].to(torch.float64))
+    n_rows = comm.sum_(n_rows[:, 0].to(torch.float64))
+    mean = (s1 / n_rows[:, None]).to(X.dtype)  # (P, D)
+    if tol > 0:
+        d2 = ops.kmeans_assign(X, mean[:, None])[1].to(torch.float64)  # (P, N)
+        ss = comm.sum_((d2 if valid is None else d2 * valid).sum(1))
+        tol_abs = (ss / (n_rows * max(D, 1)) * tol).cpu()
+    else:
+        tol_abs = torch.zeros(P, dtype=torch.float64)
+    return mean, tol_abs
+
+
+def _initial_centres(
+    X: Tensor, K: int, W: Tensor | None, init, n_init, gen: torch.Generator, mean: Tensor, spherical: bool,
+    comm: _Comm,
+) -> Tensor:
+    """Initial centres (P * R, K, D) in the centred frame of X (P, N, D): k-means++ or random rows
+    chosen on rank 0 and broadcast (R = n_init), or the given centres (R runs each) shifted by
+    the mean; normalised when spherical."""
+    P, _, D = X.shape
     if isinstance(init, str):
         if comm.rank == 0:
-            sampling_w = W
             C = (
-                kmeans_plusplus(X, K, sampling_w, n_init, gen)
+                kmeans_plusplus(X, K, W, n_init, gen)
                 if init == "k-means++"
-                else _random_init(X, K, sampling_w, n_init, gen)
+                else _random_init(X, K, W, n_init, gen)
             )
         else:
-            C = torch.empty(P * n_init, K, D, dtype=dtype, device=dev)
+            C = torch.empty(P * n_init, K, D, dtype=X.dtype, device=X.device)
         C = comm.broadcast_(C.contiguous())
     else:
-        C = init.to(dev, dtype).reshape(-1, K, D)
-        C = C - mean.to(dtype).repeat_interleave(C.shape[0] // P, 0)[:, None]
+        C = init.to(X.device, X.dtype).reshape(-1, K, D)
+        C = C - mean.to(X.dtype).repeat_interleave(C.shape[0] // P, 0)[:, None]
     if spherical:
         C = F.normalize(C, dim=-1)
-    R = C.shape[0] // P
-    PR = P * R
-    tol_run = tol_abs.repeat_interleave(R)
+    return C
 
+
+def _lloyd(
+    X: Tensor, C: Tensor, W: Tensor | None, valid: Tensor | None, R: int, max_iter: int, tol_run: Tensor,
+    spherical: bool, verbose: bool, comm: _Comm, desc: str, messages: bool,
+) -> tuple[Tensor, Tensor]:
+    """Lloyd iterations of the P * R runs (centres C (P * R, K, D), run r of data set r // R) on
+    the centred X (P, N, D) until every run converged or max_iter. Returns the final centres
+    (P * R, K, D) and the iterations of each run (P * R,) int64."""
+    P = X.shape[0]
+    PR = P * R
+    dev = X.device
     done = torch.zeros(PR, dtype=torch.bool)
     n_iter = torch.zeros(PR, dtype=torch.long)
     pad = None if valid is None else ~valid.repeat_interleave(R, 0)  # (PR, N)
@@ -431,31 +462,8 @@ def _solve(
         everything = runs.numel() == PR and not bool(done.any())  # no indexing copies
         runs_d = runs.to(dev)
         Ca = C if everything else C[runs_d]
-        labels, d2, sums, counts = ops.kmeans_step(Xa, Ca, Wa)
-        sums, counts = comm.sum_(sums), comm.sum_(counts)
-        empty = torch.nonzero((counts == 0).any(1)).flatten().tolist()
-        relocated = bool(empty)
-        if empty:
-            _relocate_empty(
-                Xa,
-                Wa,
-                None if valid is None else valid[act_x.to(dev)],
-                labels,
-                d2,
-                sums,
-                counts,
-                empty,
-                R,
-                comm,
-            )
-        new = torch.where(
-            counts[..., None] > 0,
-            sums / counts[..., None].clamp_min(torch.finfo(dtype).tiny),
-            Ca,
-        )
-        if spherical:
-            new = F.normalize(new, dim=-1)
-        shift = (new - Ca).to(torch.float64).square().sum((1, 2)).cpu()
+        va = None if valid is None else valid[act_x.to(dev)]
+        labels, d2, new, shift, relocated = _lloyd_step(Xa, Ca, Wa, va, R, spherical, comm)
         lab_cmp = (
             labels
             if pad is None
@@ -492,16 +500,7 @@ def _solve(
         converged = ~changed | (shift <= tol_run[runs])
         done[runs[live & converged]] = True
         if verbose:
-            inertia = comm.sum_(
-                (
-                    d2.to(torch.float64)
-                    * (
-                        1
-                        if Wa is None
-                        else Wa.repeat_interleave(R, 0).to(torch.float64)
-                    )
-                ).sum(1)
-            ).cpu()
+            inertia = _run_inertia(d2, Wa, R, comm)
             bar.set_postfix(
                 active=int((~done).sum()), inertia=f"{float(inertia.min()):.6g}"
             )
@@ -510,25 +509,52 @@ def _solve(
                 _log_iteration(it, runs, live, changed, shift, tol_run, inertia, PR)
     if bar is not None:
         bar.close()
+    return C, n_iter
 
-    # final E-step with the final centres (scikit-learn does it unless the labels converged
-    # strictly, in which case it changes nothing): labels and exact inertia
-    labels, d2 = ops.kmeans_assign(X, C)
-    wr = None if W is None else W.repeat_interleave(R, 0).to(torch.float64)
-    inertia = (
-        comm.sum_((d2.to(torch.float64) * (1 if wr is None else wr)).sum(1))
-        .cpu()
-        .view(P, R)
+
+def _lloyd_step(
+    Xa: Tensor, Ca: Tensor, Wa: Tensor | None, va: Tensor | None, R: int, spherical: bool, comm: _Comm
+) -> tuple[Tensor, Tensor, Tensor, Tensor, bool]:
+    """One Lloyd iteration of the runs Ca (Pa * R, K, D) on the data sets Xa (Pa, N, D) (weights
+    Wa, valid rows va or None): assignment and update in one op, sums across ranks, empty
+    clusters relocated. Returns labels (Pa * R, N), dist2 (Pa * R, N), the new centres (Pa * R,
+    K, D), the squared shift of every run (Pa * R,) float64 on the CPU, and whether a cluster was
+    relocated."""
+    labels, d2, sums, counts = ops.kmeans_step(Xa, Ca, Wa)
+    sums, counts = comm.sum_(sums), comm.sum_(counts)
+    empty = torch.nonzero((counts == 0).any(1)).flatten().tolist()
+    if empty:
+        _relocate_empty(Xa, Wa, va, labels, d2, sums, counts, empty, R, comm)
+    new = torch.where(
+        counts[..., None] > 0,
+        sums / counts[..., None].clamp_min(torch.finfo(Xa.dtype).tiny),
+        Ca,
     )
+    if spherical:
+        new = F.normalize(new, dim=-1)
+    shift = (new - Ca).to(torch.float64).square().sum((1, 2)).cpu()
+    return labels, d2, new, shift, bool(empty)
+
+
+def _run_inertia(d2: Tensor, W: Tensor | None, R: int, comm: _Comm) -> Tensor:
+    """Σ_n w_n d2_n of every run (float64 on the CPU), summed across ranks: d2 (P * R, N),
+    W (P, N) or None."""
+    return comm.sum_(
+        (d2.to(torch.float64) * (1 if W is None else W.repeat_interleave(R, 0).to(torch.float64))).sum(1)
+    ).cpu()
+
+
+def _best_runs(X: Tensor, C: Tensor, W: Tensor | None, R: int, comm: _Comm):
+    """The final E-step with the final centres C (P * R, K, D) (scikit-learn does it unless the
+    labels converged strictly, in which case it changes nothing) and the best run of every data
+    set (the first minimum of the exact inertia). Returns centres (P, K, D) (centred frame),
+    labels (P, N), inertia (P,) float64 and the picked run of every data set (P,)."""
+    P = X.shape[0]
+    labels, d2 = ops.kmeans_assign(X, C)
+    inertia = _run_inertia(d2, W, R, comm).view(P, R)
     best = inertia.argmin(1)  # first minimum
-    pick = (torch.arange(P) * R + best).to(dev)
-    centers = C[pick] + mean[:, None]
-    labels = labels[pick]
-    if centre_in_place:
-        X.add_(mean[:, None])
-    if valid is not None:
-        labels = labels.masked_fill(~valid, -1)
-    return centers, labels, inertia[torch.arange(P), best], n_iter[pick.cpu()]
+    pick = (torch.arange(P) * R + best).to(X.device)
+    return C[pick], labels[pick], inertia[torch.arange(P), best], pick
 
 
 def _log_iteration(it, runs, live, changed, shift, tol_run, inertia, n_runs) -> None:
