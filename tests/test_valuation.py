@@ -427,3 +427,48 @@ def test_select_budget():
         valuation.select_budget(scores, 1.5)
     with pytest.raises(ValueError, match="budget must be between 1"):
         valuation.select_budget(scores, 6)
+
+
+class TinyEncoder(nn.Module):
+    """Embedding + one encoder layer (attention, layer norms) + head: the attention rules."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 8)
+        self.enc = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, idx):
+        return self.head(self.enc(self.emb(idx)).mean(1))
+
+
+def tiny_cnn():
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
+    )
+
+
+@pytest.mark.parametrize("arch", ["cnn", "encoder"])
+def test_inrun_values_on_conv_and_attention_models(arch):
+    torch.manual_seed(0)
+    model = (tiny_cnn() if arch == "cnn" else TinyEncoder()).to(DT).eval()
+    gen = torch.Generator().manual_seed(1)
+    if arch == "cnn":
+        make = lambda n: torch.randn(n, 2, 5, 5, generator=gen, dtype=DT)
+    else:
+        make = lambda n: torch.randint(0, 11, (n, 6), generator=gen)
+    batch = (make(7), torch.randint(0, 3, (7,), generator=gen))
+    val = (make(3), torch.randint(0, 3, (3,), generator=gen))
+    g_val = flat_grad(model, val)
+    g_i = torch.stack(
+        [flat_grad(model, (batch[0][i : i + 1], batch[1][i : i + 1])) for i in range(7)]
+    )
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    inrun = valuation.InRun(model, loss_fn, val, optimizer=opt)
+    opt.zero_grad()
+    inrun.step(batch, torch.arange(7))
+    torch.testing.assert_close(
+        inrun.last_values, -0.1 / 7 * (g_i @ g_val), rtol=1e-9, atol=1e-12
+    )
+    grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+    torch.testing.assert_close(grads, g_i.mean(0), rtol=1e-10, atol=1e-12)
