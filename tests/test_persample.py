@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from tlkernels import persample, reference
 from tlkernels.persample import reps as persample_reps
+from torch import nn
 
 
 # ----------------------------------------------------------------------------- models
@@ -39,7 +40,14 @@ class ConvNet(nn.Module):
         super().__init__()
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
         self.c1 = conv(4, 6, 3, stride=2, padding=1, dilation=1, groups=2)
-        self.c2 = conv(6, 6, 3, padding="same", padding_mode="reflect" if dims < 3 else "zeros", dilation=2)
+        self.c2 = conv(
+            6,
+            6,
+            3,
+            padding="same",
+            padding_mode="reflect" if dims < 3 else "zeros",
+            dilation=2,
+        )
         self.gn = nn.GroupNorm(3, 6)
         self.c3 = conv(6, 4, 2, dilation=1, bias=False)
         self.head = nn.Linear(4, 3)
@@ -84,7 +92,12 @@ class Scale(nn.Module):
 class WithUnknown(nn.Module):
     def __init__(self):
         super().__init__()
-        self.fc, self.scale, self.bn, self.head = nn.Linear(5, 4), Scale(4), nn.BatchNorm1d(4), nn.Linear(4, 3)
+        self.fc, self.scale, self.bn, self.head = (
+            nn.Linear(5, 4),
+            Scale(4),
+            nn.BatchNorm1d(4),
+            nn.Linear(4, 3),
+        )
 
     def forward(self, x):
         return self.head(self.bn(torch.tanh(self.scale(self.fc(x)))))
@@ -116,15 +129,24 @@ def make_case(name, b, gen, dtype=torch.float64):
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     if name == "mlp":
         model, loss = MLP(), ce_loss
-        batch = (torch.randn(b, 5, generator=gen), torch.randint(0, 3, (b,), generator=gen))
+        batch = (
+            torch.randn(b, 5, generator=gen),
+            torch.randint(0, 3, (b,), generator=gen),
+        )
     elif name in ("seq_mean", "seq_sum"):
         model, loss = SeqModel(), seq_loss_mean if name == "seq_mean" else seq_loss_sum
-        batch = (torch.randn(b, 5, 4, generator=gen), torch.randint(0, 3, (b, 5), generator=gen))
+        batch = (
+            torch.randn(b, 5, 4, generator=gen),
+            torch.randint(0, 3, (b, 5), generator=gen),
+        )
     elif name.startswith("conv"):
         dims = int(name[-2])
         model, loss = ConvNet(dims), ce_loss
         size = {1: (9,), 2: (7, 8), 3: (5, 6, 5)}[dims]
-        batch = (torch.randn(b, 4, *size, generator=gen), torch.randint(0, 3, (b,), generator=gen))
+        batch = (
+            torch.randn(b, 4, *size, generator=gen),
+            torch.randint(0, 3, (b,), generator=gen),
+        )
     elif name == "tokens":
         model, loss = TokenModel(), token_loss
         idx = torch.randint(0, 11, (b, 7), generator=gen)
@@ -135,7 +157,10 @@ def make_case(name, b, gen, dtype=torch.float64):
         model.bn.eval()
         model.bn.running_mean.normal_()
         model.bn.running_var.uniform_(0.5, 2.0)
-        batch = (torch.randn(b, 5, generator=gen), torch.randint(0, 3, (b,), generator=gen))
+        batch = (
+            torch.randn(b, 5, generator=gen),
+            torch.randint(0, 3, (b,), generator=gen),
+        )
     else:
         raise AssertionError(name)
     model = model.to(dtype)
@@ -143,13 +168,24 @@ def make_case(name, b, gen, dtype=torch.float64):
     return model, loss, batch
 
 
-CASES = ["mlp", "seq_mean", "seq_sum", "conv1d", "conv2d", "conv3d", "tokens", "unknown"]
+CASES = [
+    "mlp",
+    "seq_mean",
+    "seq_sum",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "tokens",
+    "unknown",
+]
 
 
 @pytest.fixture(params=["ghost", "materialise"])
 def cost_rule(request, monkeypatch):
     """Both branches of the per-layer ghost-vs-materialise choice."""
-    monkeypatch.setattr(persample_reps, "ghost_is_cheaper", lambda *a: request.param == "ghost")
+    monkeypatch.setattr(
+        persample_reps, "ghost_is_cheaper", lambda *a: request.param == "ghost"
+    )
     return request.param
 
 
@@ -168,20 +204,39 @@ def test_products_match_torch_func(case, cost_rule):
 
     got = cap.per_sample_grads()
     for n in names:
-        torch.testing.assert_close(got[n], ref[n], rtol=1e-10, atol=1e-12, msg=f"per-sample grad of {n}")
+        torch.testing.assert_close(
+            got[n], ref[n], rtol=1e-10, atol=1e-12, msg=f"per-sample grad of {n}"
+        )
 
-    vectors = [{n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in cap.params.items()}
-               for _ in range(3)]
-    want = torch.stack([flat(ref, names) @ torch.cat([v[n].flatten() for n in names]) for v in vectors], 1)
+    vectors = [
+        {
+            n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
+            for n, p in cap.params.items()
+        }
+        for _ in range(3)
+    ]
+    want = torch.stack(
+        [
+            flat(ref, names) @ torch.cat([v[n].flatten() for n in names])
+            for v in vectors
+        ],
+        1,
+    )
     torch.testing.assert_close(cap.dot(vectors), want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(cap.dot(vectors[0]), want[:, 0], rtol=1e-10, atol=1e-12)
 
-    torch.testing.assert_close(cap.norms(), flat(ref, names).pow(2).sum(1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        cap.norms(), flat(ref, names).pow(2).sum(1), rtol=1e-10, atol=1e-12
+    )
 
-    model2_batch = make_case(case, 3, torch.Generator().manual_seed(100 + CASES.index(case)))[2]
+    model2_batch = make_case(
+        case, 3, torch.Generator().manual_seed(100 + CASES.index(case))
+    )[2]
     ref2 = reference.model_per_sample_grads(model, loss, model2_batch)
     cap2 = persample.capture(model, loss, model2_batch)
-    torch.testing.assert_close(cap.gram(cap2), flat(ref, names) @ flat(ref2, names).T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        cap.gram(cap2), flat(ref, names) @ flat(ref2, names).T, rtol=1e-10, atol=1e-12
+    )
 
 
 @pytest.mark.parametrize("case", ["mlp", "seq_mean", "conv2d", "tokens", "unknown"])
@@ -195,7 +250,9 @@ def test_accumulate_grad_equals_weighted_backward(case):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     cap = persample.capture(model, loss, batch)
-    assert all(p.grad is None for p in model.parameters()), "capture must not touch .grad"
+    assert all(p.grad is None for p in model.parameters()), (
+        "capture must not touch .grad"
+    )
     cap.accumulate_grad(w)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-10, atol=1e-12, msg=n)
@@ -207,8 +264,11 @@ def test_accumulate_grad_equals_weighted_backward(case):
 def test_float32_and_functional_api():
     gen = torch.Generator().manual_seed(3)
     model, loss, batch = make_case("seq_mean", 4, gen, dtype=torch.float32)
-    ref = reference.model_per_sample_grads(model.double(), loss, tuple(t.double() if t.is_floating_point() else t
-                                                                  for t in batch))
+    ref = reference.model_per_sample_grads(
+        model.double(),
+        loss,
+        tuple(t.double() if t.is_floating_point() else t for t in batch),
+    )
     model.float()
     names = list(ref)
     v = {n: torch.randn(p.shape, generator=gen) for n, p in model.named_parameters()}
@@ -216,10 +276,16 @@ def test_float32_and_functional_api():
     assert s.dtype == torch.float32 and s.shape == (4,)
     want = flat(ref, names) @ torch.cat([v[n].double().flatten() for n in names])
     torch.testing.assert_close(s.double(), want, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(persample.grad_norms(model, loss, batch).double(), flat(ref, names).pow(2).sum(1),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        persample.grad_norms(model, loss, batch).double(),
+        flat(ref, names).pow(2).sum(1),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     g = persample.grad_gram(model, loss, batch, batch)
-    torch.testing.assert_close(g.double(), flat(ref, names) @ flat(ref, names).T, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        g.double(), flat(ref, names) @ flat(ref, names).T, rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -227,12 +293,26 @@ def test_streamed_grad_dot_equals_capture_dot(case):
     """grad_dot computes each layer's share during the backward (no capture kept): same numbers."""
     gen = torch.Generator().manual_seed(11 + CASES.index(case))
     model, loss, batch = make_case(case, 5, gen)
-    vectors = [{n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in model.named_parameters()}
-               for _ in range(2)]
-    vectors[1].pop(next(iter(vectors[1])))  # a map that leaves one parameter out (zero there)
+    vectors = [
+        {
+            n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
+            for n, p in model.named_parameters()
+        }
+        for _ in range(2)
+    ]
+    vectors[1].pop(
+        next(iter(vectors[1]))
+    )  # a map that leaves one parameter out (zero there)
     want = persample.capture(model, loss, batch).dot(vectors)
-    torch.testing.assert_close(persample.grad_dot(model, loss, batch, vectors), want, rtol=1e-12, atol=1e-13)
-    torch.testing.assert_close(persample.grad_dot(model, loss, batch, vectors[0]), want[:, 0], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(
+        persample.grad_dot(model, loss, batch, vectors), want, rtol=1e-12, atol=1e-13
+    )
+    torch.testing.assert_close(
+        persample.grad_dot(model, loss, batch, vectors[0]),
+        want[:, 0],
+        rtol=1e-12,
+        atol=1e-13,
+    )
 
 
 def test_streamed_grad_dot_handles_inplace_relu_and_unused_layers():
@@ -241,9 +321,17 @@ def test_streamed_grad_dot_handles_inplace_relu_and_unused_layers():
     class Net(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(),
-                                      nn.Linear(3 * 4 * 4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3))
-            self.unused_out = nn.Linear(5, 2)  # called, but its output never reaches the losses
+            self.body = nn.Sequential(
+                nn.Conv2d(2, 3, 3),
+                nn.ReLU(inplace=True),
+                nn.Flatten(),
+                nn.Linear(3 * 4 * 4, 5),
+                nn.ReLU(inplace=True),
+                nn.Linear(5, 3),
+            )
+            self.unused_out = nn.Linear(
+                5, 2
+            )  # called, but its output never reaches the losses
 
         def forward(self, x):
             self.unused_out(torch.ones(x.shape[0], 5, dtype=x.dtype))
@@ -251,11 +339,19 @@ def test_streamed_grad_dot_handles_inplace_relu_and_unused_layers():
 
     model = Net().double()
     gen = torch.Generator().manual_seed(1)
-    batch = (torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+    batch = (
+        torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=gen),
+        torch.randint(0, 3, (4,), generator=gen),
+    )
     ref = reference.model_per_sample_grads(model, ce_loss, batch)
-    v = {n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in model.named_parameters()}
+    v = {
+        n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
+        for n, p in model.named_parameters()
+    }
     want = sum(ref[n].flatten(1) @ v[n].flatten() for n in ref)
-    torch.testing.assert_close(persample.grad_dot(model, ce_loss, batch, v), want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        persample.grad_dot(model, ce_loss, batch, v), want, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
@@ -267,7 +363,13 @@ def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
     layers = []
     for _ in range(6):
         layers += [nn.Conv2d(8, 8, 3, padding=1), nn.Tanh()]
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Tanh(), *layers, nn.Flatten(), nn.Linear(8 * 16 * 16, 4))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Tanh(),
+        *layers,
+        nn.Flatten(),
+        nn.Linear(8 * 16 * 16, 4),
+    )
     batch = (torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,)))
     v = {n: torch.randn(p.shape) for n, p in model.named_parameters()}
 
@@ -275,15 +377,20 @@ def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
             fn()
         live = top = 0
-        for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                                if e.name() == "[memory]"):
+        for _, nbytes in sorted(
+            (e.start_ns(), e.nbytes())
+            for e in prof.profiler.kineto_results.events()
+            if e.name() == "[memory]"
+        ):
             live += nbytes
             top = max(top, live)
         return top
 
     # verify=False: the one-off invariant check (a capture with its graph kept) is not what is measured
     streamed = peak(lambda: persample.grad_dot(model, ce_loss, batch, v, verify=False))
-    captured = peak(lambda: persample.capture(model, ce_loss, batch, verify=False).dot(v))
+    captured = peak(
+        lambda: persample.capture(model, ce_loss, batch, verify=False).dot(v)
+    )
     one_map = 16 * 8 * 16 * 16 * 4  # bytes of one layer's activation
     assert streamed < captured - 4 * one_map, (streamed, captured)
 
@@ -294,20 +401,33 @@ def test_dot_over_a_subset_of_parameters():
     ref = reference.model_per_sample_grads(model, loss, batch)
     v = torch.randn(model.fc2.weight.shape, dtype=torch.float64, generator=gen)
     s = persample.grad_dot(model, loss, batch, {"fc2.weight": v})
-    torch.testing.assert_close(s, ref["fc2.weight"].flatten(1) @ v.flatten(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        s, ref["fc2.weight"].flatten(1) @ v.flatten(), rtol=1e-10, atol=1e-12
+    )
     with pytest.raises(KeyError, match="not trainable parameters"):
         persample.grad_dot(model, loss, batch, {"nope": v})
-    with pytest.raises(ValueError, match=r"vectors\['fc2.weight'\] must be a tensor of shape \(3, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"vectors\['fc2.weight'\] must be a tensor of shape \(3, 7\)"
+    ):
         persample.grad_dot(model, loss, batch, {"fc2.weight": v.T})
 
 
 def test_inplace_activation_after_a_layer():
     """ReLU(inplace=True) modifies Linear / Conv outputs: the capture reruns with cloned outputs."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(3 * 4 * 4, 5),
-                          nn.ReLU(inplace=True), nn.Linear(5, 3)).double()
+    model = nn.Sequential(
+        nn.Conv2d(2, 3, 3),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 5),
+        nn.ReLU(inplace=True),
+        nn.Linear(5, 3),
+    ).double()
     gen = torch.Generator().manual_seed(1)
-    batch = (torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=gen), torch.randint(0, 3, (4,), generator=gen))
+    batch = (
+        torch.randn(4, 2, 6, 6, dtype=torch.float64, generator=gen),
+        torch.randint(0, 3, (4,), generator=gen),
+    )
     ref = reference.model_per_sample_grads(model, ce_loss, batch)
     got = persample.capture(model, ce_loss, batch).per_sample_grads()
     for n in ref:
@@ -328,13 +448,19 @@ def test_names_follow_named_parameters_and_dot_sums_in_their_order():
     the parameters' terms in the order of cap.params, so s is the same in every process."""
     torch.manual_seed(0)
     shared = nn.Linear(6, 6)
-    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), shared, nn.Tanh(), shared, nn.Linear(6, 3)).float()
+    model = nn.Sequential(
+        nn.Linear(5, 6), nn.Tanh(), shared, nn.Tanh(), shared, nn.Linear(6, 3)
+    ).float()
     model[5].bias.requires_grad_(False)
     gen = torch.Generator().manual_seed(2)
     batch = (torch.randn(9, 5, generator=gen), torch.randint(0, 3, (9,), generator=gen))
     cap = persample.capture(model, ce_loss, batch)
     want = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert sorted(cap.params) == sorted(want) and "2.weight" in cap.params and "4.weight" not in cap.params
+    assert (
+        sorted(cap.params) == sorted(want)
+        and "2.weight" in cap.params
+        and "4.weight" not in cap.params
+    )
     assert len(cap.reps["2.weight"]) == 2  # the shared layer, called twice
     v = {n: torch.randn(p.shape, generator=gen) for n, p in cap.params.items()}
     s = torch.zeros(9)
@@ -342,21 +468,49 @@ def test_names_follow_named_parameters_and_dot_sums_in_their_order():
         for rep in cap.reps[n]:
             s += rep.dot(v[n])
     assert torch.equal(cap.dot(v), s)
-    torch.testing.assert_close(cap.dot([v, v]), torch.stack([s, s], 1))  # (V = 2 GEMMs round differently)
+    torch.testing.assert_close(
+        cap.dot([v, v]), torch.stack([s, s], 1)
+    )  # (V = 2 GEMMs round differently)
 
 
 def test_batchnorm_in_training_mode_is_refused():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     batch = (torch.randn(5, 3), torch.randint(0, 2, (5,)))
-    with pytest.raises(persample.UnsupportedModuleError, match="GroupNorm or LayerNorm.*eval"):
+    with pytest.raises(
+        persample.UnsupportedModuleError, match="GroupNorm or LayerNorm.*eval"
+    ):
         persample.capture(model, ce_loss, batch)
 
 
+class OwnMatmul(nn.Module):
+    """A module the capture does not know that multiplies by its own matrix (not a broadcast)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n, n))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
 def test_unknown_module_without_fallback_is_refused_by_name():
+    model = nn.Sequential(nn.Linear(5, 4), OwnMatmul(4), nn.Tanh(), nn.Linear(4, 3))
+    batch = (torch.randn(5, 5), torch.randint(0, 3, (5,)))
+    with pytest.raises(
+        persample.UnsupportedModuleError,
+        match=r"module 1 \(OwnMatmul\).*weight enters matmul.*fallback=True",
+    ):
+        persample.capture(model, ce_loss, batch, fallback=False)
+    with pytest.warns(persample.PerSampleFallbackWarning, match=r"1 \(OwnMatmul\)"):
+        persample.capture(model, ce_loss, batch)
+
+
+def test_unknown_module_broadcasting_its_parameters_is_native():
     model = WithUnknown().eval()
     batch = (torch.randn(5, 5), torch.randint(0, 3, (5,)))
-    with pytest.raises(persample.UnsupportedModuleError, match=r"module scale \(Scale\).*\['scale', 'shift'\]"):
-        persample.capture(model, ce_loss, batch, fallback=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", persample.PerSampleFallbackWarning)
+        persample.verify(model, ce_loss, batch, fallback=False)
 
 
 def test_bad_losses_and_inplace_outputs():
@@ -364,6 +518,7 @@ def test_bad_losses_and_inplace_outputs():
     x = torch.randn(4, 5)
     with pytest.raises(ValueError, match=r"per-sample losses of shape \(B,\)"):
         persample.capture(model, lambda m, b: m(b).sum(), x)
+
     class ModifiesInput(nn.Module):
         def __init__(self):
             super().__init__()
@@ -375,7 +530,12 @@ def test_bad_losses_and_inplace_outputs():
             h.mul_(2)  # the input of b, changed after b used it
             return out + h.sum(1, keepdim=True)
 
-    with pytest.raises(persample.UnsupportedModuleError, match="input of a Linear was modified in place"):
+    with pytest.raises(
+        persample.UnsupportedModuleError,
+        match="input of a Linear was modified in place",
+    ):
         persample.capture(ModifiesInput(), lambda m, b: m(b).sum(1), x)
     with pytest.raises(ValueError, match="leading dimension is not the batch size"):
-        persample.capture(model, lambda m, b: m(b.reshape(2, 2, 5)).sum((1, 2)).repeat(2), x)
+        persample.capture(
+            model, lambda m, b: m(b.reshape(2, 2, 5)).sum((1, 2)).repeat(2), x
+        )

@@ -26,11 +26,21 @@ fallback, announced once per model (``PerSampleFallbackWarning``), or are refuse
 from . import rules  # noqa: F401  (registers the built-in rules)
 from .capture import Capture, capture
 from .functional import grad_dot, grad_gram, grad_norms
-from .registry import LayerCall, Rule, UnsupportedModuleError, register_rule, rule_for
 from .invariant import PerSampleCheckError, PerSampleFallbackWarning, verify
+from .registry import LayerCall, Rule, UnsupportedModuleError, register_rule, rule_for
 
 __all__ = [
-    "Capture", "capture", "grad_dot", "grad_gram", "grad_norms", "verify",
-    "Rule", "LayerCall", "register_rule", "rule_for",
-    "UnsupportedModuleError", "PerSampleCheckError", "PerSampleFallbackWarning",
+    "Capture",
+    "LayerCall",
+    "PerSampleCheckError",
+    "PerSampleFallbackWarning",
+    "Rule",
+    "UnsupportedModuleError",
+    "capture",
+    "grad_dot",
+    "grad_gram",
+    "grad_norms",
+    "register_rule",
+    "rule_for",
+    "verify",
 ]

@@ -12,7 +12,9 @@ decomposed forward of composite rules, and records a ``LayerCall`` per use. Afte
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -29,20 +31,37 @@ class ModifiedInPlace(Exception):
 
 
 def own_trainable(module: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in module._parameters.items() if p is not None and p.requires_grad}
+    return {
+        n: p for n, p in module._parameters.items() if p is not None and p.requires_grad
+    }
 
 
 class Plan:
     """Which rule handles which module, from one walk of the model.
 
     entries: (module name, module, rule, batch axis) for every module whose parameters are
-        recorded; fallbacks: the subset handled by the fallback rule.
+        recorded; fallbacks: the subset handled by the fallback rule. A module owning parameters
+    that no registered rule handles gets the bare-parameter rule, or the fallback once that rule
+    found a use it cannot split (remembered per module).
     """
 
-    def __init__(self, model: nn.Module, fallback: bool, batch_axes: dict | None = None):
-        from .rules.fallback import FALLBACK
+    def __init__(
+        self, model: nn.Module, fallback: bool, batch_axes: dict | None = None
+    ):
+        self.model, self.fallback, self.batch_axes = model, fallback, batch_axes
+        self._build()
 
-        axes = _batch_axes(model, batch_axes)
+    def force_fallback(self, module: nn.Module) -> None:
+        """Hands `module` to the torch.func fallback from now on (this plan and later ones)."""
+        _FORCED_FALLBACK.add(module)
+        self._build()
+
+    def _build(self) -> None:
+        from .rules.fallback import FALLBACK
+        from .rules.parameters import BARE_PARAMETERS
+
+        model, fallback = self.model, self.fallback
+        axes = _batch_axes(model, self.batch_axes)
         self.entries: list[tuple[str, nn.Module, Rule, int]] = []
         self.fallbacks: list[tuple[str, nn.Module]] = []
         covered: set[int] = set()
@@ -58,16 +77,17 @@ class Plan:
             if not own_trainable(module):
                 continue
             if rule is None:
-                if not fallback:
-                    raise UnsupportedModuleError(
-                        f"module {name or '<root>'} ({type(module).__name__}) owns trainable parameters "
-                        f"{sorted(own_trainable(module))} that no per-sample rule handles; pass fallback=True to "
-                        "handle it with torch.func, register a rule (tlkernels.persample.register_rule), or "
-                        "freeze those parameters")
-                rule = FALLBACK
-                self.fallbacks.append((name, module))
+                if fallback and module in _FORCED_FALLBACK:
+                    rule = FALLBACK
+                    self.fallbacks.append((name, module))
+                else:
+                    rule = BARE_PARAMETERS
             rule.check(module, name)
             self.entries.append((name, module, rule, axes[module]))
+
+
+# modules whose own parameters the bare-parameter rule could not split by sample
+_FORCED_FALLBACK: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class Recorder:
@@ -77,29 +97,40 @@ class Recorder:
         to widen inputs of batch size 1 that stand for the whole batch (a (1, T) position index).
     """
 
-    def __init__(self, plan: Plan, *, stream: StreamFn | None = None, clone_outputs: bool = False,
-                 batch_size_hint: int | None = None):
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        stream: StreamFn | None = None,
+        clone_outputs: bool = False,
+        batch_size_hint: int | None = None,
+    ):
         self.plan, self.stream, self.clone_outputs = plan, stream, clone_outputs
         self.batch_size_hint = batch_size_hint
         self.batch_size: int | None = None
         self.calls: list[LayerCall] = []
         self.widened = False
         self._outputs: dict[int, list[Tensor]] = {}
-        self._anchor = torch.zeros((), requires_grad=True) if stream is not None else None
+        self._anchor = (
+            torch.zeros((), requires_grad=True) if stream is not None else None
+        )
         self._pending: dict[Any, list[LayerCall]] = {}
         self._group_size: dict[Any, int] = {}
         self._undo: list[Callable[[], None]] = []
         self._groups = 0
 
     # -- setup ------------------------------------------------------------------------------------
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         for _, module, rule, axis in self.plan.entries:
             if rule.decomposes:
                 self._patch_forward(module, rule)
             else:
                 handle = module.register_forward_hook(
-                    lambda m, args, kwargs, out, r=rule, a=axis: self.record(m, r, args, kwargs, out, a),
-                    with_kwargs=True)
+                    lambda m, args, kwargs, out, r=rule, a=axis: self.record(
+                        m, r, args, kwargs, out, a
+                    ),
+                    with_kwargs=True,
+                )
                 self._undo.append(handle.remove)
         return self
 
@@ -131,8 +162,18 @@ class Recorder:
                 return axis
         return 0
 
-    def record(self, module: nn.Module, rule: Rule, args: tuple, kwargs: dict, output: Any, axis: int, *,
-               info: dict | None = None, group: Any = None) -> Any:
+    def record(
+        self,
+        module: nn.Module,
+        rule: Rule,
+        args: tuple,
+        kwargs: dict,
+        output: Any,
+        axis: int,
+        *,
+        info: dict | None = None,
+        group: Any = None,
+    ) -> Any:
         """Records one use and returns the output the forward goes on with (a tap in stream
         mode, a widened tensor for a broadcast input, else the output itself)."""
         if not torch.is_grad_enabled():
@@ -140,29 +181,57 @@ class Recorder:
         leaves, spec = tree_flatten(output)
         positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
         if not positions:
-            raise UnsupportedModuleError(f"{type(module).__name__} returned no tensor; the capture cannot follow it")
+            raise UnsupportedModuleError(
+                f"{type(module).__name__} returned no tensor; the capture cannot follow it"
+            )
         args = tuple(args)
         hint = self.batch_size_hint
-        if rule.broadcasts and hint and hint > 1 and args and isinstance(args[0], Tensor) \
-                and args[0].dim() > axis and args[0].shape[axis] == 1:
+        if (
+            rule.broadcasts
+            and hint
+            and hint > 1
+            and args
+            and isinstance(args[0], Tensor)
+            and args[0].dim() > axis
+            and args[0].shape[axis] == 1
+        ):
             # an input shared by the batch (positions (1, T)): widen it, and its output, to B
-            args = (args[0].expand(*args[0].shape[:axis], hint, *args[0].shape[axis + 1:]),) + args[1:]
+            args = (
+                args[0].expand(*args[0].shape[:axis], hint, *args[0].shape[axis + 1 :]),
+            ) + args[1:]
             for i in positions:
                 t = leaves[i]
                 if t.dim() > axis and t.shape[axis] == 1:
-                    leaves[i] = t.expand(*t.shape[:axis], hint, *t.shape[axis + 1:])
+                    leaves[i] = t.expand(*t.shape[:axis], hint, *t.shape[axis + 1 :])
             self.widened = True
         tensors = [leaves[i] for i in positions]
-        call = LayerCall(module, rule, tree_map(_detach, args), tree_map(_detach, dict(kwargs)), axis,
-                         info=info or {}, group=group, seq=len(self.calls))
+        call = LayerCall(
+            module,
+            rule,
+            tree_map(_detach, args),
+            tree_map(_detach, dict(kwargs)),
+            axis,
+            info=info or {},
+            group=group,
+            seq=len(self.calls),
+        )
         call.output_meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
         call.versions = tuple(t._version for t in tensors)
-        call.input_versions = tuple(t._version for t in tree_flatten((call.args, call.kwargs))[0]
-                                    if isinstance(t, Tensor))
+        call.input_versions = tuple(
+            t._version
+            for t in tree_flatten((call.args, call.kwargs))[0]
+            if isinstance(t, Tensor)
+        )
         self.calls.append(call)
         if self.stream is not None:
-            tensors = list(_Tap.apply(self._anchor, lambda gs, c=call: self._consume(c, gs),
-                                      self.clone_outputs, *tensors))
+            tensors = list(
+                _Tap.apply(
+                    self._anchor,
+                    lambda gs, c=call: self._consume(c, gs),
+                    self.clone_outputs,
+                    *tensors,
+                )
+            )
         else:
             # the recorded outputs are the originals; an in-place op later touches only the clone
             self._outputs[id(call)] = tensors
@@ -178,9 +247,17 @@ class Recorder:
         self._groups += 1
         return ("group", self._groups)
 
-    def linear(self, owner: nn.Module, x: Tensor, weight: str, bias: str | None, axis: int = 0,
-               rows: tuple[int, int] | None = None, bias_rows: tuple[int, int] | None = None,
-               group: Any = None) -> Tensor:
+    def linear(
+        self,
+        owner: nn.Module,
+        x: Tensor,
+        weight: str,
+        bias: str | None,
+        axis: int = 0,
+        rows: tuple[int, int] | None = None,
+        bias_rows: tuple[int, int] | None = None,
+        group: Any = None,
+    ) -> Tensor:
         """F.linear(x, W, b) for the parameters `weight` / `bias` of `owner` (only rows [r0, r1) of
         a packed weight / bias when `rows` / `bias_rows` are given; bias_rows defaults to rows),
         recorded per sample. Calls with the same `group` become one representation (the time
@@ -196,9 +273,13 @@ class Recorder:
             b = b[bias_rows[0] : bias_rows[1]]
         out = torch.nn.functional.linear(x, w, b)
         info = {"weight": weight, "bias": bias, "rows": rows, "bias_rows": bias_rows}
-        return self.record(owner, PROJECTION, (x,), {}, out, axis, info=info, group=group)
+        return self.record(
+            owner, PROJECTION, (x,), {}, out, axis, info=info, group=group
+        )
 
-    def parameter(self, owner: nn.Module, name: str, widened: Tensor, axis: int = 0) -> Tensor:
+    def parameter(
+        self, owner: nn.Module, name: str, widened: Tensor, axis: int = 0
+    ) -> Tensor:
         """A parameter of `owner` used through a view widened to the batch (bias_k.expand(B, 1, E)):
         returns the recorded view; the gradient of each sample's slice is its per-sample gradient."""
         from .rules.linear import PARAMETER
@@ -209,11 +290,18 @@ class Recorder:
     def close_forward(self, losses: Tensor) -> None:
         self.batch_size = losses.shape[0]
         for c in self.calls:
-            if tuple(t._version for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, Tensor)) \
-                    != c.input_versions:
+            if (
+                tuple(
+                    t._version
+                    for t in tree_flatten((c.args, c.kwargs))[0]
+                    if isinstance(t, Tensor)
+                )
+                != c.input_versions
+            ):
                 raise UnsupportedModuleError(
                     f"the input of a {type(c.module).__name__} was modified in place after the layer used it; "
-                    "the per-sample capture needs the layer inputs as they were: use the out-of-place op")
+                    "the per-sample capture needs the layer inputs as they were: use the out-of-place op"
+                )
         for c in self.calls:
             if c.group is not None:
                 self._group_size[c.group] = self._group_size.get(c.group, 0) + 1
@@ -226,12 +314,27 @@ class Recorder:
             if tuple(t._version for t in ts) != c.versions:
                 raise ModifiedInPlace()
             outs += ts
-        grads = list(torch.autograd.grad(losses, outs, torch.ones_like(losses), allow_unused=True,
-                                         retain_graph=retain_graph)) if outs else []
+        grads = (
+            list(
+                torch.autograd.grad(
+                    losses,
+                    outs,
+                    torch.ones_like(losses),
+                    allow_unused=True,
+                    retain_graph=retain_graph,
+                )
+            )
+            if outs
+            else []
+        )
         it = iter(grads)
         for c in self.calls:
-            c.grads = [torch.zeros(s, dtype=d, device=dev) if g is None else g
-                       for g, (s, d, dev) in zip((next(it) for _ in c.output_meta), c.output_meta)]
+            c.grads = [
+                torch.zeros(s, dtype=d, device=dev) if g is None else g
+                for g, (s, d, dev) in zip(
+                    (next(it) for _ in c.output_meta), c.output_meta
+                )
+            ]
         self._outputs.clear()
 
     def stream_backward(self, losses: Tensor) -> None:
@@ -239,12 +342,16 @@ class Recorder:
         that reaches the losses and computes nothing but a zero scalar; the taps consume."""
         torch.autograd.grad(losses.sum(), [self._anchor], allow_unused=True)
         for c in self.calls:
-            if c.grads is None and c.args is not None:  # its output did not reach the losses
+            if (
+                c.grads is None and c.args is not None
+            ):  # its output did not reach the losses
                 self._consume(c, [None] * len(c.output_meta))
 
     def _consume(self, call: LayerCall, grads) -> None:
-        call.grads = [torch.zeros(s, dtype=d, device=dev) if g is None else g
-                      for g, (s, d, dev) in zip(grads, call.output_meta)]
+        call.grads = [
+            torch.zeros(s, dtype=d, device=dev) if g is None else g
+            for g, (s, d, dev) in zip(grads, call.output_meta)
+        ]
         if call.group is None:
             self._emit([call])
             return

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import invariant as _verify
-from .capture import LossFn, capture, check_vectors, run_forward, trainable_parameters, vector_for
+from .capture import (
+    LossFn,
+    capture,
+    check_vectors,
+    run_forward,
+    trainable_parameters,
+    vector_for,
+)
 from .engine import Plan
 
 
-def grad_dot(model: nn.Module, loss_fn: LossFn, batch: Any,
-             vectors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]], *, fallback: bool = True,
-             verify: bool | str = "auto", batch_axes: Mapping[str, int] | None = None,
-             batch_size: int | None = None) -> Tensor:
+def grad_dot(
+    model: nn.Module,
+    loss_fn: LossFn,
+    batch: Any,
+    vectors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]],
+    *,
+    fallback: bool = True,
+    verify: bool | str = "auto",
+    batch_axes: Mapping[str, int] | None = None,
+    batch_size: int | None = None,
+) -> Tensor:
     """s_i = sum_p <dl_i/dp, v_p>: (B,) for a map of vectors, (B, V) for a list of V maps.
 
     loss_fn(model, batch) returns per-sample losses (B,); vectors map parameter names (as in
@@ -30,15 +45,28 @@ def grad_dot(model: nn.Module, loss_fn: LossFn, batch: Any,
     trainable = trainable_parameters(model)
     many, maps, names = check_vectors(vectors, trainable)
     # (V, *shape) per parameter; for one map a view (no copy of a possibly large vector)
-    stacked = {n: (vector_for(maps[0], n, trainable[n]).unsqueeze(0) if len(maps) == 1 else
-                   torch.stack([vector_for(m, n, trainable[n]) for m in maps])) for n in names}
+    stacked = {
+        n: (
+            vector_for(maps[0], n, trainable[n]).unsqueeze(0)
+            if len(maps) == 1
+            else torch.stack([vector_for(m, n, trainable[n]) for m in maps])
+        )
+        for n in names
+    }
     plan = Plan(model, fallback, batch_axes)
     _verify.announce_fallbacks(model, plan)
     if _verify.should_check(verify, model, loss_fn, batch, plan, fallback, batch_axes):
         devices = [p.device for p in trainable.values() if p.device.type == "cuda"][:1]
         with torch.random.fork_rng(devices=devices):
-            capture(model, loss_fn, batch, fallback=fallback, verify=True, batch_axes=batch_axes,
-                    batch_size=batch_size)
+            capture(
+                model,
+                loss_fn,
+                batch,
+                fallback=fallback,
+                verify=True,
+                batch_axes=batch_axes,
+                batch_size=batch_size,
+            )
     full_name = {id(p): n for n, p in trainable.items()}
     acc: dict[str, Tensor] = {}
 
@@ -49,7 +77,9 @@ def grad_dot(model: nn.Module, loss_fn: LossFn, batch: Any,
             acc["s"] = part if "s" not in acc else acc["s"] + part
 
     try:
-        losses, rec = run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs=False, stream=on_rep)
+        losses, rec = run_forward(
+            plan, model, loss_fn, batch, batch_size, clone_outputs=False, stream=on_rep
+        )
         rec.stream_backward(losses)
     except RuntimeError as e:
         if "inplace" not in str(e) or "custom Function" not in str(e):
@@ -57,15 +87,21 @@ def grad_dot(model: nn.Module, loss_fn: LossFn, batch: Any,
         # A layer output is modified in place later in the forward (ReLU(inplace=True)): the taps'
         # views cannot be, so run again with the outputs cloned.
         acc.clear()
-        losses, rec = run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs=True, stream=on_rep)
+        losses, rec = run_forward(
+            plan, model, loss_fn, batch, batch_size, clone_outputs=True, stream=on_rep
+        )
         rec.stream_backward(losses)
     s = acc.get("s", losses.new_zeros(losses.shape[0], len(maps))).to(losses.dtype)
     return s if many else s[:, 0]
 
 
-def grad_gram(model: nn.Module, loss_fn: LossFn, batch1: Any, batch2: Any, **options) -> Tensor:
+def grad_gram(
+    model: nn.Module, loss_fn: LossFn, batch1: Any, batch2: Any, **options
+) -> Tensor:
     """(B1, B2) Gram of per-sample gradients over all trainable parameters (options as for capture)."""
-    return capture(model, loss_fn, batch1, **options).gram(capture(model, loss_fn, batch2, **options))
+    return capture(model, loss_fn, batch1, **options).gram(
+        capture(model, loss_fn, batch2, **options)
+    )
 
 
 def grad_norms(model: nn.Module, loss_fn: LossFn, batch: Any, **options) -> Tensor:

@@ -27,10 +27,12 @@ __all__ = ["PerSampleCheckError", "PerSampleFallbackWarning", "verify"]
 
 _RTOL = {torch.float64: 1e-6, torch.float32: 2e-3}
 _RTOL_LOW = 5e-2  # float16 / bfloat16
-_FLOOR = 1e-4  # errors below this fraction of the largest parameter gradient are rounding
+_FLOOR = (
+    1e-4  # errors below this fraction of the largest parameter gradient are rounding
+)
 
-_checked: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
-_announced: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+_checked: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
+_announced: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 
 
 class PerSampleCheckError(RuntimeError):
@@ -64,11 +66,26 @@ class _Report(dict):
 
 
 def _key(model, loss_fn, batch, plan, fallback, batch_axes) -> tuple:
-    params = tuple((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters() if p.requires_grad)
-    leaves = tuple((leaf.dim(), leaf.dtype) for leaf in tree_flatten(batch)[0] if isinstance(leaf, Tensor))
+    params = tuple(
+        (n, tuple(p.shape), p.dtype)
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    )
+    leaves = tuple(
+        (leaf.dim(), leaf.dtype)
+        for leaf in tree_flatten(batch)[0]
+        if isinstance(leaf, Tensor)
+    )
     modes = tuple(m.training for _, m, _, _ in plan.entries)
     code = getattr(loss_fn, "__code__", type(loss_fn))
-    return params, leaves, modes, code, fallback, tuple(sorted((batch_axes or {}).items()))
+    return (
+        params,
+        leaves,
+        modes,
+        code,
+        fallback,
+        tuple(sorted((batch_axes or {}).items())),
+    )
 
 
 def should_check(verify, model, loss_fn, batch, plan, fallback, batch_axes) -> bool:
@@ -80,23 +97,38 @@ def should_check(verify, model, loss_fn, batch, plan, fallback, batch_axes) -> b
         raise ValueError(f"verify must be 'auto', True or False, got {verify!r}")
     if os.environ.get("TLK_PERSAMPLE_VERIFY", "1") == "0":
         return False
-    return _key(model, loss_fn, batch, plan, fallback, batch_axes) not in _checked.get(model, set())
+    return _key(model, loss_fn, batch, plan, fallback, batch_axes) not in _checked.get(
+        model, set()
+    )
 
 
 def mark_checked(model, loss_fn, batch, plan, fallback, batch_axes) -> None:
-    _checked.setdefault(model, set()).add(_key(model, loss_fn, batch, plan, fallback, batch_axes))
+    _checked.setdefault(model, set()).add(
+        _key(model, loss_fn, batch, plan, fallback, batch_axes)
+    )
 
 
-def check_capture(cap, losses: Tensor, recorded: set[str], report: dict | None = None) -> None:
+def check_capture(
+    cap, losses: Tensor, recorded: set[str], report: dict | None = None
+) -> None:
     """Compares cap.weighted_sum(w) with autograd's gradient of sum_i w_i l_i (the forward's graph
     must still be alive) for random w; raises PerSampleCheckError naming the failing parameters."""
     gen = torch.Generator().manual_seed(20240607)
-    w = torch.randn(cap.batch_size, generator=gen, dtype=torch.float64).to(losses.device, losses.dtype)
+    w = torch.randn(cap.batch_size, generator=gen, dtype=torch.float64).to(
+        losses.device, losses.dtype
+    )
     names = list(cap.params)
-    exact = torch.autograd.grad(losses, [cap.params[n] for n in names], w, allow_unused=True)
+    exact = torch.autograd.grad(
+        losses, [cap.params[n] for n in names], w, allow_unused=True
+    )
     ours = cap.weighted_sum(w)
-    exact = {n: torch.zeros_like(cap.params[n]) if g is None else g for n, g in zip(names, exact)}
-    largest = max((float(g.detach().double().norm()) for g in exact.values()), default=0.0)
+    exact = {
+        n: torch.zeros_like(cap.params[n]) if g is None else g
+        for n, g in zip(names, exact)
+    }
+    largest = max(
+        (float(g.detach().double().norm()) for g in exact.values()), default=0.0
+    )
     failures = []
     for n in names:
         e, o = exact[n].detach().double(), ours[n].detach().double()
@@ -107,29 +139,43 @@ def check_capture(cap, losses: Tensor, recorded: set[str], report: dict | None =
         if report is not None:
             report[n] = rel
         if err > rtol * scale and err > _FLOOR * largest:
-            why = "no use of it was recorded (is it used outside its module's forward?)" if n not in recorded else \
-                "its recorded uses do not add up"
+            why = (
+                "no use of it was recorded (is it used outside its module's forward?)"
+                if n not in recorded
+                else "its recorded uses do not add up"
+            )
             failures.append(f"{n} (relative error {rel:.3g}; {why})")
     if failures:
         raise PerSampleCheckError(
-            "per-sample gradients fail the check sum_i w_i dl_i/dθ = d(sum_i w_i l_i)/dθ for: " + "; ".join(failures)
+            "per-sample gradients fail the check sum_i w_i dl_i/dθ = d(sum_i w_i l_i)/dθ for: "
+            + "; ".join(failures)
             + ". Causes: a parameter used outside its module's forward, a layer or loss that couples samples "
             "(BatchNorm in training mode), a batch axis the capture did not know (pass batch_axes={module name: "
             "axis}), or a wrong registered rule. Results for these parameters would be wrong; verify=False skips "
-            "the check.")
+            "the check."
+        )
 
 
-def announce_fallbacks(model: nn.Module, plan) -> None:
-    """Warns once per model which modules the torch.func fallback handles, why, and its cost."""
-    if not plan.fallbacks or model in _announced:
+def announce_fallbacks(model: nn.Module, plan, reason: str | None = None) -> None:
+    """Warns once per model and module which modules the torch.func fallback handles, why, and
+    its cost (reason: why the bare-parameter rule gave a module up)."""
+    seen = _announced.setdefault(model, set())
+    new = [(n, m) for n, m in plan.fallbacks if id(m) not in seen]
+    if not new:
         return
-    _announced[model] = True
-    names = ", ".join(f"{n or '<root>'} ({type(m).__name__})" for n, m in plan.fallbacks)
-    root = any(m is model for _, m in plan.fallbacks)
-    cost = ("the root module owns parameters itself, so the whole model is re-run per sample under vmap "
-            "(about 2-3x a plain step or more)" if root else
-            "each listed module is re-run per sample under vmap, with per-sample gradients materialised")
+    seen.update(id(m) for _, m in new)
+    names = ", ".join(f"{n or '<root>'} ({type(m).__name__})" for n, m in new)
+    root = any(m is model for _, m in new)
+    cost = (
+        "the root module owns parameters itself, so the whole model is re-run per sample under vmap "
+        "(about 2-3x a plain step or more)"
+        if root
+        else "each listed module is re-run per sample under vmap, with per-sample gradients materialised"
+    )
+    why = f" ({reason})" if reason else ""
     warnings.warn(
-        f"per-sample products: no rule for {names}; their parameters go through the torch.func fallback: {cost}. "
-        "Register a rule (tlkernels.persample.register_rule) to avoid it.",
-        PerSampleFallbackWarning, stacklevel=3)
+        f"per-sample products: no rule for {names}{why}; their parameters go through the torch.func fallback: "
+        f"{cost}. Register a rule (tlkernels.persample.register_rule) to avoid it.",
+        PerSampleFallbackWarning,
+        stacklevel=3,
+    )

@@ -16,12 +16,13 @@ Users register rules for their own modules with ``register_rule(MyModule, MyRule
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["LayerCall", "Rule", "register_rule", "rule_for", "UnsupportedModuleError"]
+__all__ = ["LayerCall", "Rule", "UnsupportedModuleError", "register_rule", "rule_for"]
 
 
 class UnsupportedModuleError(ValueError):
@@ -42,7 +43,7 @@ class LayerCall:
     """
 
     module: nn.Module
-    rule: "Rule"
+    rule: Rule
     args: tuple
     kwargs: dict
     batch_axis: int = 0
@@ -68,12 +69,16 @@ class Rule:
     #: a short reason shown when the rule is a fallback (None: a native rule)
     fallback_reason: str | None = None
 
-    def representations(self, calls: list[LayerCall], batch_size: int) -> Iterator[tuple[Tensor, Any]]:
+    def representations(
+        self, calls: list[LayerCall], batch_size: int
+    ) -> Iterator[tuple[Tensor, Any]]:
         """Yields (parameter, representation) for the calls of one module (several calls only
         when a composite rule groups them, e.g. the time steps of a recurrence)."""
         raise NotImplementedError
 
-    def forward(self, module: nn.Module, recorder, *args, **kwargs):  # composite rules only
+    def forward(
+        self, module: nn.Module, recorder, *args, **kwargs
+    ):  # composite rules only
         raise NotImplementedError
 
     def covers(self, module: nn.Module) -> list[nn.Module]:
@@ -92,19 +97,30 @@ def register_rule(module_type: type | str, rule: Rule) -> None:
     ``module.qualname`` (``"transformers.pytorch_utils.Conv1D"``) so that the library defining it
     need not be installed. A later registration replaces an earlier one."""
     if not isinstance(rule, Rule):
-        raise TypeError(f"rule must be a tlkernels.persample.Rule, got {type(rule).__name__}")
+        raise TypeError(
+            f"rule must be a tlkernels.persample.Rule, got {type(rule).__name__}"
+        )
     if isinstance(module_type, str):
         _BY_NAME[module_type] = rule
     elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
         _BY_TYPE[module_type] = rule
     else:
-        raise TypeError(f"module_type must be an nn.Module subclass or a qualified class name, got {module_type!r}")
+        raise TypeError(
+            f"module_type must be an nn.Module subclass or a qualified class name, got {module_type!r}"
+        )
 
 
 def rule_for(module: nn.Module) -> Rule | None:
-    """The rule of the most specific registered class in the module's MRO, or None."""
-    for cls in type(module).__mro__:
+    """The rule of the most specific registered class in the module's MRO, or None.
+
+    A subclass whose ``forward`` comes from elsewhere than the registered class's own module may
+    compute something else (timm's LayerNorm2d normalises the channel axis of an nn.LayerNorm):
+    the class's rule does not apply to it unless registered for the subclass itself. (Subclasses
+    defined beside the registered class, torch's LSTM / GRU for RNNBase, keep the rule.)"""
+    kind = type(module)
+    for cls in kind.__mro__:
         rule = _BY_TYPE.get(cls) or _BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
         if rule is not None:
-            return rule
+            defines = next(c for c in kind.__mro__ if "forward" in c.__dict__)
+            return rule if defines.__module__ == cls.__module__ else None
     return None

@@ -22,7 +22,15 @@ from torch import Tensor
 
 from .. import ops
 
-__all__ = ["LinearRep", "EmbeddingRep", "ConvRep", "DenseRep", "SliceRep", "gram", "ghost_is_cheaper"]
+__all__ = [
+    "ConvRep",
+    "DenseRep",
+    "EmbeddingRep",
+    "LinearRep",
+    "SliceRep",
+    "ghost_is_cheaper",
+    "gram",
+]
 
 # Bound on the elements of any temporary the ghost formulations build (chunks are sized by it).
 _CHUNK_ELEMENTS = 1 << 24
@@ -45,7 +53,9 @@ def _flat_vectors(v: Tensor, shape: torch.Size) -> tuple[Tensor, bool]:
         return v.unsqueeze(0), False
     if v.dim() == len(shape) + 1 and v.shape[1:] == shape:
         return v, True
-    raise ValueError(f"vector must have shape {tuple(shape)} or (V, {', '.join(map(str, shape))}), got {tuple(v.shape)}")
+    raise ValueError(
+        f"vector must have shape {tuple(shape)} or (V, {', '.join(map(str, shape))}), got {tuple(v.shape)}"
+    )
 
 
 def _finish(s: Tensor, many: bool) -> Tensor:
@@ -80,7 +90,9 @@ class DenseRep:
         if self.g.dim() == 1:  # a scalar parameter
             return torch.tensordot(w, self.g, dims=([0], [0]))
         # the (1, B) x (B, P) product tensordot forms, without its Python wrapper
-        return torch.mm(w.unsqueeze(0), self.g.reshape(self.g.shape[0], -1)).view(self.g.shape[1:])
+        return torch.mm(w.unsqueeze(0), self.g.reshape(self.g.shape[0], -1)).view(
+            self.g.shape[1:]
+        )
 
 
 class LinearRep:
@@ -113,7 +125,9 @@ class LinearRep:
     def weighted(self, w: Tensor) -> Tensor:
         # sum_i w_i D_i^T A_i as one GEMM over all (sample, position) rows
         b, t, n_out = self.d.shape
-        return (self.d * w.view(b, 1, 1)).reshape(b * t, n_out).T @ self.a.reshape(b * t, -1)
+        return (self.d * w.view(b, 1, 1)).reshape(b * t, n_out).T @ self.a.reshape(
+            b * t, -1
+        )
 
 
 class EmbeddingRep:
@@ -151,10 +165,14 @@ class EmbeddingRep:
     def weighted(self, w: Tensor) -> Tensor:
         b, t, e = self.d.shape
         out = self.d.new_zeros(self.num_rows, e)
-        return out.index_add_(0, self.idx.reshape(-1), (self.d * w.view(b, 1, 1)).reshape(b * t, e))
+        return out.index_add_(
+            0, self.idx.reshape(-1), (self.d * w.view(b, 1, 1)).reshape(b * t, e)
+        )
 
 
-def _embedding_gram(r1: EmbeddingRep, r2: EmbeddingRep, diagonal: bool = False) -> Tensor:
+def _embedding_gram(
+    r1: EmbeddingRep, r2: EmbeddingRep, diagonal: bool = False
+) -> Tensor:
     """<Q1_i, Q2_j> = sum_{t,t'} [idx1_it == idx2_jt'] d1_it . d2_jt', in chunks of samples."""
     b1, t1, _ = r1.d.shape
     b2, t2, _ = r2.d.shape
@@ -191,8 +209,16 @@ class ConvRep:
         vv, many = _flat_vectors(v, self.module.weight.shape)
         dy = self.dy.flatten(1).unsqueeze(2)  # (B, N, 1)
         # <conv(x, v), dy> per sample as a batched dot: no product temporary of the output's size
-        s = torch.stack([torch.bmm(self.module._conv_forward(self.x, vk, None).flatten(1).unsqueeze(1), dy)[:, 0, 0]
-                         for vk in vv], 1)
+        s = torch.stack(
+            [
+                torch.bmm(
+                    self.module._conv_forward(self.x, vk, None).flatten(1).unsqueeze(1),
+                    dy,
+                )[:, 0, 0]
+                for vk in vv
+            ],
+            1,
+        )
         return _finish(s, many)
 
     def dense(self) -> Tensor:
@@ -203,10 +229,22 @@ class ConvRep:
         o, cg = m.weight.shape[0], m.weight.shape[1]
         xg = x.reshape(1, b * x.shape[1], *x.shape[2:])
         dyg = self.dy.reshape(1, b * o, *self.dy.shape[2:])
-        wg = m.weight.new_empty((b * o, cg, *m.weight.shape[2:]))  # only its shape is read
+        wg = m.weight.new_empty(
+            (b * o, cg, *m.weight.shape[2:])
+        )  # only its shape is read
         _, gw, _ = torch.ops.aten.convolution_backward(
-            dyg, xg, wg, None, m.stride, self._numeric_padding(), m.dilation, False,
-            [0] * (x.dim() - 2), m.groups * b, [False, True, False])
+            dyg,
+            xg,
+            wg,
+            None,
+            m.stride,
+            self._numeric_padding(),
+            m.dilation,
+            False,
+            [0] * (x.dim() - 2),
+            m.groups * b,
+            [False, True, False],
+        )
         return gw.reshape(b, o, cg, *m.weight.shape[2:])
 
     def norms(self) -> Tensor:
@@ -217,15 +255,27 @@ class ConvRep:
         scaled = self.dy * w.view(-1, *([1] * (self.dy.dim() - 1)))
         x = self._padded_input()
         _, gw, _ = torch.ops.aten.convolution_backward(
-            scaled, x, m.weight, None, m.stride, self._numeric_padding(), m.dilation, False,
-            [0] * (x.dim() - 2), m.groups, [False, True, False])
+            scaled,
+            x,
+            m.weight,
+            None,
+            m.stride,
+            self._numeric_padding(),
+            m.dilation,
+            False,
+            [0] * (x.dim() - 2),
+            m.groups,
+            [False, True, False],
+        )
         return gw
 
     # 'same' padding and non-zero padding modes, turned into an explicitly padded input
     def _padded_input(self) -> Tensor:
         m = self.module
         if m.padding_mode != "zeros":
-            return F.pad(self.x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
+            return F.pad(
+                self.x, m._reversed_padding_repeated_twice, mode=m.padding_mode
+            )
         if isinstance(m.padding, str) and m.padding == "same":
             pads = []
             for k, d in zip(reversed(m.kernel_size), reversed(m.dilation)):
@@ -247,7 +297,12 @@ class SliceRep:
     rows receive nothing from this call. `inner` represents the slice (B, stop - start, ...)."""
 
     def __init__(self, inner, start: int, stop: int, shape: torch.Size):
-        self.inner, self.start, self.stop, self.shape = inner, start, stop, torch.Size(shape)
+        self.inner, self.start, self.stop, self.shape = (
+            inner,
+            start,
+            stop,
+            torch.Size(shape),
+        )
 
     @property
     def batch(self) -> int:
@@ -279,8 +334,11 @@ class SliceRep:
 
 def disjoint(r1, r2) -> bool:
     """True when two representations of one parameter cover disjoint rows."""
-    return (isinstance(r1, SliceRep) and isinstance(r2, SliceRep)
-            and (r1.stop <= r2.start or r2.stop <= r1.start))
+    return (
+        isinstance(r1, SliceRep)
+        and isinstance(r2, SliceRep)
+        and (r1.stop <= r2.start or r2.stop <= r1.start)
+    )
 
 
 def gram(r1, r2) -> Tensor:
@@ -303,7 +361,13 @@ def gram(r1, r2) -> Tensor:
 
 def _zeros_gram(r1, r2) -> Tensor:
     inner = r1.inner
-    ref = inner.g if isinstance(inner, DenseRep) else inner.d if hasattr(inner, "d") else inner.dy
+    ref = (
+        inner.g
+        if isinstance(inner, DenseRep)
+        else inner.d
+        if hasattr(inner, "d")
+        else inner.dy
+    )
     return ref.new_zeros(r1.batch, r2.batch)
 
 

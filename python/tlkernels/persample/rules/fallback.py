@@ -32,12 +32,16 @@ class FallbackRule(Rule):
         if not own:
             return
         leaves, spec = tree_flatten((call.args, call.kwargs))
-        split = [i for i, x in enumerate(leaves)
-                 if isinstance(x, Tensor) and x.dim() > axis and x.shape[axis] == batch_size]
+        split = [
+            i
+            for i, x in enumerate(leaves)
+            if isinstance(x, Tensor) and x.dim() > axis and x.shape[axis] == batch_size
+        ]
         if not split:
             raise UnsupportedModuleError(
                 f"{type(m).__name__}: none of its inputs has the batch size {batch_size} on axis {axis}; "
-                "the fallback cannot split it by sample")
+                "the fallback cannot split it by sample"
+            )
         params = {n: p.detach() for n, p in own.items()}
 
         def run(params, pieces):
@@ -45,25 +49,38 @@ class FallbackRule(Rule):
             for i, piece in zip(split, pieces):
                 args[i] = piece.unsqueeze(axis)
             a, kw = tree_unflatten(args, spec)
-            return [o for o in tree_flatten(functional_call(m, params, tuple(a), kw))[0] if isinstance(o, Tensor)]
+            return [
+                o
+                for o in tree_flatten(functional_call(m, params, tuple(a), kw))[0]
+                if isinstance(o, Tensor)
+            ]
 
         with torch.no_grad():
             probe = run(params, [leaves[i].select(axis, 0) for i in split])
         out_axes = []
         for (shape, _, _), p in zip(call.output_meta, probe):
-            dims = [d for d in range(len(shape)) if shape[d] == batch_size and p.shape[d] == 1]
+            dims = [
+                d
+                for d in range(len(shape))
+                if shape[d] == batch_size and p.shape[d] == 1
+            ]
             if not dims and batch_size != 1:
                 raise UnsupportedModuleError(
                     f"{type(m).__name__}: an output of shape {tuple(shape)} does not hold the batch on any axis; "
-                    "the fallback cannot split its gradient by sample")
+                    "the fallback cannot split its gradient by sample"
+                )
             out_axes.append(dims[0] if dims else 0)
         dys = [g.movedim(a, 0) for g, a in zip(call.grads, out_axes)]
 
         def contribution(params, pieces, dys_i):
             outs = run(params, pieces)
-            return sum((o * d.unsqueeze(a)).sum() for o, d, a in zip(outs, dys_i, out_axes))
+            return sum(
+                (o * d.unsqueeze(a)).sum() for o, d, a in zip(outs, dys_i, out_axes)
+            )
 
-        per_sample = vmap(grad(contribution), in_dims=(None, axis, 0))(params, [leaves[i] for i in split], dys)
+        per_sample = vmap(grad(contribution), in_dims=(None, axis, 0))(
+            params, [leaves[i] for i in split], dys
+        )
         for n, p in own.items():
             yield p, DenseRep(per_sample[n])
 

@@ -26,11 +26,15 @@ class TransposedLinearRep(LinearRep):
         return super().weighted(w).T
 
 
-def _rows(x: Tensor, dy: Tensor, axis: int, batch_size: int, module: nn.Module) -> tuple[Tensor, Tensor]:
+def _rows(
+    x: Tensor, dy: Tensor, axis: int, batch_size: int, module: nn.Module
+) -> tuple[Tensor, Tensor]:
     """(B, T, I) inputs and (B, T, O) output gradients of a linear map applied at any positions."""
     x = to_batch_first(x, axis, batch_size, module)
     dy = to_batch_first(dy, axis, batch_size, module, "an output gradient")
-    return x.reshape(batch_size, -1, x.shape[-1]), dy.reshape(batch_size, -1, dy.shape[-1])
+    return x.reshape(batch_size, -1, x.shape[-1]), dy.reshape(
+        batch_size, -1, dy.shape[-1]
+    )
 
 
 def _bias_rep(d: Tensor) -> DenseRep:
@@ -75,13 +79,19 @@ class ProjectionRule(Rule):
         m = calls[0].module
         info = calls[0].info
         if len(calls) == 1:
-            a, d = _rows(calls[0].args[0], calls[0].grads[0], calls[0].batch_axis, batch_size, m)
+            a, d = _rows(
+                calls[0].args[0], calls[0].grads[0], calls[0].batch_axis, batch_size, m
+            )
         else:  # the steps of a recurrence: one representation over all positions
-            pairs = [_rows(c.args[0], c.grads[0], c.batch_axis, batch_size, m) for c in calls]
+            pairs = [
+                _rows(c.args[0], c.grads[0], c.batch_axis, batch_size, m) for c in calls
+            ]
             a = torch.cat([p[0] for p in pairs], 1)
             d = torch.cat([p[1] for p in pairs], 1)
-        for name, rows, make in ((info["weight"], info["rows"], lambda: LinearRep(a, d)),
-                                 (info["bias"], info["bias_rows"], lambda: _bias_rep(d))):
+        for name, rows, make in (
+            (info["weight"], info["rows"], lambda: LinearRep(a, d)),
+            (info["bias"], info["bias_rows"], lambda: _bias_rep(d)),
+        ):
             p = getattr(m, name) if name is not None else None
             if p is None or not p.requires_grad:
                 continue
@@ -98,7 +108,13 @@ class ParameterRule(Rule):
         p = getattr(call.module, call.info["name"])
         if not p.requires_grad:
             return
-        g = to_batch_first(call.grads[0], call.batch_axis, batch_size, call.module, "a widened parameter")
+        g = to_batch_first(
+            call.grads[0],
+            call.batch_axis,
+            batch_size,
+            call.module,
+            "a widened parameter",
+        )
         yield p, DenseRep(g.reshape(batch_size, *p.shape))
 
 

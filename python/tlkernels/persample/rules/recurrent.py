@@ -25,13 +25,15 @@ class RecurrentRule(Rule):
         if isinstance(input, PackedSequence):
             raise UnsupportedModuleError(
                 f"{type(m).__name__} got a PackedSequence: per-sample products need a padded batch (pad the sequences "
-                "and mask the loss)")
+                "and mask the loss)"
+            )
         if input.dim() != 3:
             raise UnsupportedModuleError(
                 f"{type(m).__name__} got an unbatched input of shape {tuple(input.shape)}: per-sample products need "
-                "a batch")
+                "a batch"
+            )
         x = input if m.batch_first else input.transpose(0, 1)  # (B, T, I)
-        bsz, steps = x.shape[0], x.shape[1]
+        bsz = x.shape[0]
         dirs = 2 if m.bidirectional else 1
         lstm = m.mode == "LSTM"
         h_out = m.proj_size if getattr(m, "proj_size", 0) else m.hidden_size
@@ -48,7 +50,9 @@ class RecurrentRule(Rule):
             outs = []
             for d in range(dirs):
                 k = layer * dirs + d
-                out, h, c = self._direction(m, rec, layer_input, layer, d, h0[k], c0[k] if lstm else None)
+                out, h, c = self._direction(
+                    m, rec, layer_input, layer, d, h0[k], c0[k] if lstm else None
+                )
                 outs.append(out)
                 h_n.append(h)
                 c_n.append(c)
@@ -59,12 +63,16 @@ class RecurrentRule(Rule):
         h_n = torch.stack(h_n)
         return (output, (h_n, torch.stack(c_n))) if lstm else (output, h_n)
 
-    def _direction(self, m, rec, x: Tensor, layer: int, d: int, h: Tensor, c: Tensor | None):
+    def _direction(
+        self, m, rec, x: Tensor, layer: int, d: int, h: Tensor, c: Tensor | None
+    ):
         """One layer in one direction: (output (B, T, H_out), last h, last c)."""
         sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
         bias_ih = f"bias_ih{sfx}" if m.bias else None
         bias_hh = f"bias_hh{sfx}" if m.bias else None
-        gi = rec.linear(m, x, f"weight_ih{sfx}", bias_ih)  # (B, T, G): all steps at once
+        gi = rec.linear(
+            m, x, f"weight_ih{sfx}", bias_ih
+        )  # (B, T, G): all steps at once
         group, proj_group = rec.new_group(), rec.new_group()
         steps = range(x.shape[1] - 1, -1, -1) if d == 1 else range(x.shape[1])
         hs = [None] * x.shape[1]
