@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from tlkernels import persample, reference
 from tlkernels.persample import reps as persample_reps
-from torch import nn
 
 
 # ----------------------------------------------------------------------------- models
@@ -183,9 +184,7 @@ CASES = [
 @pytest.fixture(params=["ghost", "materialise"])
 def cost_rule(request, monkeypatch):
     """Both branches of the per-layer ghost-vs-materialise choice."""
-    monkeypatch.setattr(
-        persample_reps, "ghost_is_cheaper", lambda *a: request.param == "ghost"
-    )
+    monkeypatch.setattr(persample_reps, "ghost_is_cheaper", lambda *a: request.param == "ghost")
     return request.param
 
 
@@ -204,39 +203,24 @@ def test_products_match_torch_func(case, cost_rule):
 
     got = cap.per_sample_grads()
     for n in names:
-        torch.testing.assert_close(
-            got[n], ref[n], rtol=1e-10, atol=1e-12, msg=f"per-sample grad of {n}"
-        )
+        torch.testing.assert_close(got[n], ref[n], rtol=1e-10, atol=1e-12, msg=f"per-sample grad of {n}")
 
     vectors = [
-        {
-            n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
-            for n, p in cap.params.items()
-        }
-        for _ in range(3)
+        {n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in cap.params.items()} for _ in range(3)
     ]
     want = torch.stack(
-        [
-            flat(ref, names) @ torch.cat([v[n].flatten() for n in names])
-            for v in vectors
-        ],
+        [flat(ref, names) @ torch.cat([v[n].flatten() for n in names]) for v in vectors],
         1,
     )
     torch.testing.assert_close(cap.dot(vectors), want, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(cap.dot(vectors[0]), want[:, 0], rtol=1e-10, atol=1e-12)
 
-    torch.testing.assert_close(
-        cap.norms(), flat(ref, names).pow(2).sum(1), rtol=1e-10, atol=1e-12
-    )
+    torch.testing.assert_close(cap.norms(), flat(ref, names).pow(2).sum(1), rtol=1e-10, atol=1e-12)
 
-    model2_batch = make_case(
-        case, 3, torch.Generator().manual_seed(100 + CASES.index(case))
-    )[2]
+    model2_batch = make_case(case, 3, torch.Generator().manual_seed(100 + CASES.index(case)))[2]
     ref2 = reference.model_per_sample_grads(model, loss, model2_batch)
     cap2 = persample.capture(model, loss, model2_batch)
-    torch.testing.assert_close(
-        cap.gram(cap2), flat(ref, names) @ flat(ref2, names).T, rtol=1e-10, atol=1e-12
-    )
+    torch.testing.assert_close(cap.gram(cap2), flat(ref, names) @ flat(ref2, names).T, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", ["mlp", "seq_mean", "conv2d", "tokens", "unknown"])
@@ -250,9 +234,7 @@ def test_accumulate_grad_equals_weighted_backward(case):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     cap = persample.capture(model, loss, batch)
-    assert all(p.grad is None for p in model.parameters()), (
-        "capture must not touch .grad"
-    )
+    assert all(p.grad is None for p in model.parameters()), "capture must not touch .grad"
     cap.accumulate_grad(w)
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, want[n], rtol=1e-10, atol=1e-12, msg=n)
@@ -283,9 +265,7 @@ def test_float32_and_functional_api():
         atol=1e-5,
     )
     g = persample.grad_gram(model, loss, batch, batch)
-    torch.testing.assert_close(
-        g.double(), flat(ref, names) @ flat(ref, names).T, rtol=1e-4, atol=1e-5
-    )
+    torch.testing.assert_close(g.double(), flat(ref, names) @ flat(ref, names).T, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -294,19 +274,12 @@ def test_streamed_grad_dot_equals_capture_dot(case):
     gen = torch.Generator().manual_seed(11 + CASES.index(case))
     model, loss, batch = make_case(case, 5, gen)
     vectors = [
-        {
-            n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
-            for n, p in model.named_parameters()
-        }
+        {n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in model.named_parameters()}
         for _ in range(2)
     ]
-    vectors[1].pop(
-        next(iter(vectors[1]))
-    )  # a map that leaves one parameter out (zero there)
+    vectors[1].pop(next(iter(vectors[1])))  # a map that leaves one parameter out (zero there)
     want = persample.capture(model, loss, batch).dot(vectors)
-    torch.testing.assert_close(
-        persample.grad_dot(model, loss, batch, vectors), want, rtol=1e-12, atol=1e-13
-    )
+    torch.testing.assert_close(persample.grad_dot(model, loss, batch, vectors), want, rtol=1e-12, atol=1e-13)
     torch.testing.assert_close(
         persample.grad_dot(model, loss, batch, vectors[0]),
         want[:, 0],
@@ -329,9 +302,7 @@ def test_streamed_grad_dot_handles_inplace_relu_and_unused_layers():
                 nn.ReLU(inplace=True),
                 nn.Linear(5, 3),
             )
-            self.unused_out = nn.Linear(
-                5, 2
-            )  # called, but its output never reaches the losses
+            self.unused_out = nn.Linear(5, 2)  # called, but its output never reaches the losses
 
         def forward(self, x):
             self.unused_out(torch.ones(x.shape[0], 5, dtype=x.dtype))
@@ -344,14 +315,9 @@ def test_streamed_grad_dot_handles_inplace_relu_and_unused_layers():
         torch.randint(0, 3, (4,), generator=gen),
     )
     ref = reference.model_per_sample_grads(model, ce_loss, batch)
-    v = {
-        n: torch.randn(p.shape, dtype=torch.float64, generator=gen)
-        for n, p in model.named_parameters()
-    }
+    v = {n: torch.randn(p.shape, dtype=torch.float64, generator=gen) for n, p in model.named_parameters()}
     want = sum(ref[n].flatten(1) @ v[n].flatten() for n in ref)
-    torch.testing.assert_close(
-        persample.grad_dot(model, ce_loss, batch, v), want, rtol=1e-10, atol=1e-12
-    )
+    torch.testing.assert_close(persample.grad_dot(model, ce_loss, batch, v), want, rtol=1e-10, atol=1e-12)
 
 
 def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
@@ -378,9 +344,7 @@ def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
             fn()
         live = top = 0
         for _, nbytes in sorted(
-            (e.start_ns(), e.nbytes())
-            for e in prof.profiler.kineto_results.events()
-            if e.name() == "[memory]"
+            (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
         ):
             live += nbytes
             top = max(top, live)
@@ -388,9 +352,7 @@ def test_streamed_grad_dot_keeps_less_memory_than_a_capture():
 
     # verify=False: the one-off invariant check (a capture with its graph kept) is not what is measured
     streamed = peak(lambda: persample.grad_dot(model, ce_loss, batch, v, verify=False))
-    captured = peak(
-        lambda: persample.capture(model, ce_loss, batch, verify=False).dot(v)
-    )
+    captured = peak(lambda: persample.capture(model, ce_loss, batch, verify=False).dot(v))
     one_map = 16 * 8 * 16 * 16 * 4  # bytes of one layer's activation
     assert streamed < captured - 4 * one_map, (streamed, captured)
 
@@ -401,14 +363,10 @@ def test_dot_over_a_subset_of_parameters():
     ref = reference.model_per_sample_grads(model, loss, batch)
     v = torch.randn(model.fc2.weight.shape, dtype=torch.float64, generator=gen)
     s = persample.grad_dot(model, loss, batch, {"fc2.weight": v})
-    torch.testing.assert_close(
-        s, ref["fc2.weight"].flatten(1) @ v.flatten(), rtol=1e-10, atol=1e-12
-    )
+    torch.testing.assert_close(s, ref["fc2.weight"].flatten(1) @ v.flatten(), rtol=1e-10, atol=1e-12)
     with pytest.raises(KeyError, match="not trainable parameters"):
         persample.grad_dot(model, loss, batch, {"nope": v})
-    with pytest.raises(
-        ValueError, match=r"vectors\['fc2.weight'\] must be a tensor of shape \(3, 7\)"
-    ):
+    with pytest.raises(ValueError, match=r"vectors\['fc2.weight'\] must be a tensor of shape \(3, 7\)"):
         persample.grad_dot(model, loss, batch, {"fc2.weight": v.T})
 
 
@@ -448,19 +406,13 @@ def test_names_follow_named_parameters_and_dot_sums_in_their_order():
     the parameters' terms in the order of cap.params, so s is the same in every process."""
     torch.manual_seed(0)
     shared = nn.Linear(6, 6)
-    model = nn.Sequential(
-        nn.Linear(5, 6), nn.Tanh(), shared, nn.Tanh(), shared, nn.Linear(6, 3)
-    ).float()
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), shared, nn.Tanh(), shared, nn.Linear(6, 3)).float()
     model[5].bias.requires_grad_(False)
     gen = torch.Generator().manual_seed(2)
     batch = (torch.randn(9, 5, generator=gen), torch.randint(0, 3, (9,), generator=gen))
     cap = persample.capture(model, ce_loss, batch)
     want = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert (
-        sorted(cap.params) == sorted(want)
-        and "2.weight" in cap.params
-        and "4.weight" not in cap.params
-    )
+    assert sorted(cap.params) == sorted(want) and "2.weight" in cap.params and "4.weight" not in cap.params
     assert len(cap.reps["2.weight"]) == 2  # the shared layer, called twice
     v = {n: torch.randn(p.shape, generator=gen) for n, p in cap.params.items()}
     s = torch.zeros(9)
@@ -468,17 +420,13 @@ def test_names_follow_named_parameters_and_dot_sums_in_their_order():
         for rep in cap.reps[n]:
             s += rep.dot(v[n])
     assert torch.equal(cap.dot(v), s)
-    torch.testing.assert_close(
-        cap.dot([v, v]), torch.stack([s, s], 1)
-    )  # (V = 2 GEMMs round differently)
+    torch.testing.assert_close(cap.dot([v, v]), torch.stack([s, s], 1))  # (V = 2 GEMMs round differently)
 
 
 def test_batchnorm_in_training_mode_is_refused():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
     batch = (torch.randn(5, 3), torch.randint(0, 2, (5,)))
-    with pytest.raises(
-        persample.UnsupportedModuleError, match="GroupNorm or LayerNorm.*eval"
-    ):
+    with pytest.raises(persample.UnsupportedModuleError, match="GroupNorm or LayerNorm.*eval"):
         persample.capture(model, ce_loss, batch)
 
 
@@ -536,6 +484,4 @@ def test_bad_losses_and_inplace_outputs():
     ):
         persample.capture(ModifiesInput(), lambda m, b: m(b).sum(1), x)
     with pytest.raises(ValueError, match="leading dimension is not the batch size"):
-        persample.capture(
-            model, lambda m, b: m(b.reshape(2, 2, 5)).sum((1, 2)).repeat(2), x
-        )
+        persample.capture(model, lambda m, b: m(b.reshape(2, 2, 5)).sum((1, 2)).repeat(2), x)

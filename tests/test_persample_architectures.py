@@ -12,10 +12,11 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from tlkernels import persample, reference
 from tlkernels.persample import PerSampleCheckError, PerSampleFallbackWarning, Rule
 from tlkernels.persample.reps import DenseRep
-from torch import nn
 
 B = T = 4  # equal on purpose: a batch axis confused with the time axis must fail
 E = 8
@@ -28,9 +29,7 @@ def ce(model, batch):
 
 
 def labels(n=B, classes=3, seed=0):
-    return torch.randint(
-        0, classes, (n,), generator=torch.Generator().manual_seed(seed)
-    )
+    return torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
 def randn(*shape, seed=0):
@@ -43,9 +42,7 @@ def randn(*shape, seed=0):
 class Attention(nn.Module):
     """One MultiheadAttention, read through its output and (optionally) its weights."""
 
-    def __init__(
-        self, batch_first, cross=False, masks=(), use_weights=False, **options
-    ):
+    def __init__(self, batch_first, cross=False, masks=(), use_weights=False, **options):
         super().__init__()
         self.batch_first, self.cross, self.masks, self.use_weights = (
             batch_first,
@@ -72,9 +69,7 @@ class Attention(nn.Module):
             m[1, :, 0] = m[5, 1:, -1] = True
             kw["attn_mask"] = m
         if "causal" in self.masks:
-            kw["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(
-                T, dtype=DT
-            )
+            kw["attn_mask"] = nn.Transformer.generate_square_subsequent_mask(T, dtype=DT)
             kw["is_causal"] = True
             kw["need_weights"] = False
         if self.cross:
@@ -98,18 +93,12 @@ class Stack(nn.Module):
         super().__init__()
         self.kind, self.batch_first = kind, batch_first
         with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # torch's note on nested tensors for sequence-first stacks
+            warnings.simplefilter("ignore")  # torch's note on nested tensors for sequence-first stacks
             if kind == "encoder":
-                layer = nn.TransformerEncoderLayer(
-                    E, 2, 16, dropout=0.0, batch_first=batch_first, norm_first=True
-                )
+                layer = nn.TransformerEncoderLayer(E, 2, 16, dropout=0.0, batch_first=batch_first, norm_first=True)
                 self.net = nn.TransformerEncoder(layer, 2)
             else:
-                self.net = nn.Transformer(
-                    E, 2, 1, 2, 16, dropout=0.0, batch_first=batch_first
-                )
+                self.net = nn.Transformer(E, 2, 1, 2, 16, dropout=0.0, batch_first=batch_first)
         self.head = nn.Linear(E, 3)
 
     def forward(self, x):
@@ -161,21 +150,15 @@ class BertShaped(nn.Module):
             nn.Embedding(2, E),
         )
         self.norm = nn.LayerNorm(E)
-        layer = nn.TransformerEncoderLayer(
-            E, 2, 16, dropout=0.0, batch_first=True, activation="gelu"
-        )
+        layer = nn.TransformerEncoderLayer(E, 2, 16, dropout=0.0, batch_first=True, activation="gelu")
         self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.pool, self.cls = nn.Linear(E, E), nn.Linear(E, 3)
-        self.register_buffer(
-            "position_ids", torch.arange(16).unsqueeze(0), persistent=False
-        )
+        self.register_buffer("position_ids", torch.arange(16).unsqueeze(0), persistent=False)
 
     def forward(self, ids):
         t = ids.shape[1]
         types = torch.zeros(1, t, dtype=torch.long).expand(ids.shape[0], t)
-        h = self.norm(
-            self.tok(ids) + self.pos(self.position_ids[:, :t]) + self.typ(types)
-        )
+        h = self.norm(self.tok(ids) + self.pos(self.position_ids[:, :t]) + self.typ(types))
         h = self.enc(h, src_key_padding_mask=ids == 0)
         return self.cls(torch.tanh(self.pool(h[:, 0])))
 
@@ -189,9 +172,7 @@ class Conv1DLike(nn.Module):
         self.bias = nn.Parameter(torch.randn(n_out) * 0.1)
 
     def forward(self, x):
-        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(
-            *x.shape[:-1], -1
-        )
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.weight).view(*x.shape[:-1], -1)
 
 
 class Gpt2Shaped(nn.Module):
@@ -226,11 +207,7 @@ class Gpt2Shaped(nn.Module):
         for blk in self.blocks:
             q, k, v = blk["attn"](blk["ln1"](h)).split(E, -1)
             q, k, v = (z.view(b, t, 2, E // 2).transpose(1, 2) for z in (q, k, v))
-            a = (
-                (q @ k.transpose(-1, -2) / (E // 2) ** 0.5)
-                .masked_fill(causal, float("-inf"))
-                .softmax(-1)
-            )
+            a = (q @ k.transpose(-1, -2) / (E // 2) ** 0.5).masked_fill(causal, float("-inf")).softmax(-1)
             h = h + blk["proj"]((a @ v).transpose(1, 2).reshape(b, t, E))
             h = h + blk["out"](F.gelu(blk["fc"](blk["ln2"](h))))
         return self.lm_head(self.ln_f(h))
@@ -238,9 +215,7 @@ class Gpt2Shaped(nn.Module):
 
 def lm_loss(model, ids):
     logits = model(ids)[:, :-1]
-    per_token = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
-    )
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
     return per_token.view(ids.shape[0], -1).mean(1)
 
 
@@ -265,10 +240,7 @@ class BareParameters(nn.Module):
         self.head = nn.Linear(E, 3)
 
     def forward(self, x):
-        h = (
-            torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.embed(x)], 1)
-            + self.pos_embed
-        )
+        h = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), self.embed(x)], 1) + self.pos_embed
         return self.head(torch.tanh(h).mean(1))
 
 
@@ -310,9 +282,7 @@ def _cases():
         for cls in (nn.RNN, nn.LSTM, nn.GRU):
             for read in ("out", "h_n", "c_n") if cls is nn.LSTM else ("out", "h_n"):
                 cases[f"{cls.__name__}_{read}_bf{int(bf)}"] = (
-                    lambda c=cls, r=read, bf=bf: Recurrent(
-                        c, r, bf, num_layers=2, bidirectional=True
-                    ),
+                    lambda c=cls, r=read, bf=bf: Recurrent(c, r, bf, num_layers=2, bidirectional=True),
                     ce,
                     (xr, y),
                 )
@@ -349,23 +319,13 @@ def test_products_match_a_per_sample_loop(name):
     model, loss, batch = _build(name)
     ref = reference.model_per_sample_grads_loop(model, loss, batch)
     with warnings.catch_warnings():
-        warnings.simplefilter(
-            "error", PerSampleFallbackWarning
-        )  # every case here is native
+        warnings.simplefilter("error", PerSampleFallbackWarning)  # every case here is native
         cap = persample.capture(model, loss, batch, verify=True)
         gen = torch.Generator().manual_seed(7)
-        vs = [
-            {
-                n: torch.randn(g.shape[1:], dtype=DT, generator=gen)
-                for n, g in ref.items()
-            }
-            for _ in range(2)
-        ]
+        vs = [{n: torch.randn(g.shape[1:], dtype=DT, generator=gen) for n, g in ref.items()} for _ in range(2)]
         streamed = persample.grad_dot(model, loss, batch, vs)
     flat = torch.cat([g.flatten(1) for g in ref.values()], 1)
-    want = torch.stack(
-        [sum(ref[n].flatten(1) @ v[n].flatten() for n in ref) for v in vs], 1
-    )
+    want = torch.stack([sum(ref[n].flatten(1) @ v[n].flatten() for n in ref) for v in vs], 1)
     got = cap.per_sample_grads()
     _assert_close_scaled(torch.cat([got[n].flatten(1) for n in ref], 1), flat)
     _assert_close_scaled(cap.dot(vs), want)
@@ -374,9 +334,7 @@ def test_products_match_a_per_sample_loop(name):
     _assert_close_scaled(cap.gram(), flat @ flat.T)
 
 
-@pytest.mark.parametrize(
-    "name", ["mha_bias_kv_zero_attn_bf0", "LSTM_c_n_bf0", "gpt2_shaped"]
-)
+@pytest.mark.parametrize("name", ["mha_bias_kv_zero_attn_bf0", "LSTM_c_n_bf0", "gpt2_shaped"])
 def test_accumulate_grad_equals_a_weighted_backward(name):
     model, loss, batch = _build(name)
     w = randn(B, seed=9)
@@ -398,9 +356,7 @@ class BareScaleAndMatmul(nn.Module):
         super().__init__()
         self.matmul = matmul
         self.gamma = nn.Parameter(torch.linspace(0.5, 1.5, E))
-        self.proj = nn.Parameter(
-            torch.randn(E if matmul else T, E) * 0.3
-        )  # (T, E): a position offset
+        self.proj = nn.Parameter(torch.randn(E if matmul else T, E) * 0.3)  # (T, E): a position offset
         self.embed = nn.Linear(5, E)
         self.head = nn.Linear(E, 3)
 
@@ -418,16 +374,12 @@ def test_bare_parameters_of_the_root_are_exact_and_native():
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerSampleFallbackWarning)  # no whole-model vmap
         cap = persample.capture(model, ce, batch, verify=True)
-        streamed = persample.grad_dot(
-            model, ce, batch, {n: g[0] for n, g in ref.items()}
-        )
+        streamed = persample.grad_dot(model, ce, batch, {n: g[0] for n, g in ref.items()})
     for n, g in cap.per_sample_grads().items():
         _assert_close_scaled(g, ref[n])
     flat = torch.cat([g.flatten(1) for g in ref.values()], 1)
     _assert_close_scaled(cap.norms(), flat.pow(2).sum(1))
-    _assert_close_scaled(
-        streamed, flat @ torch.cat([g[0].flatten() for g in ref.values()])
-    )
+    _assert_close_scaled(streamed, flat @ torch.cat([g[0].flatten() for g in ref.values()]))
 
 
 def test_bare_parameters_broadcast_natively_others_go_to_the_fallback_announced():
@@ -442,9 +394,7 @@ def test_bare_parameters_broadcast_natively_others_go_to_the_fallback_announced(
         _assert_close_scaled(g, ref[n])
 
     model = BareScaleAndMatmul(matmul=True).to(DT)
-    with pytest.raises(
-        persample.UnsupportedModuleError, match=r"proj.*matmul.*fallback=True"
-    ):
+    with pytest.raises(persample.UnsupportedModuleError, match=r"proj.*matmul.*fallback=True"):
         persample.capture(model, ce, batch, fallback=False)
     ref = reference.model_per_sample_grads_loop(model, ce, batch)
     with pytest.warns(
@@ -477,11 +427,7 @@ class WrongScaleRule(Rule):
 
     def representations(self, calls, batch_size):
         (call,) = calls
-        g = (
-            (call.args[0] * call.grads[0])
-            .reshape(batch_size, -1, call.module.weight.shape[0])
-            .sum(1)
-        )
+        g = (call.args[0] * call.grads[0]).reshape(batch_size, -1, call.module.weight.shape[0]).sum(1)
         yield call.module.weight, DenseRep(g.roll(1, 0))
 
 
@@ -501,24 +447,17 @@ def test_a_wrong_rule_is_caught_by_the_check_naming_the_parameter(monkeypatch):
     torch.manual_seed(0)
     model = ScaleNet().to(DT)
     batch = (randn(B, 5), labels())
-    with pytest.raises(
-        PerSampleCheckError, match=r"scale\.weight \(relative error"
-    ) as info:
+    with pytest.raises(PerSampleCheckError, match=r"scale\.weight \(relative error") as info:
         persample.capture(model, ce, batch)
     assert "lin.weight" not in str(info.value) and "head.weight" not in str(info.value)
     with pytest.raises(PerSampleCheckError, match=r"scale\.weight"):
         persample.grad_dot(model, ce, batch, {"scale.weight": torch.ones(E, dtype=DT)})
     report = None
-    monkeypatch.delitem(
-        registry._BY_TYPE, Scale
-    )  # no rule registered: its own broadcast parameter, native
+    monkeypatch.delitem(registry._BY_TYPE, Scale)  # no rule registered: its own broadcast parameter, native
     with warnings.catch_warnings():
         warnings.simplefilter("error", PerSampleFallbackWarning)
         report = persample.verify(model, ce, batch)
-    assert (
-        set(report) == {n for n, _ in model.named_parameters()}
-        and max(report.values()) < 1e-12
-    )
+    assert set(report) == {n for n, _ in model.named_parameters()} and max(report.values()) < 1e-12
 
 
 class TiedOutsideForward(nn.Module):
@@ -536,9 +475,7 @@ def test_a_parameter_used_outside_its_module_is_refused_by_name():
     torch.manual_seed(0)
     model = TiedOutsideForward().to(DT)
     ids = torch.randint(0, 30, (B, 6), generator=torch.Generator().manual_seed(0))
-    with pytest.raises(
-        PerSampleCheckError, match=r"emb\.weight .*recorded uses do not add up"
-    ):
+    with pytest.raises(PerSampleCheckError, match=r"emb\.weight .*recorded uses do not add up"):
         persample.capture(model, ce, (ids, labels()))
 
 
@@ -567,9 +504,7 @@ def test_an_unknown_batch_axis_is_caught_and_batch_axes_fixes_it():
 
 def test_training_mode_batchnorm_without_parameters_is_caught():
     torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Linear(5, E), nn.BatchNorm1d(E, affine=False), nn.Tanh(), nn.Linear(E, 3)
-    ).to(DT)
+    model = nn.Sequential(nn.Linear(5, E), nn.BatchNorm1d(E, affine=False), nn.Tanh(), nn.Linear(E, 3)).to(DT)
     with pytest.raises(PerSampleCheckError, match=r"0\.weight"):
         persample.capture(model, ce, (randn(B, 5), labels()))
 
@@ -579,9 +514,7 @@ def test_the_check_runs_once_per_structure_and_can_be_turned_off(monkeypatch):
 
     calls = []
     real = verify_module.check_capture
-    monkeypatch.setattr(
-        verify_module, "check_capture", lambda *a, **k: calls.append(1) or real(*a, **k)
-    )
+    monkeypatch.setattr(verify_module, "check_capture", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
     model = ScaleNet().to(DT)
     batch = (randn(B, 5), labels())
@@ -704,9 +637,7 @@ def _zoo():
     def tv_resnet():
         import torchvision
 
-        return torchvision.models.resnet18(
-            num_classes=3, norm_layer=lambda c: nn.GroupNorm(2, c)
-        )
+        return torchvision.models.resnet18(num_classes=3, norm_layer=lambda c: nn.GroupNorm(2, c))
 
     def timm_vit():
         import timm
@@ -752,9 +683,7 @@ def _zoo():
 
     def hf_image_cls(model, batch):
         x, yy = batch
-        return nn.functional.cross_entropy(
-            model(pixel_values=x).logits, yy, reduction="none"
-        )
+        return nn.functional.cross_entropy(model(pixel_values=x).logits, yy, reduction="none")
 
     return {
         "transformers_bert": ("transformers", bert, hf_cls, (ids, y), True),
@@ -816,26 +745,15 @@ ZOO = _zoo()
 @pytest.mark.parametrize("name", sorted(ZOO))
 def test_model_zoo_against_a_per_sample_loop(name):
     package, make, loss, batch, native = ZOO[name]
-    pytest.importorskip(
-        package, reason=f"{package} is not installed (it is in the test extra)"
-    )
+    pytest.importorskip(package, reason=f"{package} is not installed (it is in the test extra)")
     torch.manual_seed(0)
-    model = (
-        make().to(DT).eval()
-    )  # eval: no dropout, so the loop and the capture see one function
+    model = make().to(DT).eval()  # eval: no dropout, so the loop and the capture see one function
     ref = reference.model_per_sample_grads_loop(model, loss, batch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        warnings.simplefilter(
-            "error" if native else "ignore", PerSampleFallbackWarning
-        )  # (after: checked first)
+        warnings.simplefilter("error" if native else "ignore", PerSampleFallbackWarning)  # (after: checked first)
         cap = persample.capture(model, loss, batch, verify=True)
-        v = {
-            n: torch.randn(
-                g.shape[1:], dtype=DT, generator=torch.Generator().manual_seed(3)
-            )
-            for n, g in ref.items()
-        }
+        v = {n: torch.randn(g.shape[1:], dtype=DT, generator=torch.Generator().manual_seed(3)) for n, g in ref.items()}
         s = persample.grad_dot(model, loss, batch, v)
     flat = torch.cat([g.flatten(1) for g in ref.values()], 1)
     got = cap.per_sample_grads()

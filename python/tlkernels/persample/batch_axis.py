@@ -26,9 +26,7 @@ _SEQUENCE_MODULES = (
 
 def _own_axis(module: nn.Module) -> int | None:
     if isinstance(module, _SEQUENCE_MODULES):
-        if isinstance(
-            module, nn.TransformerEncoder
-        ):  # its batch_first lives in its layers
+        if isinstance(module, nn.TransformerEncoder):  # its batch_first lives in its layers
             first = module.layers[0] if len(module.layers) else None
             flag = getattr(getattr(first, "self_attn", None), "batch_first", None)
         else:
@@ -38,9 +36,7 @@ def _own_axis(module: nn.Module) -> int | None:
     return None
 
 
-def batch_axes(
-    model: nn.Module, overrides: Mapping[str, int] | None = None
-) -> dict[nn.Module, int]:
+def batch_axes(model: nn.Module, overrides: Mapping[str, int] | None = None) -> dict[nn.Module, int]:
     """{module: batch axis of its inputs} for every module of `model`.
 
     overrides: {module name as in model.named_modules(): axis}, inherited by its submodules.
@@ -52,9 +48,7 @@ def batch_axes(
         raise KeyError(f"batch_axes names modules that are not in the model: {unknown}")
     for name, axis in overrides.items():
         if not isinstance(axis, int) or isinstance(axis, bool) or axis < 0:
-            raise ValueError(
-                f"batch_axes[{name!r}] must be a non-negative int, got {axis!r}"
-            )
+            raise ValueError(f"batch_axes[{name!r}] must be a non-negative int, got {axis!r}")
     axes: dict[nn.Module, int] = {}
 
     def walk(module: nn.Module, name: str, inherited: int) -> None:
@@ -70,16 +64,10 @@ def batch_axes(
     return axes
 
 
-def to_batch_first(
-    t: Tensor, axis: int, batch_size: int, module: nn.Module, what: str = "an input"
-) -> Tensor:
+def to_batch_first(t: Tensor, axis: int, batch_size: int, module: nn.Module, what: str = "an input") -> Tensor:
     """t with its batch axis moved to the front, after checking that it holds the batch."""
     if t.dim() <= axis or t.shape[axis] != batch_size:
-        where = (
-            "leading dimension"
-            if axis == 0
-            else f"dimension {axis} (sequence-first: batch_first=False)"
-        )
+        where = "leading dimension" if axis == 0 else f"dimension {axis} (sequence-first: batch_first=False)"
         raise UnsupportedModuleError(
             f"{type(module).__name__} got {what} of shape {tuple(t.shape)} whose {where} is not the batch size "
             f"{batch_size}: per-sample products need to know the batch axis; pass batch_axes={{module name: axis}} "

@@ -37,29 +37,21 @@ class Capture:
     params: dict[str, nn.Parameter] = field(default_factory=dict)
 
     # -- products ------------------------------------------------------------------------------
-    def dot(
-        self, vectors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]]
-    ) -> Tensor:
+    def dot(self, vectors: Mapping[str, Tensor] | Sequence[Mapping[str, Tensor]]) -> Tensor:
         """s_i = sum_p <dl_i/dp, v_p> over the parameters named in `vectors`.
 
         vectors: {name: tensor of the parameter's shape}, or a list of V such maps.
         Returns (B,) for one map, (B, V) for a list.
         """
         many, maps, names = check_vectors(vectors, self.params)
-        s = self.losses.new_zeros(
-            (self.batch_size, len(maps)) if many else (self.batch_size,)
-        )
+        s = self.losses.new_zeros((self.batch_size, len(maps)) if many else (self.batch_size,))
         for (
             name,
             p,
         ) in self.params.items():  # the parameters' order: the same sum in every run
             if name not in names:
                 continue
-            v = (
-                torch.stack([vector_for(m, name, p) for m in maps])
-                if many
-                else vector_for(maps[0], name, p)
-            )
+            v = torch.stack([vector_for(m, name, p) for m in maps]) if many else vector_for(maps[0], name, p)
             for rep in self.reps[name]:
                 s += rep.dot(v if v.dtype == rep.dtype else v.to(rep.dtype))
         return s
@@ -68,9 +60,7 @@ class Capture:
         """(B1, B2) Gram <dl_i/dθ, dl'_j/dθ> over all captured parameters; other=None: with itself."""
         other = self if other is None else other
         if set(other.reps) != set(self.reps):
-            raise ValueError(
-                "the two captures cover different parameters (capture both from the same model)"
-            )
+            raise ValueError("the two captures cover different parameters (capture both from the same model)")
         out = self.losses.new_zeros(self.batch_size, other.batch_size)
         for name, reps1 in self.reps.items():
             for r1 in reps1:
@@ -102,17 +92,13 @@ class Capture:
             weights = torch.ones_like(self.losses)
         weights = torch.as_tensor(weights, device=self.losses.device)
         if weights.shape != (self.batch_size,):
-            raise ValueError(
-                f"weights must have shape (B,) = ({self.batch_size},), got {tuple(weights.shape)}"
-            )
+            raise ValueError(f"weights must have shape (B,) = ({self.batch_size},), got {tuple(weights.shape)}")
         out = {}
         for name, reps in self.reps.items():
             p = self.params[name]
             g = None
             for r in reps:
-                part = r.weighted(
-                    weights if weights.dtype == r.dtype else weights.to(r.dtype)
-                )
+                part = r.weighted(weights if weights.dtype == r.dtype else weights.to(r.dtype))
                 g = part if g is None else g + part
             out[name] = g.to(p.dtype).reshape(p.shape)
         return out
@@ -145,15 +131,11 @@ def check_vectors(vectors, params: Mapping[str, Tensor]) -> tuple[bool, list, se
         raise ValueError("vectors must be a mapping or a non-empty list of mappings")
     for m in maps:
         if not isinstance(m, Mapping):
-            raise TypeError(
-                f"vectors must map parameter names to tensors, got {type(m).__name__}"
-            )
+            raise TypeError(f"vectors must map parameter names to tensors, got {type(m).__name__}")
     names = set().union(*maps)
     unknown = names.difference(params)
     if unknown:
-        raise KeyError(
-            f"vectors name parameters that are not trainable parameters of the model: {sorted(unknown)}"
-        )
+        raise KeyError(f"vectors name parameters that are not trainable parameters of the model: {sorted(unknown)}")
     return many, maps, names
 
 
@@ -187,9 +169,7 @@ def run_forward(
 ) -> tuple[Tensor, Recorder]:
     """One recorded forward; checks the losses and closes the recording."""
     hint = batch_size if batch_size is not None else infer_batch_size(batch)
-    rec = Recorder(
-        plan, stream=stream, clone_outputs=clone_outputs, batch_size_hint=hint
-    )
+    rec = Recorder(plan, stream=stream, clone_outputs=clone_outputs, batch_size_hint=hint)
     try:
         with rec, torch.enable_grad():
             losses = loss_fn(model, batch)
@@ -197,14 +177,10 @@ def run_forward(
         # a module's own parameter is used in an op that does not broadcast it over the batch
         plan.force_fallback(e.module)
         _verify.announce_fallbacks(model, plan, e.reason)
-        return run_forward(
-            plan, model, loss_fn, batch, batch_size, clone_outputs, stream
-        )
+        return run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs, stream)
     except RuntimeError as e:
         if rec.widened:
-            raise ValueError(
-                f"{_widened_message(hint)}; the forward failed with: {e}"
-            ) from e
+            raise ValueError(f"{_widened_message(hint)}; the forward failed with: {e}") from e
         raise
     if not isinstance(losses, Tensor) or losses.dim() != 1:
         raise ValueError(
@@ -212,13 +188,9 @@ def run_forward(
             f"{tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__}"
         )
     if not losses.requires_grad:
-        raise ValueError(
-            "loss_fn(model, batch) returned losses that do not depend on any trainable parameter"
-        )
+        raise ValueError("loss_fn(model, batch) returned losses that do not depend on any trainable parameter")
     if rec.widened and losses.shape[0] != hint:
-        raise ValueError(
-            f"{_widened_message(hint)}, but the losses have {losses.shape[0]} entries"
-        )
+        raise ValueError(f"{_widened_message(hint)}, but the losses have {losses.shape[0]} entries")
     rec.close_forward(losses)
     return losses, rec
 
@@ -259,21 +231,15 @@ def capture(
     """
     plan = Plan(model, fallback, batch_axes)
     _verify.announce_fallbacks(model, plan)
-    check = _verify.should_check(
-        verify, model, loss_fn, batch, plan, fallback, batch_axes
-    )
+    check = _verify.should_check(verify, model, loss_fn, batch, plan, fallback, batch_axes)
     try:
-        losses, rec = run_forward(
-            plan, model, loss_fn, batch, batch_size, clone_outputs=False
-        )
+        losses, rec = run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs=False)
         rec.backward(losses, retain_graph=check)
     except ModifiedInPlace:
         # A layer output was modified in place later in the forward (ReLU(inplace=True) after a
         # Linear / Conv): run the forward again with each recorded output cloned, so that the
         # in-place op touches the clone and the output keeps its own gradient.
-        losses, rec = run_forward(
-            plan, model, loss_fn, batch, batch_size, clone_outputs=True
-        )
+        losses, rec = run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs=True)
         rec.backward(losses, retain_graph=check)
     cap = Capture(losses=losses.detach(), batch_size=losses.shape[0])
     trainable = trainable_parameters(model)
@@ -284,9 +250,7 @@ def capture(
         cap.reps.setdefault(full, []).append(rep)
     recorded = set(cap.reps)
     for full, p in trainable.items():
-        if (
-            full not in cap.reps
-        ):  # no recorded use: zero per-sample gradients (checked below)
+        if full not in cap.reps:  # no recorded use: zero per-sample gradients (checked below)
             cap.params[full] = p
             cap.reps[full] = [DenseRep(p.new_zeros((cap.batch_size,) + tuple(p.shape)))]
     if check:

@@ -31,9 +31,7 @@ class ModifiedInPlace(Exception):
 
 
 def own_trainable(module: nn.Module) -> dict[str, nn.Parameter]:
-    return {
-        n: p for n, p in module._parameters.items() if p is not None and p.requires_grad
-    }
+    return {n: p for n, p in module._parameters.items() if p is not None and p.requires_grad}
 
 
 class Plan:
@@ -45,9 +43,7 @@ class Plan:
     found a use it cannot split (remembered per module).
     """
 
-    def __init__(
-        self, model: nn.Module, fallback: bool, batch_axes: dict | None = None
-    ):
+    def __init__(self, model: nn.Module, fallback: bool, batch_axes: dict | None = None):
         self.model, self.fallback, self.batch_axes = model, fallback, batch_axes
         self._build()
 
@@ -111,9 +107,7 @@ class Recorder:
         self.calls: list[LayerCall] = []
         self.widened = False
         self._outputs: dict[int, list[Tensor]] = {}
-        self._anchor = (
-            torch.zeros((), requires_grad=True) if stream is not None else None
-        )
+        self._anchor = torch.zeros((), requires_grad=True) if stream is not None else None
         self._pending: dict[Any, list[LayerCall]] = {}
         self._group_size: dict[Any, int] = {}
         self._undo: list[Callable[[], None]] = []
@@ -126,9 +120,7 @@ class Recorder:
                 self._patch_forward(module, rule)
             else:
                 handle = module.register_forward_hook(
-                    lambda m, args, kwargs, out, r=rule, a=axis: self.record(
-                        m, r, args, kwargs, out, a
-                    ),
+                    lambda m, args, kwargs, out, r=rule, a=axis: self.record(m, r, args, kwargs, out, a),
                     with_kwargs=True,
                 )
                 self._undo.append(handle.remove)
@@ -181,9 +173,7 @@ class Recorder:
         leaves, spec = tree_flatten(output)
         positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, Tensor)]
         if not positions:
-            raise UnsupportedModuleError(
-                f"{type(module).__name__} returned no tensor; the capture cannot follow it"
-            )
+            raise UnsupportedModuleError(f"{type(module).__name__} returned no tensor; the capture cannot follow it")
         args = tuple(args)
         hint = self.batch_size_hint
         if (
@@ -196,9 +186,7 @@ class Recorder:
             and args[0].shape[axis] == 1
         ):
             # an input shared by the batch (positions (1, T)): widen it, and its output, to B
-            args = (
-                args[0].expand(*args[0].shape[:axis], hint, *args[0].shape[axis + 1 :]),
-            ) + args[1:]
+            args = (args[0].expand(*args[0].shape[:axis], hint, *args[0].shape[axis + 1 :]),) + args[1:]
             for i in positions:
                 t = leaves[i]
                 if t.dim() > axis and t.shape[axis] == 1:
@@ -218,9 +206,7 @@ class Recorder:
         call.output_meta = tuple((t.shape, t.dtype, t.device) for t in tensors)
         call.versions = tuple(t._version for t in tensors)
         call.input_versions = tuple(
-            t._version
-            for t in tree_flatten((call.args, call.kwargs))[0]
-            if isinstance(t, Tensor)
+            t._version for t in tree_flatten((call.args, call.kwargs))[0] if isinstance(t, Tensor)
         )
         self.calls.append(call)
         if self.stream is not None:
@@ -273,13 +259,9 @@ class Recorder:
             b = b[bias_rows[0] : bias_rows[1]]
         out = torch.nn.functional.linear(x, w, b)
         info = {"weight": weight, "bias": bias, "rows": rows, "bias_rows": bias_rows}
-        return self.record(
-            owner, PROJECTION, (x,), {}, out, axis, info=info, group=group
-        )
+        return self.record(owner, PROJECTION, (x,), {}, out, axis, info=info, group=group)
 
-    def parameter(
-        self, owner: nn.Module, name: str, widened: Tensor, axis: int = 0
-    ) -> Tensor:
+    def parameter(self, owner: nn.Module, name: str, widened: Tensor, axis: int = 0) -> Tensor:
         """A parameter of `owner` used through a view widened to the batch (bias_k.expand(B, 1, E)):
         returns the recorded view; the gradient of each sample's slice is its per-sample gradient."""
         from .rules.linear import PARAMETER
@@ -291,11 +273,7 @@ class Recorder:
         self.batch_size = losses.shape[0]
         for c in self.calls:
             if (
-                tuple(
-                    t._version
-                    for t in tree_flatten((c.args, c.kwargs))[0]
-                    if isinstance(t, Tensor)
-                )
+                tuple(t._version for t in tree_flatten((c.args, c.kwargs))[0] if isinstance(t, Tensor))
                 != c.input_versions
             ):
                 raise UnsupportedModuleError(
@@ -331,9 +309,7 @@ class Recorder:
         for c in self.calls:
             c.grads = [
                 torch.zeros(s, dtype=d, device=dev) if g is None else g
-                for g, (s, d, dev) in zip(
-                    (next(it) for _ in c.output_meta), c.output_meta
-                )
+                for g, (s, d, dev) in zip((next(it) for _ in c.output_meta), c.output_meta)
             ]
         self._outputs.clear()
 
@@ -342,15 +318,12 @@ class Recorder:
         that reaches the losses and computes nothing but a zero scalar; the taps consume."""
         torch.autograd.grad(losses.sum(), [self._anchor], allow_unused=True)
         for c in self.calls:
-            if (
-                c.grads is None and c.args is not None
-            ):  # its output did not reach the losses
+            if c.grads is None and c.args is not None:  # its output did not reach the losses
                 self._consume(c, [None] * len(c.output_meta))
 
     def _consume(self, call: LayerCall, grads) -> None:
         call.grads = [
-            torch.zeros(s, dtype=d, device=dev) if g is None else g
-            for g, (s, d, dev) in zip(grads, call.output_meta)
+            torch.zeros(s, dtype=d, device=dev) if g is None else g for g, (s, d, dev) in zip(grads, call.output_meta)
         ]
         if call.group is None:
             self._emit([call])

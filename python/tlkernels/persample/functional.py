@@ -77,9 +77,7 @@ def grad_dot(
             acc["s"] = part if "s" not in acc else acc["s"] + part
 
     try:
-        losses, rec = run_forward(
-            plan, model, loss_fn, batch, batch_size, clone_outputs=False, stream=on_rep
-        )
+        losses, rec = run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs=False, stream=on_rep)
         rec.stream_backward(losses)
     except RuntimeError as e:
         if "inplace" not in str(e) or "custom Function" not in str(e):
@@ -87,21 +85,15 @@ def grad_dot(
         # A layer output is modified in place later in the forward (ReLU(inplace=True)): the taps'
         # views cannot be, so run again with the outputs cloned.
         acc.clear()
-        losses, rec = run_forward(
-            plan, model, loss_fn, batch, batch_size, clone_outputs=True, stream=on_rep
-        )
+        losses, rec = run_forward(plan, model, loss_fn, batch, batch_size, clone_outputs=True, stream=on_rep)
         rec.stream_backward(losses)
     s = acc.get("s", losses.new_zeros(losses.shape[0], len(maps))).to(losses.dtype)
     return s if many else s[:, 0]
 
 
-def grad_gram(
-    model: nn.Module, loss_fn: LossFn, batch1: Any, batch2: Any, **options
-) -> Tensor:
+def grad_gram(model: nn.Module, loss_fn: LossFn, batch1: Any, batch2: Any, **options) -> Tensor:
     """(B1, B2) Gram of per-sample gradients over all trainable parameters (options as for capture)."""
-    return capture(model, loss_fn, batch1, **options).gram(
-        capture(model, loss_fn, batch2, **options)
-    )
+    return capture(model, loss_fn, batch1, **options).gram(capture(model, loss_fn, batch2, **options))
 
 
 def grad_norms(model: nn.Module, loss_fn: LossFn, batch: Any, **options) -> Tensor:

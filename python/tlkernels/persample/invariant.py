@@ -27,9 +27,7 @@ __all__ = ["PerSampleCheckError", "PerSampleFallbackWarning", "verify"]
 
 _RTOL = {torch.float64: 1e-6, torch.float32: 2e-3}
 _RTOL_LOW = 5e-2  # float16 / bfloat16
-_FLOOR = (
-    1e-4  # errors below this fraction of the largest parameter gradient are rounding
-)
+_FLOOR = 1e-4  # errors below this fraction of the largest parameter gradient are rounding
 
 _checked: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
 _announced: weakref.WeakKeyDictionary[nn.Module, set] = weakref.WeakKeyDictionary()
@@ -66,16 +64,8 @@ class _Report(dict):
 
 
 def _key(model, loss_fn, batch, plan, fallback, batch_axes) -> tuple:
-    params = tuple(
-        (n, tuple(p.shape), p.dtype)
-        for n, p in model.named_parameters()
-        if p.requires_grad
-    )
-    leaves = tuple(
-        (leaf.dim(), leaf.dtype)
-        for leaf in tree_flatten(batch)[0]
-        if isinstance(leaf, Tensor)
-    )
+    params = tuple((n, tuple(p.shape), p.dtype) for n, p in model.named_parameters() if p.requires_grad)
+    leaves = tuple((leaf.dim(), leaf.dtype) for leaf in tree_flatten(batch)[0] if isinstance(leaf, Tensor))
     modes = tuple(m.training for _, m, _, _ in plan.entries)
     code = getattr(loss_fn, "__code__", type(loss_fn))
     return (
@@ -97,38 +87,23 @@ def should_check(verify, model, loss_fn, batch, plan, fallback, batch_axes) -> b
         raise ValueError(f"verify must be 'auto', True or False, got {verify!r}")
     if os.environ.get("TLK_PERSAMPLE_VERIFY", "1") == "0":
         return False
-    return _key(model, loss_fn, batch, plan, fallback, batch_axes) not in _checked.get(
-        model, set()
-    )
+    return _key(model, loss_fn, batch, plan, fallback, batch_axes) not in _checked.get(model, set())
 
 
 def mark_checked(model, loss_fn, batch, plan, fallback, batch_axes) -> None:
-    _checked.setdefault(model, set()).add(
-        _key(model, loss_fn, batch, plan, fallback, batch_axes)
-    )
+    _checked.setdefault(model, set()).add(_key(model, loss_fn, batch, plan, fallback, batch_axes))
 
 
-def check_capture(
-    cap, losses: Tensor, recorded: set[str], report: dict | None = None
-) -> None:
+def check_capture(cap, losses: Tensor, recorded: set[str], report: dict | None = None) -> None:
     """Compares cap.weighted_sum(w) with autograd's gradient of sum_i w_i l_i (the forward's graph
     must still be alive) for random w; raises PerSampleCheckError naming the failing parameters."""
     gen = torch.Generator().manual_seed(20240607)
-    w = torch.randn(cap.batch_size, generator=gen, dtype=torch.float64).to(
-        losses.device, losses.dtype
-    )
+    w = torch.randn(cap.batch_size, generator=gen, dtype=torch.float64).to(losses.device, losses.dtype)
     names = list(cap.params)
-    exact = torch.autograd.grad(
-        losses, [cap.params[n] for n in names], w, allow_unused=True
-    )
+    exact = torch.autograd.grad(losses, [cap.params[n] for n in names], w, allow_unused=True)
     ours = cap.weighted_sum(w)
-    exact = {
-        n: torch.zeros_like(cap.params[n]) if g is None else g
-        for n, g in zip(names, exact)
-    }
-    largest = max(
-        (float(g.detach().double().norm()) for g in exact.values()), default=0.0
-    )
+    exact = {n: torch.zeros_like(cap.params[n]) if g is None else g for n, g in zip(names, exact)}
+    largest = max((float(g.detach().double().norm()) for g in exact.values()), default=0.0)
     failures = []
     for n in names:
         e, o = exact[n].detach().double(), ours[n].detach().double()

@@ -69,16 +69,12 @@ class Rule:
     #: a short reason shown when the rule is a fallback (None: a native rule)
     fallback_reason: str | None = None
 
-    def representations(
-        self, calls: list[LayerCall], batch_size: int
-    ) -> Iterator[tuple[Tensor, Any]]:
+    def representations(self, calls: list[LayerCall], batch_size: int) -> Iterator[tuple[Tensor, Any]]:
         """Yields (parameter, representation) for the calls of one module (several calls only
         when a composite rule groups them, e.g. the time steps of a recurrence)."""
         raise NotImplementedError
 
-    def forward(
-        self, module: nn.Module, recorder, *args, **kwargs
-    ):  # composite rules only
+    def forward(self, module: nn.Module, recorder, *args, **kwargs):  # composite rules only
         raise NotImplementedError
 
     def covers(self, module: nn.Module) -> list[nn.Module]:
@@ -97,17 +93,13 @@ def register_rule(module_type: type | str, rule: Rule) -> None:
     ``module.qualname`` (``"transformers.pytorch_utils.Conv1D"``) so that the library defining it
     need not be installed. A later registration replaces an earlier one."""
     if not isinstance(rule, Rule):
-        raise TypeError(
-            f"rule must be a tlkernels.persample.Rule, got {type(rule).__name__}"
-        )
+        raise TypeError(f"rule must be a tlkernels.persample.Rule, got {type(rule).__name__}")
     if isinstance(module_type, str):
         _BY_NAME[module_type] = rule
     elif isinstance(module_type, type) and issubclass(module_type, nn.Module):
         _BY_TYPE[module_type] = rule
     else:
-        raise TypeError(
-            f"module_type must be an nn.Module subclass or a qualified class name, got {module_type!r}"
-        )
+        raise TypeError(f"module_type must be an nn.Module subclass or a qualified class name, got {module_type!r}")
 
 
 def rule_for(module: nn.Module) -> Rule | None:

@@ -90,9 +90,7 @@ class DenseRep:
         if self.g.dim() == 1:  # a scalar parameter
             return torch.tensordot(w, self.g, dims=([0], [0]))
         # the (1, B) x (B, P) product tensordot forms, without its Python wrapper
-        return torch.mm(w.unsqueeze(0), self.g.reshape(self.g.shape[0], -1)).view(
-            self.g.shape[1:]
-        )
+        return torch.mm(w.unsqueeze(0), self.g.reshape(self.g.shape[0], -1)).view(self.g.shape[1:])
 
 
 class LinearRep:
@@ -125,9 +123,7 @@ class LinearRep:
     def weighted(self, w: Tensor) -> Tensor:
         # sum_i w_i D_i^T A_i as one GEMM over all (sample, position) rows
         b, t, n_out = self.d.shape
-        return (self.d * w.view(b, 1, 1)).reshape(b * t, n_out).T @ self.a.reshape(
-            b * t, -1
-        )
+        return (self.d * w.view(b, 1, 1)).reshape(b * t, n_out).T @ self.a.reshape(b * t, -1)
 
 
 class EmbeddingRep:
@@ -165,14 +161,10 @@ class EmbeddingRep:
     def weighted(self, w: Tensor) -> Tensor:
         b, t, e = self.d.shape
         out = self.d.new_zeros(self.num_rows, e)
-        return out.index_add_(
-            0, self.idx.reshape(-1), (self.d * w.view(b, 1, 1)).reshape(b * t, e)
-        )
+        return out.index_add_(0, self.idx.reshape(-1), (self.d * w.view(b, 1, 1)).reshape(b * t, e))
 
 
-def _embedding_gram(
-    r1: EmbeddingRep, r2: EmbeddingRep, diagonal: bool = False
-) -> Tensor:
+def _embedding_gram(r1: EmbeddingRep, r2: EmbeddingRep, diagonal: bool = False) -> Tensor:
     """<Q1_i, Q2_j> = sum_{t,t'} [idx1_it == idx2_jt'] d1_it . d2_jt', in chunks of samples."""
     b1, t1, _ = r1.d.shape
     b2, t2, _ = r2.d.shape
@@ -229,9 +221,7 @@ class ConvRep:
         o, cg = m.weight.shape[0], m.weight.shape[1]
         xg = x.reshape(1, b * x.shape[1], *x.shape[2:])
         dyg = self.dy.reshape(1, b * o, *self.dy.shape[2:])
-        wg = m.weight.new_empty(
-            (b * o, cg, *m.weight.shape[2:])
-        )  # only its shape is read
+        wg = m.weight.new_empty((b * o, cg, *m.weight.shape[2:]))  # only its shape is read
         _, gw, _ = torch.ops.aten.convolution_backward(
             dyg,
             xg,
@@ -273,9 +263,7 @@ class ConvRep:
     def _padded_input(self) -> Tensor:
         m = self.module
         if m.padding_mode != "zeros":
-            return F.pad(
-                self.x, m._reversed_padding_repeated_twice, mode=m.padding_mode
-            )
+            return F.pad(self.x, m._reversed_padding_repeated_twice, mode=m.padding_mode)
         if isinstance(m.padding, str) and m.padding == "same":
             pads = []
             for k, d in zip(reversed(m.kernel_size), reversed(m.dilation)):
@@ -334,11 +322,7 @@ class SliceRep:
 
 def disjoint(r1, r2) -> bool:
     """True when two representations of one parameter cover disjoint rows."""
-    return (
-        isinstance(r1, SliceRep)
-        and isinstance(r2, SliceRep)
-        and (r1.stop <= r2.start or r2.stop <= r1.start)
-    )
+    return isinstance(r1, SliceRep) and isinstance(r2, SliceRep) and (r1.stop <= r2.start or r2.stop <= r1.start)
 
 
 def gram(r1, r2) -> Tensor:
@@ -361,13 +345,7 @@ def gram(r1, r2) -> Tensor:
 
 def _zeros_gram(r1, r2) -> Tensor:
     inner = r1.inner
-    ref = (
-        inner.g
-        if isinstance(inner, DenseRep)
-        else inner.d
-        if hasattr(inner, "d")
-        else inner.dy
-    )
+    ref = inner.g if isinstance(inner, DenseRep) else inner.d if hasattr(inner, "d") else inner.dy
     return ref.new_zeros(r1.batch, r2.batch)
 
 

@@ -25,13 +25,9 @@ def _float_mask(mask: Tensor | None, dtype: torch.dtype, name: str) -> Tensor | 
     if mask is None:
         return None
     if mask.dtype == torch.bool:
-        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-            mask, float("-inf")
-        )
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask, float("-inf"))
     if not torch.is_floating_point(mask):
-        raise UnsupportedModuleError(
-            f"MultiheadAttention: {name} must be bool or float, got {mask.dtype}"
-        )
+        raise UnsupportedModuleError(f"MultiheadAttention: {name} must be bool or float, got {mask.dtype}")
     return mask.to(dtype)
 
 
@@ -72,17 +68,11 @@ class MultiheadAttentionRule(Rule):
 
         # projections, recorded (rows of the packed weight when q, k, v see different inputs)
         if m._qkv_same_embed_dim and self_attention:
-            q, k, v = rec.linear(m, query, "in_proj_weight", "in_proj_bias").chunk(
-                3, -1
-            )
+            q, k, v = rec.linear(m, query, "in_proj_weight", "in_proj_bias").chunk(3, -1)
         elif m._qkv_same_embed_dim:
             q = rec.linear(m, query, "in_proj_weight", "in_proj_bias", rows=(0, embed))
-            k = rec.linear(
-                m, key, "in_proj_weight", "in_proj_bias", rows=(embed, 2 * embed)
-            )
-            v = rec.linear(
-                m, value, "in_proj_weight", "in_proj_bias", rows=(2 * embed, 3 * embed)
-            )
+            k = rec.linear(m, key, "in_proj_weight", "in_proj_bias", rows=(embed, 2 * embed))
+            v = rec.linear(m, value, "in_proj_weight", "in_proj_bias", rows=(2 * embed, 3 * embed))
         else:
             has_bias = m.in_proj_bias is not None
             q = rec.linear(
@@ -115,24 +105,14 @@ class MultiheadAttentionRule(Rule):
             )
         if is_causal and key_padding_mask is None and not need_weights:
             # torch then ignores the mask given and applies the causal one
-            attn_mask = torch.ones(
-                tgt_len, key.shape[1], dtype=torch.bool, device=query.device
-            ).triu(1)
+            attn_mask = torch.ones(tgt_len, key.shape[1], dtype=torch.bool, device=query.device).triu(1)
         attn_mask = _float_mask(attn_mask, dtype, "attn_mask")
 
         if m.bias_k is not None:
-            k = torch.cat(
-                [k, rec.parameter(m, "bias_k", m.bias_k.expand(bsz, 1, embed))], 1
-            )
-            v = torch.cat(
-                [v, rec.parameter(m, "bias_v", m.bias_v.expand(bsz, 1, embed))], 1
-            )
+            k = torch.cat([k, rec.parameter(m, "bias_k", m.bias_k.expand(bsz, 1, embed))], 1)
+            v = torch.cat([v, rec.parameter(m, "bias_v", m.bias_v.expand(bsz, 1, embed))], 1)
             attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
-            key_padding_mask = (
-                F.pad(key_padding_mask, (0, 1))
-                if key_padding_mask is not None
-                else None
-            )
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
 
         q = q.reshape(bsz, tgt_len, heads, head_dim).transpose(1, 2)  # (B, H, L, hd)
         k = k.reshape(bsz, -1, heads, head_dim).transpose(1, 2)  # (B, H, S, hd)
@@ -141,11 +121,7 @@ class MultiheadAttentionRule(Rule):
             k = torch.cat([k, k.new_zeros(bsz, heads, 1, head_dim)], 2)
             v = torch.cat([v, v.new_zeros(bsz, heads, 1, head_dim)], 2)
             attn_mask = F.pad(attn_mask, (0, 1)) if attn_mask is not None else None
-            key_padding_mask = (
-                F.pad(key_padding_mask, (0, 1))
-                if key_padding_mask is not None
-                else None
-            )
+            key_padding_mask = F.pad(key_padding_mask, (0, 1)) if key_padding_mask is not None else None
         src_len = k.shape[2]
 
         scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)  # (B, H, L, S)

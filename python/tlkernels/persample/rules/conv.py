@@ -18,9 +18,7 @@ class ConvRule(Rule):
         x = to_batch_first(call.args[0], 0, batch_size, m)
         dy = call.grads[0]
         if x.dim() == len(m.kernel_size) + 1:
-            raise UnsupportedModuleError(
-                f"{type(m).__name__} got an unbatched input of shape {tuple(x.shape)}"
-            )
+            raise UnsupportedModuleError(f"{type(m).__name__} got an unbatched input of shape {tuple(x.shape)}")
         own = own_trainable(m)
         if "weight" in own:
             yield m.weight, ConvRep(m, x, dy)

@@ -25,12 +25,8 @@ class EmbeddingRule(Rule):
         m = call.module
         if not m.weight.requires_grad:
             return
-        idx = to_batch_first(call.args[0], call.batch_axis, batch_size, m).reshape(
-            batch_size, -1
-        )
-        dy = to_batch_first(
-            call.grads[0], call.batch_axis, batch_size, m, "an output gradient"
-        )
+        idx = to_batch_first(call.args[0], call.batch_axis, batch_size, m).reshape(batch_size, -1)
+        dy = to_batch_first(call.grads[0], call.batch_axis, batch_size, m, "an output gradient")
         yield (
             m.weight,
             EmbeddingRep(

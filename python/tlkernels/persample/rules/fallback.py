@@ -33,9 +33,7 @@ class FallbackRule(Rule):
             return
         leaves, spec = tree_flatten((call.args, call.kwargs))
         split = [
-            i
-            for i, x in enumerate(leaves)
-            if isinstance(x, Tensor) and x.dim() > axis and x.shape[axis] == batch_size
+            i for i, x in enumerate(leaves) if isinstance(x, Tensor) and x.dim() > axis and x.shape[axis] == batch_size
         ]
         if not split:
             raise UnsupportedModuleError(
@@ -49,21 +47,13 @@ class FallbackRule(Rule):
             for i, piece in zip(split, pieces):
                 args[i] = piece.unsqueeze(axis)
             a, kw = tree_unflatten(args, spec)
-            return [
-                o
-                for o in tree_flatten(functional_call(m, params, tuple(a), kw))[0]
-                if isinstance(o, Tensor)
-            ]
+            return [o for o in tree_flatten(functional_call(m, params, tuple(a), kw))[0] if isinstance(o, Tensor)]
 
         with torch.no_grad():
             probe = run(params, [leaves[i].select(axis, 0) for i in split])
         out_axes = []
         for (shape, _, _), p in zip(call.output_meta, probe):
-            dims = [
-                d
-                for d in range(len(shape))
-                if shape[d] == batch_size and p.shape[d] == 1
-            ]
+            dims = [d for d in range(len(shape)) if shape[d] == batch_size and p.shape[d] == 1]
             if not dims and batch_size != 1:
                 raise UnsupportedModuleError(
                     f"{type(m).__name__}: an output of shape {tuple(shape)} does not hold the batch on any axis; "
@@ -74,13 +64,9 @@ class FallbackRule(Rule):
 
         def contribution(params, pieces, dys_i):
             outs = run(params, pieces)
-            return sum(
-                (o * d.unsqueeze(a)).sum() for o, d, a in zip(outs, dys_i, out_axes)
-            )
+            return sum((o * d.unsqueeze(a)).sum() for o, d, a in zip(outs, dys_i, out_axes))
 
-        per_sample = vmap(grad(contribution), in_dims=(None, axis, 0))(
-            params, [leaves[i] for i in split], dys
-        )
+        per_sample = vmap(grad(contribution), in_dims=(None, axis, 0))(params, [leaves[i] for i in split], dys)
         for n, p in own.items():
             yield p, DenseRep(per_sample[n])
 

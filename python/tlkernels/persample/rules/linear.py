@@ -26,15 +26,11 @@ class TransposedLinearRep(LinearRep):
         return super().weighted(w).T
 
 
-def _rows(
-    x: Tensor, dy: Tensor, axis: int, batch_size: int, module: nn.Module
-) -> tuple[Tensor, Tensor]:
+def _rows(x: Tensor, dy: Tensor, axis: int, batch_size: int, module: nn.Module) -> tuple[Tensor, Tensor]:
     """(B, T, I) inputs and (B, T, O) output gradients of a linear map applied at any positions."""
     x = to_batch_first(x, axis, batch_size, module)
     dy = to_batch_first(dy, axis, batch_size, module, "an output gradient")
-    return x.reshape(batch_size, -1, x.shape[-1]), dy.reshape(
-        batch_size, -1, dy.shape[-1]
-    )
+    return x.reshape(batch_size, -1, x.shape[-1]), dy.reshape(batch_size, -1, dy.shape[-1])
 
 
 def _bias_rep(d: Tensor) -> DenseRep:
@@ -79,13 +75,9 @@ class ProjectionRule(Rule):
         m = calls[0].module
         info = calls[0].info
         if len(calls) == 1:
-            a, d = _rows(
-                calls[0].args[0], calls[0].grads[0], calls[0].batch_axis, batch_size, m
-            )
+            a, d = _rows(calls[0].args[0], calls[0].grads[0], calls[0].batch_axis, batch_size, m)
         else:  # the steps of a recurrence: one representation over all positions
-            pairs = [
-                _rows(c.args[0], c.grads[0], c.batch_axis, batch_size, m) for c in calls
-            ]
+            pairs = [_rows(c.args[0], c.grads[0], c.batch_axis, batch_size, m) for c in calls]
             a = torch.cat([p[0] for p in pairs], 1)
             d = torch.cat([p[1] for p in pairs], 1)
         for name, rows, make in (

@@ -33,9 +33,7 @@ class _TrailingNormRule(Rule):
         (call,) = calls
         m = call.module
         x = to_batch_first(call.args[0], call.batch_axis, batch_size, m)
-        dy = to_batch_first(
-            call.grads[0], call.batch_axis, batch_size, m, "an output gradient"
-        )
+        dy = to_batch_first(call.grads[0], call.batch_axis, batch_size, m, "an output gradient")
         lead = tuple(range(1, x.dim() - len(m.normalized_shape)))
         yield from _affine(m, self.normalise(m, x), dy, lead)
 
@@ -58,9 +56,7 @@ class ChannelsFirstLayerNormRule(LayerNormRule):
         (call,) = calls
         m = call.module
         x = to_batch_first(call.args[0], call.batch_axis, batch_size, m).movedim(1, -1)
-        dy = to_batch_first(
-            call.grads[0], call.batch_axis, batch_size, m, "an output gradient"
-        ).movedim(1, -1)
+        dy = to_batch_first(call.grads[0], call.batch_axis, batch_size, m, "an output gradient").movedim(1, -1)
         yield from _affine(m, self.normalise(m, x), dy, tuple(range(1, x.dim() - 1)))
 
 
@@ -93,9 +89,7 @@ class BatchNormRule(Rule):
         m = call.module
         x = to_batch_first(call.args[0], 0, batch_size, m)
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        xhat = (x - m.running_mean.view(shape)) / torch.sqrt(
-            m.running_var.view(shape) + m.eps
-        )
+        xhat = (x - m.running_mean.view(shape)) / torch.sqrt(m.running_var.view(shape) + m.eps)
         yield from _affine(m, xhat, call.grads[0], tuple(range(2, x.dim())))
 
 

@@ -69,24 +69,15 @@ class BareParameterRule(Rule):
 class _Watch(TorchFunctionMode):
     """Replaces the watched parameters by recorded views widened to the batch in broadcasting ops."""
 
-    def __init__(
-        self, module: nn.Module, recorder, params: dict[int, tuple[str, Tensor]]
-    ):
+    def __init__(self, module: nn.Module, recorder, params: dict[int, tuple[str, Tensor]]):
         super().__init__()
         self.module, self.rec, self.params = module, recorder, params
         self.axis = recorder.axis_of(module)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        hits = [
-            i
-            for i, a in enumerate(args)
-            if id(a) in self.params and a is self.params[id(a)][1]
-        ]
-        nested = any(
-            isinstance(a, (list, tuple)) and any(id(x) in self.params for x in a)
-            for a in args
-        )
+        hits = [i for i, a in enumerate(args) if id(a) in self.params and a is self.params[id(a)][1]]
+        nested = any(isinstance(a, (list, tuple)) and any(id(x) in self.params for x in a) for a in args)
         hit_kw = [k for k, v in kwargs.items() if id(v) in self.params]
         if not hits and not nested and not hit_kw:
             return func(*args, **kwargs)
@@ -102,20 +93,14 @@ class _Watch(TorchFunctionMode):
             out = func(*args, **kwargs)
             if not any(isinstance(x, Tensor) for x in tree_flatten(out)[0]):
                 return out  # a query of metadata (shape, dtype, dim)
-            names = [self.params[id(args[i])][0] for i in hits] + [
-                self.params[id(kwargs[k])][0] for k in hit_kw
-            ]
+            names = [self.params[id(args[i])][0] for i in hits] + [self.params[id(kwargs[k])][0] for k in hit_kw]
             name = names[0] if names else "a parameter"
-            self._refuse(
-                f"{name} enters {getattr(func, '__name__', func)}, which does not broadcast it over the batch"
-            )
+            self._refuse(f"{name} enters {getattr(func, '__name__', func)}, which does not broadcast it over the batch")
         shape = self._output_shape(func, args, kwargs)
         args = list(args)
         for i in hits:
             name, p = self.params[id(args[i])]
-            args[i] = self._widened(
-                name, p, shape, func
-            )  # p may be a view of the parameter
+            args[i] = self._widened(name, p, shape, func)  # p may be a view of the parameter
         return func(*args, **kwargs)
 
     def _supported(self, func, hits: list[int]) -> bool:
@@ -136,9 +121,7 @@ class _Watch(TorchFunctionMode):
             if not sizes:
                 sizes = tuple(kwargs.get("size", kwargs.get("shape", ())))
             lead = len(sizes) - p.dim()
-            return torch.Size(
-                p.shape[j - lead] if s == -1 else int(s) for j, s in enumerate(sizes)
-            )
+            return torch.Size(p.shape[j - lead] if s == -1 else int(s) for j, s in enumerate(sizes))
         if func in _INPLACE:
             return args[0].shape
         return torch.broadcast_shapes(*(a.shape for a in args if isinstance(a, Tensor)))

@@ -50,9 +50,7 @@ class RecurrentRule(Rule):
             outs = []
             for d in range(dirs):
                 k = layer * dirs + d
-                out, h, c = self._direction(
-                    m, rec, layer_input, layer, d, h0[k], c0[k] if lstm else None
-                )
+                out, h, c = self._direction(m, rec, layer_input, layer, d, h0[k], c0[k] if lstm else None)
                 outs.append(out)
                 h_n.append(h)
                 c_n.append(c)
@@ -63,16 +61,12 @@ class RecurrentRule(Rule):
         h_n = torch.stack(h_n)
         return (output, (h_n, torch.stack(c_n))) if lstm else (output, h_n)
 
-    def _direction(
-        self, m, rec, x: Tensor, layer: int, d: int, h: Tensor, c: Tensor | None
-    ):
+    def _direction(self, m, rec, x: Tensor, layer: int, d: int, h: Tensor, c: Tensor | None):
         """One layer in one direction: (output (B, T, H_out), last h, last c)."""
         sfx = f"_l{layer}" + ("_reverse" if d == 1 else "")
         bias_ih = f"bias_ih{sfx}" if m.bias else None
         bias_hh = f"bias_hh{sfx}" if m.bias else None
-        gi = rec.linear(
-            m, x, f"weight_ih{sfx}", bias_ih
-        )  # (B, T, G): all steps at once
+        gi = rec.linear(m, x, f"weight_ih{sfx}", bias_ih)  # (B, T, G): all steps at once
         group, proj_group = rec.new_group(), rec.new_group()
         steps = range(x.shape[1] - 1, -1, -1) if d == 1 else range(x.shape[1])
         hs = [None] * x.shape[1]
