@@ -87,6 +87,7 @@ def test_step_puts_both_nets_in_training_mode(shared):
     gen = torch.Generator().manual_seed(1)
     source = (torch.randn(6, 2, generator=gen), torch.randint(0, 2, (6,), generator=gen))
     target = (torch.randn(4, 2, generator=gen), torch.randint(0, 2, (4,), generator=gen))
+    m.step(source, target, torch.arange(6))  # predict needs a fitted estimator
     m.predict(target[0])
     assert not any(mod.training for mod in m.target_net.modules())
     m.step(source, target, torch.arange(6))
@@ -104,12 +105,12 @@ def test_resume_gives_the_uninterrupted_continuation():
         b, h, _ = tiny(seed=5)
         return Soseleto(b, h, h, 90, batch_size=16, target_batch_size=8, random_state=7)
 
-    full = make().fit(src, tgt, epochs=3)
-    part = make().fit(src, tgt, epochs=1)
+    full = make().set_params(epochs=3).fit(src, tgt)
+    part = make().set_params(epochs=1).fit(src, tgt)
     state = copy.deepcopy(part.state_dict())
     resumed = make()
     resumed.load_state_dict(state)
-    resumed.fit(src, tgt, epochs=2)
+    resumed.set_params(epochs=2).fit(src, tgt)
     assert torch.equal(full.alpha_, resumed.alpha_)
     for a, b in zip(full.source_net.parameters(), resumed.source_net.parameters()):
         assert torch.equal(a, b)
@@ -142,7 +143,7 @@ def test_finds_the_flipped_labels_of_the_synthetic_set():
     backbone = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
     head = nn.Linear(64, 2)
     m = Soseleto(backbone, head, head, 500, lr=0.1, lr_alpha=0.05, batch_size=32, target_batch_size=25,
-                 random_state=0).fit(src, tgt, epochs=25)
+                 random_state=0, epochs=25).fit(src, tgt)
     auroc = roc_auc_score((~src.flipped).numpy(), m.alpha_.numpy())
     assert auroc > 0.85, auroc
     assert m.score(tgt.X, tgt.y) > 0.8
@@ -158,12 +159,12 @@ def test_bad_arguments():
         Soseleto(b, h, h, 10, schedule="cosine")
     with pytest.raises(ValueError, match="groups"):
         Soseleto(b, h, h, 10, groups=[0, 1])
-    m = Soseleto(b, h, h, 10)
+    m = Soseleto(b, h, h, 10, epochs=1)
     with pytest.raises(ValueError, match="n_source=10"):
-        m.fit((torch.randn(9, 2), torch.zeros(9, dtype=torch.long)), (torch.randn(3, 2), torch.zeros(3)), epochs=1)
+        m.fit((torch.randn(9, 2), torch.zeros(9, dtype=torch.long)), (torch.randn(3, 2), torch.zeros(3)))
     with pytest.raises(ValueError, match="NaN"):
         m.fit((torch.full((10, 2), float("nan")), torch.zeros(10, dtype=torch.long)),
-              (torch.randn(3, 2), torch.zeros(3)), epochs=1)
+              (torch.randn(3, 2), torch.zeros(3)))
 
 
 def _dist_worker(rank: int, world: int, port: int, shards, target, out: dict) -> None:
@@ -173,8 +174,8 @@ def _dist_worker(rank: int, world: int, port: int, shards, target, out: dict) ->
         b, h, _ = tiny(seed=11)
         xs, ys = shards[rank]
         m = Soseleto(b, h, h, len(xs), batch_size=len(xs), target_batch_size=len(target[0]), lr_alpha=0.2,
-                     distributed=True, random_state=0)
-        m.fit((xs, ys), target, epochs=4)
+                     distributed=True, random_state=0, epochs=4)
+        m.fit((xs, ys), target)
         out[rank] = (m.alpha_.clone(), [p.detach().clone() for p in m.source_net.parameters()])
     finally:
         dist.destroy_process_group()
@@ -197,9 +198,9 @@ def test_two_gloo_processes_match_one_process():
     mp.spawn(_dist_worker, args=(2, port, shards, target, out), nprocs=2, join=True)
 
     b, h, _ = tiny(seed=11)
-    single = Soseleto(b, h, h, 40, batch_size=40, target_batch_size=12, lr_alpha=0.2, random_state=0)
+    single = Soseleto(b, h, h, 40, batch_size=40, target_batch_size=12, lr_alpha=0.2, random_state=0, epochs=4)
     # the single process must see the shards' examples in one batch: order inside a batch is a sum
-    single.fit((src.X, src.y), target, epochs=4)
+    single.fit((src.X, src.y), target)
     alpha = torch.cat([out[0][0], out[1][0]])
     torch.testing.assert_close(alpha, single.alpha_, rtol=1e-4, atol=1e-5)
     for p_single, p0, p1 in zip(single.source_net.parameters(), out[0][1], out[1][1]):

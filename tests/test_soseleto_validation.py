@@ -16,9 +16,7 @@ def test_soseleto_refuses_bad_labels_naming_source_or_target():
     ys, yt = torch.arange(20) % 3, torch.arange(10) % 5
 
     def fit(source_y, target_y):
-        Soseleto(backbone, head_s, head_t, 20).fit(
-            (Xs, source_y), (Xt, target_y), epochs=1
-        )
+        Soseleto(backbone, head_s, head_t, 20, epochs=1).fit((Xs, source_y), (Xt, target_y))
 
     fit(ys, yt)
     bad_s = ys.clone()

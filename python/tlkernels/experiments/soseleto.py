@@ -116,7 +116,7 @@ def _soseleto_grid(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, seed: int
         model = Soseleto(backbone, head, target_head, len(source), lr=0.05, lr_alpha=lr_alpha, batch_size=64,
                          target_batch_size=min(32, len(tgt_tr)), random_state=seed, device=source.X.device,
                          verbose=verbose)
-        model.fit(source, tgt_tr, epochs=epochs)
+        model.set_params(epochs=epochs).fit(source, tgt_tr)
         cands.append(({"lr_alpha": lr_alpha, "model": model}, model.target_net))
     p, net, _ = _best(cands, tgt_val)
     return p.pop("model"), p, net
@@ -330,7 +330,7 @@ def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, devi
     head = nn.Linear(64, 2)
     model = Soseleto(backbone, head, head, len(source), lr=0.1, lr_alpha=0.05, batch_size=32,
                      target_batch_size=25, random_state=seed, device=device, verbose=verbose)
-    model.fit(source, target, epochs=epochs)
+    model.set_params(epochs=epochs).fit(source, target)
     alpha = model.alpha_.cpu().numpy()
     auroc = roc_auc_score((~source.flipped).numpy(), alpha)
     if plot:

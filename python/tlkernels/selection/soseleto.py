@@ -33,9 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import ClassifierMixin
 from torch import Tensor, nn
 
 from .. import ops, persample
+from .._base import TorchEstimator, fit_param_deprecated, like_input
+from .._seeding import torch_generator
+from .._validation import as_tensor, to_numpy
 
 __all__ = ["Soseleto"]
 
@@ -77,8 +81,15 @@ class _Net(nn.Module):
         return self.head(self.backbone(x))
 
 
-class Soseleto:
-    """Bilevel source-example weighting.
+class Soseleto(ClassifierMixin, TorchEstimator):
+    """Bilevel source-example weighting (scikit-learn surface: get_params / set_params / clone,
+    NotFittedError before fit, numpy in -> numpy out and tensor in -> tensor out).
+
+    The modules given are trained in place (``backbone``, the heads: their trained values are
+    the result, as with a torch optimiser); ``sklearn.base.clone`` gives an unfitted Soseleto
+    on deep copies. ``fit`` called again continues where it stopped (a warm start); the state is
+    built at the first ``fit`` / ``step`` / ``load_state_dict`` or access of ``source_net`` /
+    ``target_net``.
 
     Args:
         backbone: the shared representation theta (any nn.Module mapping inputs to features).
@@ -94,6 +105,8 @@ class Soseleto:
         schedule: None or 'cosine': learning rates follow 0.5 (1 + cos(pi step / max_steps)),
             with max_steps given explicitly (so a resumed run follows the same schedule).
         batch_size, target_batch_size: per step.
+        epochs: passes over the source per ``fit`` (``fit(..., epochs=)`` still works for one
+            release, with a FutureWarning).
         device, random_state, verbose (a tqdm progress bar).
         distributed: under an initialised torch.distributed, each rank holds a shard of the source
             (n_source and alpha are that shard's) and the same model; the target gradient, the
@@ -101,14 +114,15 @@ class Soseleto:
             ranks keep identical models (the step of one process on the union of the shards).
 
     Attributes after fit: ``alpha_`` (n_source,) float32, ``history_`` (per epoch: source and
-    target loss, mean alpha), ``step_``.
+    target loss, mean alpha), ``step_``, ``classes_`` (the target head's output indices, when
+    it has an ``out_features``).
     """
 
     def __init__(self, backbone: nn.Module, source_head: nn.Module, target_head: nn.Module, n_source: int, *,
                  groups=None, alpha_init: float = 1.0, lr: float = 0.05, lr_alpha: float = 0.05,
                  alpha_step: str = "normalized", optimizer: str = "sgd", weight_decay: float = 0.0,
                  schedule: str | None = None, max_steps: int | None = None, batch_size: int = 64, target_batch_size: int = 32,
-                 device=None, random_state=None, verbose: bool = False, distributed: bool = False):
+                 epochs: int = 10, device=None, random_state=None, verbose: bool = False, distributed: bool = False):
         if alpha_step not in ("normalized", "raw"):
             raise ValueError(f"alpha_step must be 'normalized' or 'raw', got {alpha_step!r}")
         if optimizer not in ("sgd", "adam"):
@@ -125,58 +139,94 @@ class Soseleto:
                         ("target_batch_size", target_batch_size)):
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be positive, got {v}")
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self._dist, self._world = False, 1
+        if isinstance(epochs, bool) or not (isinstance(epochs, int) and epochs > 0):
+            raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         if distributed:
             import torch.distributed as dist
             if not (dist.is_available() and dist.is_initialized()):
                 raise RuntimeError("distributed=True needs torch.distributed initialised (init_process_group)")
-            self._dist, self._world = True, dist.get_world_size()
-        self.shared_head = source_head is target_head
-        self.backbone, self.source_head, self.target_head = backbone, source_head, target_head
-        self.source_net = _Net(backbone, source_head).to(self.device)
-        self.target_net = _Net(backbone, target_head).to(self.device)
-        self.n_source = n_source
         if groups is not None:
-            groups = torch.as_tensor(groups, dtype=torch.long)
-            if groups.shape != (n_source,) or groups.min() < 0:
-                raise ValueError(f"groups must be (n_source,) = ({n_source},) non-negative ints, got {tuple(groups.shape)}")
-            self.groups = groups.to(self.device)
-            n_alpha = int(groups.max()) + 1
-        else:
-            self.groups, n_alpha = None, n_source
-        self.alpha_ = torch.full((n_alpha,), float(alpha_init), dtype=torch.float32, device=self.device)
+            g = torch.as_tensor(groups, dtype=torch.long)
+            if g.shape != (n_source,) or g.min() < 0:
+                raise ValueError(f"groups must be (n_source,) = ({n_source},) non-negative ints, got {tuple(g.shape)}")
+        self.backbone, self.source_head, self.target_head = backbone, source_head, target_head
+        self.n_source, self.groups, self.alpha_init = n_source, groups, alpha_init
         self.lr, self.lr_alpha, self.alpha_step = lr, lr_alpha, alpha_step
         self.optimizer, self.weight_decay, self.schedule, self.max_steps = optimizer, weight_decay, schedule, max_steps
-        self.batch_size, self.target_batch_size = batch_size, target_batch_size
-        self.random_state, self.verbose = random_state, verbose
+        self.batch_size, self.target_batch_size, self.epochs = batch_size, target_batch_size, epochs
+        self.device, self.random_state, self.verbose, self.distributed = device, random_state, verbose, distributed
+
+    # -- state ---------------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        """Builds the training state once (networks on the device, alpha, optimisers, batch order)."""
+        if "_state_ready" in self.__dict__:
+            return
+        device = self._device()
+        self._dist, self._world = False, 1
+        if self.distributed:
+            import torch.distributed as dist
+            self._dist, self._world = True, dist.get_world_size()
+        self._shared = self.source_head is self.target_head
+        self._source_net = _Net(self.backbone, self.source_head).to(device)
+        self._target_net = _Net(self.backbone, self.target_head).to(device)
+        if self.groups is not None:
+            self._groups = torch.as_tensor(self.groups, dtype=torch.long).to(device)
+            n_alpha = int(self._groups.max()) + 1
+        else:
+            self._groups, n_alpha = None, self.n_source
+        self.alpha_ = torch.full((n_alpha,), float(self.alpha_init), dtype=torch.float32, device=device)
         # theta = backbone (+ the head in shared mode); phi_s steps with theta on the source
         # theta: the trainable shared parameters (frozen ones get no target gradient and no step)
         self._theta = {n: p for n, p in self.backbone.named_parameters(prefix="backbone") if p.requires_grad}
-        if self.shared_head:
+        if self._shared:
             self._theta.update((n, p) for n, p in self.source_head.named_parameters(prefix="head") if p.requires_grad)
-        self._target_head_params = [] if self.shared_head else [p for p in self.target_head.parameters()
-                                                                if p.requires_grad]
-        self._source_params = list(self.source_net.parameters())
+        self._target_head_params = [] if self._shared else [p for p in self.target_head.parameters()
+                                                             if p.requires_grad]
+        self._source_params = list(self._source_net.parameters())
         self._opt_source = self._make_opt(self._source_params)
-        self._opt_target = None if self.shared_head else self._make_opt(list(self.target_head.parameters()))
+        self._opt_target = None if self._shared else self._make_opt(list(self.target_head.parameters()))
         self.step_ = 0
         self.history_: list[dict] = []
-        self._gen = torch.Generator().manual_seed(0 if random_state is None else int(random_state))
+        self._gen = torch_generator(self.random_state, default=0)
         self._perm: Tensor | None = None
         self._pos = 0
         self._tperm: Tensor | None = None
         self._tpos = 0
+        n_out = _n_outputs(self.target_head)
+        if n_out is not None:
+            self.classes_ = np.arange(n_out)
+        self._state_ready = True
+
+    @property
+    def source_net(self) -> nn.Module:
+        """backbone + source head (built on first use)."""
+        self._setup()
+        return self._source_net
+
+    @property
+    def target_net(self) -> nn.Module:
+        """backbone + target head (built on first use)."""
+        self._setup()
+        return self._target_net
+
+    @property
+    def shared_head(self) -> bool:
+        """True when the source and target heads are one module (the noisy-labels mode)."""
+        return self.source_head is self.target_head
 
     # -- public ------------------------------------------------------------------------------------
     @property
     def example_alpha_(self) -> Tensor:
         """(n_source,) the weight of every source example (its group's weight in group mode)."""
-        return self.alpha_ if self.groups is None else self.alpha_[self.groups]
+        self._setup()
+        return self.alpha_ if self._groups is None else self.alpha_[self._groups]
 
-    def fit(self, source, target, epochs: int = 10, source_index=None) -> Soseleto:
-        """Trains for `epochs` passes over the source. source, target: (X, y) or Datasets;
-        X (N, ...) float, y (N,) int. Calling fit again continues where it stopped."""
+    def fit(self, source, target, epochs: int | None = None, source_index=None) -> Soseleto:
+        """Trains for ``epochs`` (the constructor's) passes over the source. source, target:
+        (X, y) or Datasets; X (N, ...) float, y (N,) int. Calling fit again continues where it
+        stopped. epochs: deprecated here (pass it to the constructor)."""
+        epochs = fit_param_deprecated(self, "epochs", epochs)
+        self._setup()
         Xs, ys = _as_xy(source, "source")
         Xt, yt = _as_xy(target, "target")
         if Xs.shape[0] != self.n_source:
@@ -185,7 +235,7 @@ class Soseleto:
         _check_label_range(yt, self.target_head, "target")
         if not (isinstance(epochs, int) and epochs > 0):
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
-        Xs, ys, Xt, yt = (t.to(self.device) for t in (Xs, ys, Xt, yt))
+        Xs, ys, Xt, yt = (t.to(self._device()) for t in (Xs, ys, Xt, yt))
         steps_per_epoch = math.ceil(self.n_source / self.batch_size)
         bar = None
         if self.verbose:
@@ -196,7 +246,7 @@ class Soseleto:
             while True:
                 idx = self._next_source_batch()
                 tidx = self._next_target_batch(Xt.shape[0])
-                src_loss, tgt_loss = self.step((Xs[idx], ys[idx]), (Xt[tidx], yt[tidx]), idx.to(self.device))
+                src_loss, tgt_loss = self.step((Xs[idx], ys[idx]), (Xt[tidx], yt[tidx]), idx.to(self._device()))
                 ls, lt, n = ls + src_loss, lt + tgt_loss, n + 1
                 if bar is not None:
                     bar.update(1)
@@ -214,6 +264,7 @@ class Soseleto:
         """One SOSELETO step. source_batch: (X (B, ...), y (B,)); target_batch: (X, y);
         index: (B,) positions of the source examples in the source set. Returns the mean
         unweighted source loss and the target loss."""
+        self._setup()
         self._train_mode()
         lr_scale = self._lr_scale()
         for p in self._source_params:  # = _opt_source.zero_grad(set_to_none=True): free them first
@@ -225,7 +276,7 @@ class Soseleto:
         # 1. target loss; g = dL_t/dtheta; phi_t steps on L_t (first: its graph is freed before
         #    the capture, which lowers the peak memory; both are taken at the same theta)
         xt, yt = target_batch
-        lt = F.cross_entropy(self.target_net(xt), yt)
+        lt = F.cross_entropy(self._target_net(xt), yt)
         tparams = list(self._theta.values()) + self._target_head_params
         grads = torch.autograd.grad(lt, tparams, allow_unused=True)
         grads = [gr if gr is not None else torch.zeros_like(p) for gr, p in zip(grads, tparams)]
@@ -233,13 +284,13 @@ class Soseleto:
             grads = [self._all_sum(gr) / self._world for gr in grads]
         g_theta = {n: (gr if gr is not None else torch.zeros_like(p))
                    for (n, p), gr in zip(self._theta.items(), grads[: len(self._theta)])}
-        if not self.shared_head:
+        if not self._shared:
             self._opt_target.zero_grad(set_to_none=True)
             for p, gr in zip(self._target_head_params, grads[len(self._theta):]):
                 p.grad = gr
             self._opt_target.step()
         # 2. unweighted per-sample source losses, captured
-        cap = persample.capture(self.source_net, _ce_per_sample, source_batch)
+        cap = persample.capture(self._source_net, _ce_per_sample, source_batch)
         # the global batch
         b = self._all_sum(torch.tensor(float(cap.batch_size))).item() if self._dist else float(cap.batch_size)
         # 3. s = Q^T g with column j of Q = dl_j/dtheta / B; alpha step fused with the clip
@@ -251,12 +302,12 @@ class Soseleto:
             lr_a = self.lr_alpha
         else:
             lr_a = self.lr_alpha * self.lr * lr_scale
-        aidx = index if self.groups is None else self.groups[index]
+        aidx = index if self._groups is None else self._groups[index]
         ops.clip_update_(self.alpha_, aidx, s.float(), float(lr_a))
         # 4. theta and phi_s step on sum_j alpha_j dl_j/dtheta / B (bookkeeping, no second backward)
         cap.accumulate_grad(self.alpha_.index_select(0, aidx).to(cap.losses.dtype) / b)
         if self._dist:  # the weighted source gradient summed over the shards
-            for p in self.source_net.parameters():
+            for p in self._source_net.parameters():
                 if p.grad is not None:
                     p.grad = self._all_sum(p.grad)
         self._opt_source.step()
@@ -271,25 +322,31 @@ class Soseleto:
         return t
 
     @torch.no_grad()
-    def predict_proba(self, X) -> Tensor:
-        """(N, C) class probabilities of the target head."""
-        X = torch.as_tensor(X).to(self.device)
-        self.target_net.eval()
-        return torch.softmax(self.target_net(X), 1)
+    def _proba(self, X) -> Tensor:
+        self._check_is_fitted()
+        X = as_tensor(X, "X", finite=False).to(self._device())
+        self._target_net.eval()
+        return torch.softmax(self._target_net(X), 1)
 
-    def predict(self, X) -> Tensor:
-        """(N,) target-head predictions."""
-        return self.predict_proba(X).argmax(1)
+    def predict_proba(self, X):
+        """X (N, ...) -> (N, C) class probabilities of the target head."""
+        return like_input(self._proba(X), X)
 
-    def score(self, X, y) -> float:
-        """Target-head accuracy on (X, y)."""
-        y = torch.as_tensor(y).to(self.device)
-        return (self.predict(X) == y).float().mean().item()
+    def predict(self, X):
+        """X (N, ...) -> (N,) target-head predictions."""
+        return like_input(self._proba(X).argmax(1), X)
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """Target-head (weighted) accuracy on (X (N, ...), y (N,))."""
+        hit = (to_numpy(self.predict(X)) == to_numpy(y)).astype(np.float64)
+        w = np.ones_like(hit) if sample_weight is None else to_numpy(sample_weight).astype(np.float64)
+        return float((w * hit).sum() / w.sum())
 
     # -- state ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue training exactly: modules, optimisers, alpha, step, and
         the batch order (generator state, current permutations and positions)."""
+        self._setup()
         return {
             "source_net": self.source_net.state_dict(), "target_net": self.target_net.state_dict(),
             "opt_source": self._opt_source.state_dict(),
@@ -300,6 +357,8 @@ class Soseleto:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores the state of ``state_dict()`` (training then continues exactly)."""
+        self._setup()
         self.source_net.load_state_dict(state["source_net"])
         self.target_net.load_state_dict(state["target_net"])
         self._opt_source.load_state_dict(state["opt_source"])
@@ -321,10 +380,10 @@ class Soseleto:
         nn.Module.__setattr__ (slower than a small model's layer): called only for a net where
         some module is not in training mode. target_net's backbone is source_net's, and so is its
         head in shared mode."""
-        for net in (self.source_net,) if self.shared_head else (self.source_net, self.target_head):
+        for net in (self._source_net,) if self._shared else (self._source_net, self.target_head):
             if not all(m.training for m in net.modules()):
                 net.train()
-        self.target_net.training = True
+        self._target_net.training = True
 
     def _lr_scale(self) -> float:
         if self.schedule != "cosine":
