@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -42,8 +42,9 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int = 200,
-                             warmup: int = 10) -> dict[str, float]:
+def interleaved_median_times(
+    fns: dict[str, Callable[[], object]], repeats: int = 200, warmup: int = 10
+) -> dict[str, float]:
     """{name: median wall time in seconds}, the functions run in turn within each repeat, so a
     drift of the machine's speed (frequency, a neighbour's load: 20-30% on these 2 vCPUs) hits
     every function alike and their ratios stay meaningful. For fast functions (< ~10 ms)."""
@@ -57,9 +58,26 @@ def interleaved_median_times(fns: dict[str, Callable[[], object]], repeats: int 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def cpu_model() -> str:
+    """The CPU's model name, with family / model numbers (they tell AMD generations apart)."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+                if not line.strip():
+                    break
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    return f"{name} (family {fields.get('cpu family', '?')}, model {fields.get('model', '?')})"
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     return {
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),

@@ -760,3 +760,35 @@ def test_model_zoo_against_a_per_sample_loop(name):
     _assert_close_scaled(torch.cat([got[n].flatten(1) for n in ref], 1), flat)
     _assert_close_scaled(s, sum(ref[n].flatten(1) @ v[n].flatten() for n in ref))
     _assert_close_scaled(cap.norms(), flat.pow(2).sum(1))
+
+
+class DepthwiseNet(nn.Module):
+    """A ConvNeXt-style stem: ungrouped, depthwise (groups = channels) and 1-d convolutions."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, stride=2, padding=1)
+        self.dw = nn.Conv2d(6, 6, 5, padding="same", groups=6, padding_mode="circular")
+        self.seq = nn.Conv1d(6, 4, 3, dilation=2)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.dw(torch.tanh(self.stem(x))))
+        return self.head(torch.tanh(self.seq(h.flatten(2))).mean(2))
+
+
+@pytest.mark.parametrize("chunk", [1 << 24, 64])  # 64 elements: one sample per chunk
+def test_conv_norms_and_grams_through_unfolded_patches(chunk, monkeypatch):
+    from tlkernels.persample import reps
+
+    monkeypatch.setattr(reps, "_CHUNK_ELEMENTS", chunk)
+    torch.manual_seed(0)
+    model = DepthwiseNet().to(DT)
+    batch = (randn(B, 3, 9, 8), labels())
+    ref = reference.model_per_sample_grads_loop(model, ce, batch)
+    cap = persample.capture(model, ce, batch, verify=True)
+    flat = torch.cat([g.flatten(1) for g in ref.values()], 1)
+    got = cap.per_sample_grads()
+    _assert_close_scaled(torch.cat([got[n].flatten(1) for n in ref], 1), flat)
+    _assert_close_scaled(cap.norms(), flat.pow(2).sum(1))
+    _assert_close_scaled(cap.gram(), flat @ flat.T)

@@ -183,8 +183,11 @@ def _embedding_gram(r1: EmbeddingRep, r2: EmbeddingRep, diagonal: bool = False) 
 
 class ConvRep:
     """The weight of a ConvNd: the layer's input x (B, C, *S) and output gradient dy (B, O, *S').
-    The dot runs the layer's own convolution with v as the weight (no unfold); Grams and norms
-    materialise the per-sample weight gradients with one grouped convolution backward."""
+    The dot runs the layer's own convolution with v as the weight (no unfold). Norms and Grams of
+    1-d and 2-d convolutions see the layer as a linear map applied at the L output positions to
+    the unfolded input patches (B, L, C k), in chunks of samples: the linear op then picks, per
+    sample, between L x L tiles and forming Q_i, whichever is cheaper; grouped convolutions form
+    Q_i per group with one einsum. 3-d convolutions materialise by a grouped convolution backward."""
 
     def __init__(self, module: torch.nn.modules.conv._ConvNd, x: Tensor, dy: Tensor):
         self.module, self.x, self.dy = module, x, dy
@@ -202,18 +205,66 @@ class ConvRep:
         dy = self.dy.flatten(1).unsqueeze(2)  # (B, N, 1)
         # <conv(x, v), dy> per sample as a batched dot: no product temporary of the output's size
         s = torch.stack(
-            [
-                torch.bmm(
-                    self.module._conv_forward(self.x, vk, None).flatten(1).unsqueeze(1),
-                    dy,
-                )[:, 0, 0]
-                for vk in vv
-            ],
+            [torch.bmm(self.module._conv_forward(self.x, vk, None).flatten(1).unsqueeze(1), dy)[:, 0, 0] for vk in vv],
             1,
         )
         return _finish(s, many)
 
+    @property
+    def unfoldable(self) -> bool:
+        return len(self.module.kernel_size) <= 2
+
+    def patches(self, rows: slice) -> tuple[Tensor, Tensor]:
+        """Samples `rows` as a linear map per group: patches (b, G, L, C/G k) and output gradients
+        (b, G, L, O/G), with the patch layout of weight.flatten(1)."""
+        m = self.module
+        x, dy = self._padded_input()[rows], self.dy[rows]
+        k, stride, dil, pad = m.kernel_size, m.stride, m.dilation, self._numeric_padding()
+        if len(k) == 1:  # a 1-d convolution is a 2-d one of height 1
+            x, dy = x.unsqueeze(2), dy.unsqueeze(2)
+            k, stride, dil, pad = (1, *k), (1, *stride), (1, *dil), (0, *pad)
+        u = F.unfold(x, k, dilation=dil, padding=pad, stride=stride)  # (b, C k, L)
+        b, g = u.shape[0], m.groups
+        u = u.view(b, g, -1, u.shape[-1]).transpose(2, 3)
+        d = dy.reshape(b, g, dy.shape[1] // g, -1).transpose(2, 3)
+        return u, d
+
+    def _chunks(self) -> list[slice]:
+        m, b = self.module, self.x.shape[0]
+        per_sample = max(1, self.dy[0].numel() * m.weight[0].numel())  # L x C k elements of the patches
+        step = max(1, _CHUNK_ELEMENTS // per_sample)
+        return [slice(i, i + step) for i in range(0, b, step)]
+
     def dense(self) -> Tensor:
+        m = self.module
+        if not self.unfoldable:
+            return self._dense_by_grouped_backward()
+        parts = []
+        for rows in self._chunks():
+            u, d = self.patches(rows)
+            parts.append(torch.einsum("bglo,bglk->bgok", d, u).reshape(-1, *m.weight.shape))
+        return torch.cat(parts)
+
+    def norms(self) -> Tensor:
+        if not self.unfoldable:
+            return self._dense_by_grouped_backward().flatten(1).pow(2).sum(1)
+        out = []
+        for rows in self._chunks():
+            u, d = self.patches(rows)
+            if u.shape[1] == 1:
+                out.append(ops.ghost_norm(u[:, 0].contiguous(), d[:, 0].contiguous()))
+            else:
+                out.append(torch.einsum("bglo,bglk->bgok", d, u).flatten(1).pow(2).sum(1))
+        return torch.cat(out)
+
+    def linear(self) -> LinearRep | None:
+        """The whole batch as one LinearRep (ungrouped 1-d / 2-d convolutions only), for Grams."""
+        if not self.unfoldable or self.module.groups != 1:
+            return None
+        u, d = self.patches(slice(None))
+        return LinearRep(u[:, 0], d[:, 0])
+
+    def _dense_by_grouped_backward(self) -> Tensor:
         # Per-sample weight gradients: treat the batch as extra groups of one convolution.
         m = self.module
         b = self.x.shape[0]
@@ -236,9 +287,6 @@ class ConvRep:
             [False, True, False],
         )
         return gw.reshape(b, o, cg, *m.weight.shape[2:])
-
-    def norms(self) -> Tensor:
-        return self.dense().flatten(1).pow(2).sum(1)
 
     def weighted(self, w: Tensor) -> Tensor:
         m = self.module
@@ -332,6 +380,10 @@ def gram(r1, r2) -> Tensor:
             return _zeros_gram(r1, r2)
         if (r1.start, r1.stop) == (r2.start, r2.stop):
             return gram(r1.inner, r2.inner)
+    if isinstance(r1, ConvRep) and isinstance(r2, ConvRep):
+        l1, l2 = r1.linear(), r2.linear()
+        if l1 is not None and l2 is not None:
+            r1, r2 = l1, l2
     if isinstance(r1, LinearRep) and isinstance(r2, LinearRep):
         (b1, t1, n_in), (b2, t2, _), n_out = r1.a.shape, r2.a.shape, r1.d.shape[2]
         if ghost_is_cheaper(b1, b2, t1, t2, n_in, n_out):
