@@ -25,9 +25,7 @@ GPUS = {
     "H100": {"fp32": 67e12, "tf32": 495e12, "bf16": 990e12, "hbm": 3.35e12},
 }
 GEMM_EFF = 0.7  # fraction of tensor-core peak a large cuBLAS GEMM reaches (assumed)
-SIMT_EFF = (
-    0.4  # fraction of FP32 SIMT peak of the 64x64-tile SIMT kernel (assumed, 30-50 %)
-)
+SIMT_EFF = 0.4  # fraction of FP32 SIMT peak of the 64x64-tile SIMT kernel (assumed, 30-50 %)
 BW_EFF = 0.8  # fraction of HBM bandwidth a streaming kernel reaches (assumed)
 
 
@@ -35,12 +33,8 @@ def estimate(B, T, I, O, gpu, in_bytes=2):
     rows = B * T
     W = min(I, O)  # the narrower GEMM result (ghost_gemm.h picks it)
     flops = 2 * rows * I * O
-    gemm_bytes = (
-        in_bytes * (rows * I + rows * O + I * O) + 4 * rows * W
-    )  # inputs + fp32 result
-    rowdot_bytes = (
-        4 * rows * W + in_bytes * rows * W
-    )  # read the result and the other operand
+    gemm_bytes = in_bytes * (rows * I + rows * O + I * O) + 4 * rows * W  # inputs + fp32 result
+    rowdot_bytes = 4 * rows * W + in_bytes * rows * W  # read the result and the other operand
     p = GPUS[gpu]
     t_gemm = max(flops / (GEMM_EFF * p["bf16"]), gemm_bytes / (BW_EFF * p["hbm"]))
     t_rowdot = rowdot_bytes / (BW_EFF * p["hbm"])
@@ -59,12 +53,8 @@ def estimate(B, T, I, O, gpu, in_bytes=2):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--emu", action="store_true", help="also the emulator's counters at B / 16"
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--emu", action="store_true", help="also the emulator's counters at B / 16")
     args = parser.parse_args(argv)
     print(
         f"assumed: GEMM at {GEMM_EFF:.0%} of bf16 tensor-core peak, SIMT kernel at {SIMT_EFF:.0%} of FP32 "
@@ -90,9 +80,7 @@ def main(argv=None):
             b = max(1, B // 16)
             for mode in ("vendor", "simt"):
                 os.environ["TLK_GHOST_GEMM"] = mode
-                launches = emu_profile.profile_op(
-                    "ghost_dot", {"B": b, "T": min(T, 64), "I": I, "O": O}
-                )
+                launches = emu_profile.profile_op("ghost_dot", {"B": b, "T": min(T, 64), "I": I, "O": O})
                 print(f"{name} at B={b}{', T=64' if T > 64 else ''}, {mode}:")
                 print(emu_profile.format_table(launches))
     return 0

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from tlkernels import emu_profile
 from tlkernels.cli import main
 
@@ -36,9 +37,7 @@ def test_streaming_kernel_is_fully_coalesced():
 
 def test_row_dot_after_the_vendor_gemm_is_fully_coalesced(monkeypatch):
     monkeypatch.setenv("TLK_GHOST_GEMM", "vendor")
-    launches = emu_profile.profile_op(
-        "ghost_dot", {"B": 4, "T": 8, "I": 96, "O": 64, "V": 2}
-    )
+    launches = emu_profile.profile_op("ghost_dot", {"B": 4, "T": 8, "I": 96, "O": 64, "V": 2})
     L = _one(launches, "ghost_segdot_kernel")
     ld = L.kinds["global_load"]
     # W = O = 64 floats per row: each request is 32 consecutive floats = 4 sectors
@@ -50,9 +49,7 @@ def test_row_dot_after_the_vendor_gemm_is_fully_coalesced(monkeypatch):
 def test_simt_gemm_tile_loads_and_padded_shared_tiles(monkeypatch):
     monkeypatch.setenv("TLK_GHOST_GEMM", "simt")
     B, T, I, O = 4, 16, 64, 64
-    launches = emu_profile.profile_op(
-        "ghost_dot", {"B": B, "T": T, "I": I, "O": O, "V": 1}
-    )
+    launches = emu_profile.profile_op("ghost_dot", {"B": B, "T": T, "I": I, "O": O, "V": 1})
     L = _one(launches, "ghost_dot_rows_kernel")
     # the FLOPs of A·Gᵀ exactly (shapes are multiples of the 64 × 64 × 16 tiles)
     assert L.flops == 2 * B * T * I * O

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from test_ghost_ops import assert_within_bound
 from tlkernels import reference  # also loads the compiled ops
 
@@ -110,13 +111,9 @@ def test_vendor_and_simt_paths_agree_to_rounding(monkeypatch):
 def test_a_bad_mode_or_size_names_the_variable(monkeypatch):
     A, D, G = _inputs(2, 2, 3, 3, 1, torch.float32, seed=0)
     monkeypatch.setenv("TLK_GHOST_GEMM", "tensorcore")
-    with pytest.raises(
-        ValueError, match="TLK_GHOST_GEMM must be 'auto', 'vendor' or 'simt'"
-    ):
+    with pytest.raises(ValueError, match="TLK_GHOST_GEMM must be 'auto', 'vendor' or 'simt'"):
         emu.ghost_dot(A, D, G[0])
     monkeypatch.setenv("TLK_GHOST_GEMM", "vendor")
     monkeypatch.setenv("TLK_GHOST_GEMM_TILE", "0")
-    with pytest.raises(
-        ValueError, match="TLK_GHOST_GEMM_TILE must be a positive integer"
-    ):
+    with pytest.raises(ValueError, match="TLK_GHOST_GEMM_TILE must be a positive integer"):
         emu.ghost_gram(A, D, A, D)

@@ -115,10 +115,7 @@ class LaunchCounters:
         if not found:
             raise KeyError(f"no {kind} site matching {pattern!r} in {self.short_name}")
         return AccessCounters(
-            *(
-                sum(getattr(c, f) for c in found)
-                for f in ("requests", "lanes", "bytes", "units", "ideal")
-            )
+            *(sum(getattr(c, f) for c in found) for f in ("requests", "lanes", "bytes", "units", "ideal"))
         )
 
 
@@ -136,10 +133,7 @@ def _parse(raw: str) -> list[LaunchCounters]:
                 threads=d["threads"],
                 flops=d["flops"],
                 kinds={k: AccessCounters(**v) for k, v in d["kinds"].items()},
-                sites=[
-                    (s["site"], s["kind"], AccessCounters(**s["counters"]))
-                    for s in d["sites"]
-                ],
+                sites=[(s["site"], s["kind"], AccessCounters(**s["counters"])) for s in d["sites"]],
             )
         )
     return out
@@ -149,9 +143,7 @@ def _emu_ops():
     from . import _C  # noqa: F401  (registers torch.ops.tlkernels_emu)
 
     if not hasattr(torch.ops.tlkernels_emu, "_profile_start"):
-        raise RuntimeError(
-            "this build of tlkernels has no emulator counters (rebuild with TLK_EMU=ON)"
-        )
+        raise RuntimeError("this build of tlkernels has no emulator counters (rebuild with TLK_EMU=ON)")
     return torch.ops.tlkernels_emu
 
 
@@ -241,9 +233,7 @@ def profile_op(
     s = dict(defaults)
     for k, v in (shapes or {}).items():
         if k not in defaults:
-            raise ValueError(
-                f"shape name {k!r} is not one of {op}'s: {sorted(defaults)}"
-            )
+            raise ValueError(f"shape name {k!r} is not one of {op}'s: {sorted(defaults)}")
         if int(v) < 0:
             raise ValueError(f"shape {k} must be >= 0, got {v}")
         s[k] = int(v)
@@ -271,9 +261,7 @@ def format_table(launches: list[LaunchCounters]) -> str:
             ideal = c.ideal / c.requests if c.requests else 0.0
             return f"{c.per_request:5.2f} ({ideal:4.2f})"
 
-        sh = AccessCounters(
-            sl.requests + ss.requests, 0, 0, sl.units + ss.units, sl.ideal + ss.ideal
-        )
+        sh = AccessCounters(sl.requests + ss.requests, 0, 0, sl.units + ss.units, sl.ideal + ss.ideal)
         lines.append(
             f"{L.short_name[:38]:38s} {'x'.join(map(str, L.grid)):>14s} {L.flops / 1e6:9.3f} {ratio(gl):>14s} "
             f"{ratio(gs):>14s} {L.global_bytes / 1e6:10.3f} {sh.per_request:12.2f} {L.bank_conflicts:10d} "
@@ -287,9 +275,7 @@ def _parse_shapes(text: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, value = part.partition("=")
         if not sep or not value.strip().lstrip("-").isdigit():
-            raise argparse.ArgumentTypeError(
-                f"--shape takes NAME=INT pairs separated by commas, got {part!r}"
-            )
+            raise argparse.ArgumentTypeError(f"--shape takes NAME=INT pairs separated by commas, got {part!r}")
         out[name.strip()] = int(value)
     return out
 
@@ -297,9 +283,7 @@ def _parse_shapes(text: str) -> dict[str, int]:
 def _cmd(args: argparse.Namespace) -> int:
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     if args.op == "all" and args.shape:
-        raise SystemExit(
-            "emu-profile: --shape needs one op (shape names differ between ops)"
-        )
+        raise SystemExit("emu-profile: --shape needs one op (shape names differ between ops)")
     ops = sorted(OPS) if args.op == "all" else [args.op]
     report = {}
     for op in ops:
