@@ -21,9 +21,10 @@ inline at::ScalarType ghost_compute_dtype(at::ScalarType st) {
   return st == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Contiguous compute-dtype copy (no copy when it already is one).
-inline at::Tensor ghost_prepare(const at::Tensor& t) {
-  return t.to(ghost_compute_dtype(t.scalar_type())).contiguous();
+// Contiguous compute-dtype copy (no copy when it already is one); with keep_dtype, contiguous in
+// the input dtype (for a vendor GEMM that reads float16 / bfloat16 itself).
+inline at::Tensor ghost_prepare(const at::Tensor& t, bool keep_dtype = false) {
+  return keep_dtype ? t.contiguous() : t.to(ghost_compute_dtype(t.scalar_type())).contiguous();
 }
 
 inline void check_rank(const at::Tensor& t, const char* name, int64_t dim, const char* expected) {
@@ -54,7 +55,8 @@ struct GhostDotArgs {
   at::ScalarType out_dtype;
 };
 
-inline GhostDotArgs check_ghost_dot(const at::Tensor& A, const at::Tensor& D, const at::Tensor& G) {
+inline GhostDotArgs check_ghost_dot(const at::Tensor& A, const at::Tensor& D, const at::Tensor& G,
+                                    bool keep_dtype = false) {
   check_activation_pair(A, D, "A", "D", "(B, T, I)", "(B, T, O)");
   check_floating(G, "G");
   TORCH_CHECK_VALUE(G.dim() == 2 || G.dim() == 3, "G must have shape (O, I) or (V, O, I), got ",
@@ -65,10 +67,10 @@ inline GhostDotArgs check_ghost_dot(const at::Tensor& A, const at::Tensor& D, co
   TORCH_CHECK_VALUE(G.size(-2) == O && G.size(-1) == I, "G must have shape (O, I) = (", O, ", ", I,
                     ") or (V, O, I) with O of D and I of A, got ", G.sizes());
   GhostDotArgs r;
-  r.A = ghost_prepare(A);
-  r.D = ghost_prepare(D);
+  r.A = ghost_prepare(A, keep_dtype);
+  r.D = ghost_prepare(D, keep_dtype);
   r.multi = G.dim() == 3;
-  r.G = ghost_prepare(r.multi ? G : G.unsqueeze(0));
+  r.G = ghost_prepare(r.multi ? G : G.unsqueeze(0), keep_dtype);
   r.B = A.size(0);
   r.T = A.size(1);
   r.I = I;
@@ -85,7 +87,7 @@ struct GhostGramArgs {
 };
 
 inline GhostGramArgs check_ghost_gram(const at::Tensor& A1, const at::Tensor& D1, const at::Tensor& A2,
-                                      const at::Tensor& D2) {
+                                      const at::Tensor& D2, bool keep_dtype = false) {
   check_activation_pair(A1, D1, "A1", "D1", "(B1, T, I)", "(B1, T, O)");
   check_activation_pair(A2, D2, "A2", "D2", "(B2, T', I)", "(B2, T', O)");
   check_dtype(A2, "A2", A1.scalar_type(), "A1");
@@ -95,10 +97,10 @@ inline GhostGramArgs check_ghost_gram(const at::Tensor& A1, const at::Tensor& D1
   TORCH_CHECK_VALUE(D2.size(2) == D1.size(2), "D2 must have shape (B2, T', O) with O = ", D1.size(2),
                     " of D1, got ", D2.sizes());
   GhostGramArgs r;
-  r.A1 = ghost_prepare(A1);
-  r.D1 = ghost_prepare(D1);
-  r.A2 = ghost_prepare(A2);
-  r.D2 = ghost_prepare(D2);
+  r.A1 = ghost_prepare(A1, keep_dtype);
+  r.D1 = ghost_prepare(D1, keep_dtype);
+  r.A2 = ghost_prepare(A2, keep_dtype);
+  r.D2 = ghost_prepare(D2, keep_dtype);
   r.B1 = A1.size(0);
   r.T1 = A1.size(1);
   r.B2 = A2.size(0);
@@ -115,11 +117,11 @@ struct GhostNormArgs {
   at::ScalarType out_dtype;
 };
 
-inline GhostNormArgs check_ghost_norm(const at::Tensor& A, const at::Tensor& D) {
+inline GhostNormArgs check_ghost_norm(const at::Tensor& A, const at::Tensor& D, bool keep_dtype = false) {
   check_activation_pair(A, D, "A", "D", "(B, T, I)", "(B, T, O)");
   GhostNormArgs r;
-  r.A = ghost_prepare(A);
-  r.D = ghost_prepare(D);
+  r.A = ghost_prepare(A, keep_dtype);
+  r.D = ghost_prepare(D, keep_dtype);
   r.B = A.size(0);
   r.T = A.size(1);
   r.I = A.size(2);

@@ -1,6 +1,6 @@
 // CUDA backend of the per-sample gradient products (host side): the shared host path of
 // ghost_device.h with a runner that calls the torch-free launchers of ghost_cuda.cu on the
-// current stream. float16 / bfloat16 inputs run the float32 kernels on float32 copies.
+// current stream; the GEMM-shaped work on cuBLAS (ghost_gemm.h) above kGhostSimtMaxFlops.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -38,6 +38,37 @@ struct CudaRunner {
   void clip(T* alpha, int64_t stride, const int64_t* sorted, const int64_t* order, const T* s, int64_t B,
             T lr) const {
     C10_CUDA_CHECK(cuda::clip_update<T>(alpha, stride, sorted, order, s, B, lr, stream));
+  }
+  // The vendor-GEMM path (ghost_gemm.h). cuBLAS / cuBLASLt on torch's current stream (the stream
+  // of this runner), honouring torch.backends.cuda.matmul.allow_tf32 and the reduced-precision
+  // reduction settings; float16 / bfloat16 inputs give a float32 result (mm.dtype: tensor cores
+  // with float32 accumulation and output, no rounding of the product to 16 bits).
+  void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) const {
+    if (a.scalar_type() == out.scalar_type()) {
+      at::mm_out(out, a, b);
+    } else {
+      at::mm_out(out, a, b, out.scalar_type());
+    }
+  }
+  void bmm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) const {
+    if (a.scalar_type() == out.scalar_type()) {
+      at::bmm_out(out, a, b);
+    } else {
+      at::bmm_out(out, a, b, out.scalar_type());
+    }
+  }
+  template <typename T>
+  void segdot(const T* X, const T* Y, T* out, int64_t P, int64_t L, int64_t V, int64_t out_stride) const {
+    C10_CUDA_CHECK(cuda::ghost_segdot<T>(X, Y, out, P, L, V, out_stride, stream));
+  }
+  template <typename T>
+  void pair_reduce(const T* DD, const T* AA, T* out, int64_t nr, int64_t nc, int64_t r0, int64_t c0, int64_t T1,
+                   int64_t T2, int64_t B2) const {
+    C10_CUDA_CHECK(cuda::ghost_pair_reduce<T>(DD, AA, out, nr, nc, r0, c0, T1, T2, B2, stream));
+  }
+  template <typename T>
+  void dot_finish(const T* rd, T* out, int64_t B, int64_t Tn, int64_t V) const {
+    C10_CUDA_CHECK(cuda::ghost_dot_finish<T>(rd, out, B, Tn, V, stream));
   }
 };
 

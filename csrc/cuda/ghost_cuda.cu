@@ -43,6 +43,26 @@ cudaError_t clip_update(T* alpha, int64_t stride, const int64_t* sorted, const i
   return cudaGetLastError();
 }
 
+template <typename T>
+cudaError_t ghost_segdot(const T* X, const T* Y, T* out, int64_t P, int64_t L, int64_t V, int64_t out_stride,
+                         cudaStream_t stream) {
+  kernels::ghost_segdot<T>(stream_launch(stream), X, Y, out, P, L, V, out_stride);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t ghost_pair_reduce(const T* DD, const T* AA, T* out, int64_t nr, int64_t nc, int64_t r0, int64_t c0,
+                              int64_t T1, int64_t T2, int64_t B2, cudaStream_t stream) {
+  kernels::ghost_pair_reduce<T>(stream_launch(stream), DD, AA, out, nr, nc, r0, c0, T1, T2, B2);
+  return cudaGetLastError();
+}
+
+template <typename T>
+cudaError_t ghost_dot_finish(const T* rd, T* out, int64_t B, int64_t Tn, int64_t V, cudaStream_t stream) {
+  kernels::ghost_dot_finish<T>(stream_launch(stream), rd, out, B, Tn, V);
+  return cudaGetLastError();
+}
+
 #define TLK_GHOST_INSTANTIATE(T)                                                                              \
   template cudaError_t ghost_dot<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, int64_t, \
                                     int64_t, cudaStream_t);                                                   \
@@ -51,7 +71,11 @@ cudaError_t clip_update(T* alpha, int64_t stride, const int64_t* sorted, const i
   template cudaError_t ghost_norm_tiles<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t,        \
                                            cudaStream_t);                                                     \
   template cudaError_t clip_update<T>(T*, int64_t, const int64_t*, const int64_t*, const T*, int64_t, T,      \
-                                      cudaStream_t);
+                                      cudaStream_t);                                                          \
+  template cudaError_t ghost_segdot<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, cudaStream_t); \
+  template cudaError_t ghost_pair_reduce<T>(const T*, const T*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                            int64_t, int64_t, cudaStream_t);                                   \
+  template cudaError_t ghost_dot_finish<T>(const T*, T*, int64_t, int64_t, int64_t, cudaStream_t);
 TLK_GHOST_INSTANTIATE(float)
 TLK_GHOST_INSTANTIATE(double)
 #undef TLK_GHOST_INSTANTIATE

@@ -30,6 +30,16 @@ template <typename T>
 cudaError_t clip_update(T* alpha, int64_t stride, const int64_t* sorted, const int64_t* order, const T* s,
                         int64_t B, T lr, cudaStream_t stream);
 
+// Reductions after a vendor GEMM (kernels/ghost.cuh, csrc/ghost_gemm.h; shapes as there).
+template <typename T>
+cudaError_t ghost_segdot(const T* X, const T* Y, T* out, int64_t P, int64_t L, int64_t V, int64_t out_stride,
+                         cudaStream_t stream);
+template <typename T>
+cudaError_t ghost_pair_reduce(const T* DD, const T* AA, T* out, int64_t nr, int64_t nc, int64_t r0, int64_t c0,
+                              int64_t T1, int64_t T2, int64_t B2, cudaStream_t stream);
+template <typename T>
+cudaError_t ghost_dot_finish(const T* rd, T* out, int64_t B, int64_t Tn, int64_t V, cudaStream_t stream);
+
 // Batched k-means (kernels/kmeans.cuh; shapes as there). part: (P, R, K, D + 1) float64
 // scratch with R = kmeans_update_ranges(N, P, K, D).
 int64_t kmeans_update_ranges(int64_t N, int64_t P, int64_t K, int64_t D);

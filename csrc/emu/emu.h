@@ -48,9 +48,13 @@
 //     thread starts, so reading another thread's shared memory without a barrier in between
 //     sees poison or stale data.
 //
+// Counters (counters.h): while a tlk_emu::Profile is alive, launches count the global-memory
+// sectors per warp-level request, shared-memory bank conflicts, divergent branches and FLOPs that
+// the device code reports through kernels/simt.cuh's accessors (tlk::ld_global, ...).
+//
 // Not modelled
-//   * Timing, occupancy, memory coalescing, bank conflicts, caches, registers,
-//     __launch_bounds__ (accepted, ignored).
+//   * Timing, occupancy, caches, registers, __launch_bounds__ (accepted, ignored); coalescing
+//     and bank conflicts only as counted above.
 //   * Races that this one schedule does not expose: real warps interleave in any order and
 //     lanes of a warp run in lockstep, so code that is right only under another interleaving
 //     (or wrong only under one) can pass here. Pre-Volta warp-synchronous code without
@@ -85,6 +89,10 @@
 #include <utility>
 #include <vector>
 
+#include <dlfcn.h>
+#include <cxxabi.h>
+
+#include "counters.h"
 #include "fiber.h"
 
 // ---- CUDA keywords -------------------------------------------------------------------------
@@ -329,6 +337,7 @@ struct Launch {
   std::size_t static_used = 0;      // bytes as the GPU counts them
   std::size_t static_physical = 0;  // end of the last array in the arena (redzones included)
   std::vector<SharedSite> sites;
+  Recorder* recorder = nullptr;  // counters, while a Profile is active
 
   void fail(std::exception_ptr e) {
     if (!error) error = std::move(e);
@@ -535,6 +544,37 @@ T* static_shared(const void* key, std::size_t count, const char* name) {
 }
 
 inline void* dynamic_shared() { return this_fiber("TLK_DYNAMIC_SHARED").launch->dynamic_ptr; }
+
+// ---- counters (kernels/simt.cuh's accessors call these) ------------------------------------
+inline void record_access(AccessKind kind, const void* p, std::uint32_t size, const std::source_location& loc) {
+  Fiber& f = this_fiber(access_kind_name(kind));
+  if (Recorder* r = f.launch->recorder) [[unlikely]] r->access(kind, f.lid, loc, p, size);
+}
+inline bool record_branch(bool taken, const std::source_location& loc) {
+  Fiber& f = this_fiber("TLK_BRANCH");
+  if (Recorder* r = f.launch->recorder) [[unlikely]] r->access(AccessKind::Branch, f.lid, loc, nullptr, 0, taken);
+  return taken;
+}
+inline void record_flops(std::uint64_t n) {
+  Fiber& f = this_fiber("tlk::count_flops");
+  if (Recorder* r = f.launch->recorder) [[unlikely]] r->flops(n);
+}
+
+// The demangled name of a kernel function (its symbol must be exported), or its address.
+inline std::string kernel_name(const void* key) {
+  if (key == nullptr) return "functor";
+  Dl_info info{};
+  if (::dladdr(key, &info) != 0 && info.dli_sname != nullptr) {
+    int status = 0;
+    char* d = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+    std::string name = status == 0 && d != nullptr ? d : info.dli_sname;
+    std::free(d);
+    return name;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "kernel@%p", key);
+  return buf;
+}
 
 }  // namespace detail
 }  // namespace tlk_emu
@@ -1332,16 +1372,31 @@ inline void run_launch(dim3 grid, dim3 block, std::size_t dynamic_bytes, const v
       tls_fiber = nullptr;
     }
   } reset;
+  std::unique_ptr<Recorder> recorder;
+  if (profiling()) {
+    recorder = std::make_unique<Recorder>(kernel_name(kernel_key), L.nwarps);
+    LaunchCounters& c = recorder->result();
+    c.grid[0] = grid.x, c.grid[1] = grid.y, c.grid[2] = grid.z;
+    c.block[0] = block.x, c.block[1] = block.y, c.block[2] = block.z;
+    c.dynamic_shared_bytes = dynamic_bytes;
+    L.recorder = recorder.get();
+  }
   tls_launch = &L;
   for (unsigned bz = 0; bz < grid.z && !L.error; ++bz) {
     for (unsigned by = 0; by < grid.y && !L.error; ++by) {
       for (unsigned bx = 0; bx < grid.x && !L.error; ++bx) {
         L.block_idx = uint3{bx, by, bz};
         run_block(L);
+        if (recorder && !L.error) recorder->finish_block(L.nthreads, L.static_used);
       }
     }
   }
   if (L.error) std::rethrow_exception(L.error);
+  if (recorder) {
+    auto& s = profile_state();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    if (s.active != 0) s.launches.push_back(std::move(recorder->result()));
+  }
 }
 
 template <typename Payload>

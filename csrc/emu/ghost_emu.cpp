@@ -39,6 +39,27 @@ struct EmuRunner {
             T lr) const {
     kernels::clip_update<T>(launch, alpha, stride, sorted, order, s, B, lr);
   }
+  // The vendor-GEMM path (ghost_gemm.h): the CPU BLAS on compute-dtype copies stands in for
+  // cuBLAS; the reductions are the CUDA device code.
+  void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) const {
+    at::mm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
+  }
+  void bmm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) const {
+    at::bmm_out(out, a.to(out.scalar_type()), b.to(out.scalar_type()));
+  }
+  template <typename T>
+  void segdot(const T* X, const T* Y, T* out, int64_t P, int64_t L, int64_t V, int64_t out_stride) const {
+    kernels::ghost_segdot<T>(launch, X, Y, out, P, L, V, out_stride);
+  }
+  template <typename T>
+  void pair_reduce(const T* DD, const T* AA, T* out, int64_t nr, int64_t nc, int64_t r0, int64_t c0, int64_t T1,
+                   int64_t T2, int64_t B2) const {
+    kernels::ghost_pair_reduce<T>(launch, DD, AA, out, nr, nc, r0, c0, T1, T2, B2);
+  }
+  template <typename T>
+  void dot_finish(const T* rd, T* out, int64_t B, int64_t Tn, int64_t V) const {
+    kernels::ghost_dot_finish<T>(launch, rd, out, B, Tn, V);
+  }
 };
 
 at::Tensor ghost_dot_emu(const at::Tensor& A, const at::Tensor& D, const at::Tensor& G) {

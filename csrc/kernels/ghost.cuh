@@ -58,23 +58,24 @@ TLK_DEVICE_INLINE void ghost_gemm_tile_nt(T (&acc)[4][4], T* As, T* Bs,
     const int64_t k = k0 + tx;
     TLK_UNROLL
     for (int l = 0; l < 4; ++l) {
-      As[tx * kGhostLD + ty + 16 * l] = (xrow[l] >= 0 && k < K) ? X[xrow[l] * K + k] : T(0);
-      Bs[tx * kGhostLD + ty + 16 * l] = (yrow[l] >= 0 && k < K) ? Y[yrow[l] * K + k] : T(0);
+      st_shared(&As[tx * kGhostLD + ty + 16 * l], (xrow[l] >= 0 && k < K) ? ld_global(&X[xrow[l] * K + k]) : T(0));
+      st_shared(&Bs[tx * kGhostLD + ty + 16 * l], (yrow[l] >= 0 && k < K) ? ld_global(&Y[yrow[l] * K + k]) : T(0));
     }
     __syncthreads();
     TLK_UNROLL
     for (int kk = 0; kk < kGhostBK; ++kk) {
       T a[4], b[4];
       TLK_UNROLL
-      for (int i = 0; i < 4; ++i) a[i] = As[kk * kGhostLD + ty + 16 * i];
+      for (int i = 0; i < 4; ++i) a[i] = ld_shared(&As[kk * kGhostLD + ty + 16 * i]);
       TLK_UNROLL
-      for (int j = 0; j < 4; ++j) b[j] = Bs[kk * kGhostLD + tx + 16 * j];
+      for (int j = 0; j < 4; ++j) b[j] = ld_shared(&Bs[kk * kGhostLD + tx + 16 * j]);
       TLK_UNROLL
       for (int i = 0; i < 4; ++i) {
         TLK_UNROLL
         for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
       }
     }
+    count_flops(2 * 16 * kGhostBK);
     __syncthreads();
   }
 }
@@ -116,11 +117,11 @@ ghost_dot_rows_kernel(const T* __restrict__ A,  // (rows, I)
     // the fused epilogue: dot the finished (A Gᵀ) tile with D
     TLK_UNROLL
     for (int i = 0; i < 4; ++i) {
-      if (arow[i] < 0) continue;
+      if (TLK_BRANCH(arow[i] < 0)) continue;
       TLK_UNROLL
       for (int j = 0; j < 4; ++j) {
         const int64_t o = o0 + tx + 16 * j;
-        if (o < O) rowsum[i] += acc[i][j] * D[arow[i] * O + o];
+        if (TLK_BRANCH(o < O)) rowsum[i] += acc[i][j] * ld_global(&D[arow[i] * O + o]);
       }
     }
   }
@@ -133,7 +134,7 @@ ghost_dot_rows_kernel(const T* __restrict__ A,  // (rows, I)
   if (tx == 0) {
     TLK_UNROLL
     for (int i = 0; i < 4; ++i) {
-      if (arow[i] >= 0) part[(v * splits + split) * rows + arow[i]] = rowsum[i];
+      if (arow[i] >= 0) st_global(&part[(v * splits + split) * rows + arow[i]], rowsum[i]);
     }
   }
 }
@@ -151,11 +152,11 @@ ghost_dot_finish_kernel(const T* __restrict__ part,  // (V, splits, rows), rows 
   T sum = T(0);
   if (active) {
     for (int64_t t = lane; t < Tn; t += 32) {
-      for (int sp = 0; sp < splits; ++sp) sum += part[(v * splits + sp) * rows + b * Tn + t];
+      for (int sp = 0; sp < splits; ++sp) sum += ld_global(&part[(v * splits + sp) * rows + b * Tn + t]);
     }
   }
   for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-  if (active && lane == 0) out[b * V + v] = sum;
+  if (active && lane == 0) st_global(&out[b * V + v], sum);
 }
 
 // ---------------------------------------------------------------------- ghost_gram / norm
@@ -220,7 +221,7 @@ ghost_gram_kernel(const T* __restrict__ A1,  // (B1·T1, I)
   TLK_UNROLL
   for (int i = 0; i < 4; ++i) {
     TLK_UNROLL
-    for (int j = 0; j < 4; ++j) P[(ty + 16 * i) * kGhostLD + tx + 16 * j] = tot[i][j];
+    for (int j = 0; j < 4; ++j) st_shared(&P[(ty + 16 * i) * kGhostLD + tx + 16 * j], tot[i][j]);
   }
   __syncthreads();
   // stage 1: each row sums its columns per sample of side 2, compacted in place (the column
@@ -231,8 +232,8 @@ ghost_gram_kernel(const T* __restrict__ A1,  // (B1·T1, I)
     for (int64_t q = 0; q < SJ; ++q) {
       T sum = T(0);
       const int64_t c1 = tlk::min<int64_t>((q + 1) * T2e, kGhostTile);
-      for (int64_t c = q * T2e; c < c1; ++c) sum += row[c];
-      row[q] = sum;
+      for (int64_t c = q * T2e; c < c1; ++c) sum += ld_shared(&row[c]);
+      st_shared(&row[q], sum);
     }
   }
   __syncthreads();
@@ -244,11 +245,11 @@ ghost_gram_kernel(const T* __restrict__ A1,  // (B1·T1, I)
     if (i >= B1 || j >= B2) continue;
     T sum = T(0);
     const int64_t r1 = tlk::min<int64_t>((p + 1) * T1e, kGhostTile);
-    for (int64_t r = p * T1e; r < r1; ++r) sum += P[r * kGhostLD + q];
+    for (int64_t r = p * T1e; r < r1; ++r) sum += ld_shared(&P[r * kGhostLD + q]);
     if (DIAG) {
-      out[i] = sum;
+      st_global(&out[i], sum);
     } else {
-      out[i * B2 + j] = sum;
+      st_global(&out[i * B2 + j], sum);
     }
   }
 }
@@ -263,14 +264,20 @@ ghost_norm_t1_kernel(const T* __restrict__ A,  // (B, I)
   const int lane = threadIdx.x % 32;
   T sa = T(0), sd = T(0);
   if (b < B) {
-    for (int64_t k = lane; k < I; k += 32) sa += A[b * I + k] * A[b * I + k];
-    for (int64_t k = lane; k < O; k += 32) sd += D[b * O + k] * D[b * O + k];
+    for (int64_t k = lane; k < I; k += 32) {
+      const T x = ld_global(&A[b * I + k]);
+      sa += x * x;
+    }
+    for (int64_t k = lane; k < O; k += 32) {
+      const T x = ld_global(&D[b * O + k]);
+      sd += x * x;
+    }
   }
   for (int off = 16; off > 0; off /= 2) {
     sa += __shfl_xor_sync(0xffffffffu, sa, off);
     sd += __shfl_xor_sync(0xffffffffu, sd, off);
   }
-  if (b < B && lane == 0) out[b] = sa * sd;
+  if (b < B && lane == 0) st_global(&out[b], sa * sd);
 }
 
 // ---------------------------------------------------------------------------- clip_update_
@@ -284,14 +291,100 @@ clip_update_kernel(T* __restrict__ alpha,                // (N,) with stride alp
                    int64_t B, T lr) {
   const int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (k >= B) return;
-  const int64_t n = sorted[k];
-  if (k > 0 && sorted[k - 1] == n) return;  // not the first of its group
+  const int64_t n = ld_global(&sorted[k]);
+  if (TLK_BRANCH(k > 0 && ld_global(&sorted[k - 1]) == n)) return;  // not the first of its group
   T sum = T(0);
-  for (int64_t m = k; m < B && sorted[m] == n; ++m) sum += s[order[m]];
-  T v = alpha[n * alpha_stride] + lr * sum;
+  for (int64_t m = k; m < B && ld_global(&sorted[m]) == n; ++m) sum += ld_global(&s[ld_global(&order[m])]);
+  T v = ld_global(&alpha[n * alpha_stride]) + lr * sum;
   v = v < T(0) ? T(0) : (v > T(1) ? T(1) : v);  // NaN stays NaN, like torch.clamp
-  alpha[n * alpha_stride] = v;
+  st_global(&alpha[n * alpha_stride], v);
 }
+
+// ------------------------------------------------- reductions after a vendor GEMM (ghost_gemm.h)
+// out[(p % V)·out_stride + p / V] = Σ_k X[p·L + k] · Y[(p / V)·L + k] for p < P: the row-dot of a
+// GEMM result with the other operand (X = H (rows·V, L), Y (rows, L)), or a per-sample Σ X ⊙ Y.
+// A group of G lanes (a power of two ≤ 32, G ≥ L when L < 32) owns one segment; consecutive lanes
+// read consecutive k (coalesced), the group combines by shuffles in a fixed order.
+template <typename T>
+__global__ void __launch_bounds__(kGhostThreads)
+ghost_segdot_kernel(const T* __restrict__ X, const T* __restrict__ Y, T* __restrict__ out, int64_t P, int64_t L,
+                    int64_t V, int64_t out_stride, int G) {
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t p = tid / G;
+  const int g = static_cast<int>(tid % G);
+  const bool active = p < P;
+  T sum = T(0);
+  if (active) {
+    const T* x = X + p * L;
+    const T* y = Y + (p / V) * L;
+    for (int64_t k = g; k < L; k += G) sum += ld_global(&x[k]) * ld_global(&y[k]);
+    count_flops(2 * ((L - g + G - 1) / G));
+  }
+  for (int off = G / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (active && g == 0) st_global(&out[(p % V) * out_stride + p / V], sum);
+}
+
+// The same for long segments: one block per segment, each thread a strided partial, combined in
+// shared memory in a fixed order. out[p] = Σ_k X[p·L + k] · Y[p·L + k] (V = 1).
+template <typename T>
+__global__ void __launch_bounds__(kGhostThreads)
+ghost_segdot_block_kernel(const T* __restrict__ X, const T* __restrict__ Y, T* __restrict__ out, int64_t L) {
+  TLK_SHARED(T, red, kGhostThreads);
+  const int64_t p = blockIdx.x;
+  const int t = threadIdx.x;
+  const T* x = X + p * L;
+  const T* y = Y + p * L;
+  T sum = T(0);
+  for (int64_t k = t; k < L; k += kGhostThreads) sum += ld_global(&x[k]) * ld_global(&y[k]);
+  count_flops(2 * ((L - t + kGhostThreads - 1) / kGhostThreads));
+  st_shared(&red[t], sum);
+  __syncthreads();
+  for (int half = kGhostThreads / 2; half > 0; half /= 2) {
+    if (t < half) st_shared(&red[t], ld_shared(&red[t]) + ld_shared(&red[t + half]));
+    __syncthreads();
+  }
+  if (t == 0) st_global(&out[p], ld_shared(&red[0]));
+}
+
+// out[i·B2 + j] += Σ over the tile's rows of sample i and columns of sample j of DD ⊙ AA, for a
+// tile of GEMM results DD, AA (nr, nc) at rows r0, columns c0 of the (B1·T1) × (B2·T2) products.
+// A group of G lanes owns one sample pair of the tile and walks its block row by row (consecutive
+// lanes, consecutive columns). Tiles are launched one after another, so each pair is updated by
+// one group per launch: deterministic.
+template <typename T>
+__global__ void __launch_bounds__(kGhostThreads)
+ghost_pair_reduce_kernel(const T* __restrict__ DD, const T* __restrict__ AA, T* __restrict__ out, int64_t nr,
+                         int64_t nc, int64_t r0, int64_t c0, int64_t T1, int64_t T2, int64_t B2, int G) {
+  const int64_t i_first = r0 / T1, j_first = c0 / T2;
+  const int64_t ni = (r0 + nr - 1) / T1 - i_first + 1, nj = (c0 + nc - 1) / T2 - j_first + 1;
+  const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t pair = tid / G;
+  const int g = static_cast<int>(tid % G);
+  const bool active = pair < ni * nj;
+  const int64_t i = i_first + (active ? pair / nj : 0), j = j_first + (active ? pair % nj : 0);
+  T sum = T(0);
+  if (active) {
+    const int64_t rb = tlk::max(r0, i * T1) - r0, re = tlk::min(r0 + nr, (i + 1) * T1) - r0;
+    const int64_t cb = tlk::max(c0, j * T2) - c0, ce = tlk::min(c0 + nc, (j + 1) * T2) - c0;
+    const int64_t w = ce - cb, n = (re - rb) * w;
+    for (int64_t e = g; e < n; e += G) {
+      const int64_t idx = (rb + e / w) * nc + cb + e % w;
+      sum += ld_global(&DD[idx]) * ld_global(&AA[idx]);
+    }
+    count_flops(2 * ((n - g + G - 1) / G));
+  }
+  for (int off = G / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  if (active && g == 0) st_global(&out[i * B2 + j], ld_global(&out[i * B2 + j]) + sum);
+}
+
+// Lanes per segment of L elements: the smallest power of two ≥ L, at most 32.
+TLK_HOST_DEVICE inline int ghost_group_lanes(int64_t L) {
+  int G = 1;
+  while (G < 32 && G < L) G *= 2;
+  return G;
+}
+// Segments longer than this get a block each (ghost_segdot_block_kernel).
+constexpr int64_t kGhostBlockSegment = 8192;
 
 // ------------------------------------------------------------------- plans and dispatchers
 // O splits of ghost_dot: enough blocks to fill a GPU, never more than there are O tiles.
@@ -352,6 +445,42 @@ void clip_update(Launch&& launch, T* alpha, int64_t alpha_stride, const int64_t*
   const tlk::LaunchPlan plan{dim3(static_cast<unsigned>((B + kGhostThreads - 1) / kGhostThreads)),
                              dim3(kGhostThreads), 0};
   launch(plan, clip_update_kernel<T>, alpha, alpha_stride, sorted, order, s, B, lr);
+}
+
+// out[(p % V)·out_stride + p / V] = Σ_k X[p·L + k] · Y[(p / V)·L + k] for p < P (see
+// ghost_segdot_kernel). Long segments with V = 1 take a block each. Needs P, L > 0.
+template <typename T, typename Launch>
+void ghost_segdot(Launch&& launch, const T* X, const T* Y, T* out, int64_t P, int64_t L, int64_t V,
+                  int64_t out_stride) {
+  if (V == 1 && L >= kGhostBlockSegment) {
+    launch(tlk::LaunchPlan{dim3(static_cast<unsigned>(P)), dim3(kGhostThreads), 0}, ghost_segdot_block_kernel<T>,
+           X, Y, out, L);
+    return;
+  }
+  const int G = ghost_group_lanes(L);
+  const int64_t threads = P * G;
+  const tlk::LaunchPlan plan{dim3(static_cast<unsigned>((threads + kGhostThreads - 1) / kGhostThreads)),
+                             dim3(kGhostThreads), 0};
+  launch(plan, ghost_segdot_kernel<T>, X, Y, out, P, L, V, out_stride, G);
+}
+
+// out (B, V) = Σ_t rd[v, b·Tn + t]: the row-dots rd (V, B·Tn) summed per sample in t order.
+template <typename T, typename Launch>
+void ghost_dot_finish(Launch&& launch, const T* rd, T* out, int64_t B, int64_t Tn, int64_t V) {
+  launch(ghost_warps_plan(B * V), ghost_dot_finish_kernel<T>, rd, out, B, Tn, V, 1);
+}
+
+// out (B1, B2) += the tile's share of ghost_gram (see ghost_pair_reduce_kernel). Needs nr, nc > 0.
+template <typename T, typename Launch>
+void ghost_pair_reduce(Launch&& launch, const T* DD, const T* AA, T* out, int64_t nr, int64_t nc, int64_t r0,
+                       int64_t c0, int64_t T1, int64_t T2, int64_t B2) {
+  const int64_t ni = (r0 + nr - 1) / T1 - r0 / T1 + 1, nj = (c0 + nc - 1) / T2 - c0 / T2 + 1;
+  const int64_t per_pair = tlk::min(T1, nr) * tlk::min(T2, nc);
+  const int G = ghost_group_lanes(per_pair);
+  const int64_t threads = ni * nj * G;
+  const tlk::LaunchPlan plan{dim3(static_cast<unsigned>((threads + kGhostThreads - 1) / kGhostThreads)),
+                             dim3(kGhostThreads), 0};
+  launch(plan, ghost_pair_reduce_kernel<T>, DD, AA, out, nr, nc, r0, c0, T1, T2, B2, G);
 }
 
 }  // namespace tlk::kernels

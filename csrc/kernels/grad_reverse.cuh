@@ -42,29 +42,29 @@ grad_reverse_combine_kernel(T* __restrict__ out,            // (n,)
                             T lam,                          // used when lam_ptr == nullptr
                             const T* __restrict__ lam_ptr)  // (1,) device scalar, or nullptr
 {
-  const T l = lam_ptr != nullptr ? lam_ptr[0] : lam;
+  const T l = lam_ptr != nullptr ? ld_global(lam_ptr) : lam;
   const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
   const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   using V = tlk::AlignedVector<T, VEC>;
   const int64_t n_vec = n / VEC;
   for (int64_t i = first; i < n_vec; i += stride) {
-    const V a = reinterpret_cast<const V*>(adv)[i];
+    const V a = ld_global(reinterpret_cast<const V*>(adv) + i);
     V r;
     if constexpr (HAS_TASK) {
-      const V t = reinterpret_cast<const V*>(task)[i];
+      const V t = ld_global(reinterpret_cast<const V*>(task) + i);
       TLK_UNROLL
       for (int k = 0; k < VEC; ++k) r.v[k] = t.v[k] - mul_rn(l, a.v[k]);
     } else {
       TLK_UNROLL
       for (int k = 0; k < VEC; ++k) r.v[k] = -mul_rn(l, a.v[k]);
     }
-    reinterpret_cast<V*>(out)[i] = r;
+    st_global(reinterpret_cast<V*>(out) + i, r);
   }
   for (int64_t i = n_vec * VEC + first; i < n; i += stride) {
     if constexpr (HAS_TASK) {
-      out[i] = task[i] - mul_rn(l, adv[i]);
+      st_global(&out[i], ld_global(&task[i]) - mul_rn(l, ld_global(&adv[i])));
     } else {
-      out[i] = -mul_rn(l, adv[i]);
+      st_global(&out[i], -mul_rn(l, ld_global(&adv[i])));
     }
   }
 }

@@ -35,8 +35,9 @@ constexpr int64_t kKMeansMaxGridY = 65535;
 template <typename T>
 TLK_DEVICE_INLINE T kmeans_sqdist(const T* __restrict__ x, const T* __restrict__ c, int64_t D) {
   T acc = T(0);
+  count_flops(3 * D);
   for (int64_t d = 0; d < D; ++d) {
-    const T t = x[d] - c[d];
+    const T t = ld_global(&x[d]) - ld_global(&c[d]);
     acc += t * t;
   }
   return acc;
@@ -83,21 +84,22 @@ kmeans_assign_kernel(const T* __restrict__ X,           // (Px, N, D)
         const int e = t + kKMeansRows * i;
         const int r = e / kKMeansTD, c = e % kKMeansTD;
         const int64_t gn = row0 + r, gd = d0 + c;
-        Xs[r][c] = (gn < N && gd < D) ? Xp[gn * D + gd] : T(0);
+        st_shared(&Xs[r][c], (gn < N && gd < D) ? ld_global(&Xp[gn * D + gd]) : T(0));
       }
       for (int i = 0; i < kKMeansTK * kKMeansTD / kKMeansRows; ++i) {
         const int e = t + kKMeansRows * i;
         const int r = e / kKMeansTD, c = e % kKMeansTD;
         const int64_t gk = k0 + r, gd = d0 + c;
-        Ct[r][c] = (gk < K && gd < D) ? Csp[gk * D + gd] : T(0);
+        st_shared(&Ct[r][c], (gk < K && gd < D) ? ld_global(&Csp[gk * D + gd]) : T(0));
       }
       __syncthreads();
       for (int c = 0; c < kKMeansTD; ++c) {
-        const T xv = Xs[t][c];
+        const T xv = ld_shared(&Xs[t][c]);
         if (k0 == 0) xsq += xv * xv;
         TLK_UNROLL
-        for (int j = 0; j < kKMeansTK; ++j) acc[j] += xv * Ct[j][c];
+        for (int j = 0; j < kKMeansTK; ++j) acc[j] += xv * ld_shared(&Ct[j][c]);
       }
+      count_flops(2 * kKMeansTK * kKMeansTD);
       __syncthreads();
     }
     if (k0 == 0) {
@@ -108,18 +110,18 @@ kmeans_assign_kernel(const T* __restrict__ X,           // (Px, N, D)
     // fold below indexes shared memory, not the register array acc
     TLK_UNROLL
     for (int j = 0; j < kKMeansTK; ++j) {
-      if (k0 + j < K) Xs[t][j] = bp[k0 + j] - T(2) * acc[j];
+      if (k0 + j < K) st_shared(&Xs[t][j], ld_global(&bp[k0 + j]) - T(2) * acc[j]);
     }
     if (n < N) {
       const T* x = Xp + n * D;
       for (int j = 0; j < kKMeansTK && k0 + j < K; ++j) {
         const int64_t k = k0 + j;
-        const T s = Xs[t][j];
+        const T s = ld_shared(&Xs[t][j]);
         if (best < 0 || s < m - band) {
           best = k;
           m = s;
           have_e = false;
-        } else if (s <= m + band) {  // within the rounding band of the best: exact distances decide
+        } else if (TLK_BRANCH(s <= m + band)) {  // within the rounding band of the best: exact distances decide
           if (!have_e) {
             best_e = kmeans_sqdist(x, Cp + best * D, D);
             have_e = true;
@@ -136,8 +138,8 @@ kmeans_assign_kernel(const T* __restrict__ X,           // (Px, N, D)
   }
   if (n < N) {
     const T e = have_e ? best_e : kmeans_sqdist(Xp + n * D, Cp + best * D, D);
-    labels[p * N + n] = best;
-    dist2[p * N + n] = e;
+    st_global(&labels[p * N + n], best);
+    st_global(&dist2[p * N + n], e);
   }
 }
 
@@ -160,10 +162,11 @@ kmeans_partial_kernel(const T* __restrict__ X,         // (Px, N, D)
   for (int64_t k = 0; k < K; ++k) P_[k * (D + 1) + col] = 0.0;
   const T* Xp = X + (p / M) * N * D;
   for (int64_t n = n0; n < n1; ++n) {
-    const int64_t k = L[p * N + n];
-    const double w = W != nullptr ? static_cast<double>(W[(p / MW) * N + n]) : 1.0;
-    const double v = col < D ? static_cast<double>(Xp[n * D + col]) : 1.0;
-    P_[k * (D + 1) + col] += W != nullptr ? w * v : v;
+    const int64_t k = ld_global(&L[p * N + n]);
+    const double w = W != nullptr ? static_cast<double>(ld_global(&W[(p / MW) * N + n])) : 1.0;
+    const double v = col < D ? static_cast<double>(ld_global(&Xp[n * D + col])) : 1.0;
+    double* dst = &P_[k * (D + 1) + col];
+    st_global(dst, ld_global(dst) + (W != nullptr ? w * v : v));
   }
 }
 
@@ -180,11 +183,11 @@ kmeans_reduce_kernel(const double* __restrict__ part,  // (P, R, K, D + 1)
     const int64_t pk = i / (D + 1);
     const int64_t p = pk / K, k = pk % K;
     double acc = 0.0;
-    for (int64_t r = 0; r < R; ++r) acc += part[((p * R + r) * K + k) * (D + 1) + col];
+    for (int64_t r = 0; r < R; ++r) acc += ld_global(&part[((p * R + r) * K + k) * (D + 1) + col]);
     if (col < D) {
-      sums[pk * D + col] = static_cast<T>(acc);
+      st_global(&sums[pk * D + col], static_cast<T>(acc));
     } else {
-      counts[pk] = static_cast<T>(acc);
+      st_global(&counts[pk], static_cast<T>(acc));
     }
   }
 }

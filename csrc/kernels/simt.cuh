@@ -19,6 +19,13 @@
 //   tlk::AlignedVector<T, N>               N values of T aligned for one vector load
 //   tlk::min / tlk::max                    std::min / std::max semantics (returns the first
 //                                          argument when neither is less; not fminf), one type
+//   tlk::ld_global(p) / st_global(p, v)    a load / store of global memory, and
+//   tlk::ld_shared(p) / st_shared(p, v)    of shared memory: plain `*p` under nvcc; under the
+//                                          emulator also counted (coalescing, bank conflicts)
+//                                          while a tlk_emu::Profile is active
+//   TLK_BRANCH(cond)                       `cond`; the emulator counts divergent branches
+//   tlk::count_flops(n)                    nothing under nvcc; the emulator adds n to the
+//                                          launch's FLOPs (per thread, as the thread does them)
 // plus, under the emulator, the CUDA built-ins device code uses (threadIdx, __syncthreads,
 // __shfl_*_sync, atomics, ...; see emu.h for what the emulator guarantees and catches).
 //
@@ -36,6 +43,7 @@
 #pragma once
 
 #include <cstddef>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 
@@ -90,5 +98,49 @@ template <typename T>
 TLK_HOST_DEVICE constexpr T max(T a, T b) {
   return a < b ? b : a;
 }
+
+#if defined(__CUDACC__)
+template <typename T>
+TLK_DEVICE_INLINE T ld_global(const T* p) {
+  return *p;
+}
+template <typename T>
+TLK_DEVICE_INLINE void st_global(T* p, std::type_identity_t<T> v) {
+  *p = v;
+}
+template <typename T>
+TLK_DEVICE_INLINE T ld_shared(const T* p) {
+  return *p;
+}
+template <typename T>
+TLK_DEVICE_INLINE void st_shared(T* p, std::type_identity_t<T> v) {
+  *p = v;
+}
+TLK_DEVICE_INLINE void count_flops(long long) {}
+#define TLK_BRANCH(cond) (cond)
+#else
+template <typename T>
+inline T ld_global(const T* p, std::source_location loc = std::source_location::current()) {
+  ::tlk_emu::detail::record_access(::tlk_emu::AccessKind::GlobalLoad, p, sizeof(T), loc);
+  return *p;
+}
+template <typename T>
+inline void st_global(T* p, std::type_identity_t<T> v, std::source_location loc = std::source_location::current()) {
+  ::tlk_emu::detail::record_access(::tlk_emu::AccessKind::GlobalStore, p, sizeof(T), loc);
+  *p = v;
+}
+template <typename T>
+inline T ld_shared(const T* p, std::source_location loc = std::source_location::current()) {
+  ::tlk_emu::detail::record_access(::tlk_emu::AccessKind::SharedLoad, p, sizeof(T), loc);
+  return *p;
+}
+template <typename T>
+inline void st_shared(T* p, std::type_identity_t<T> v, std::source_location loc = std::source_location::current()) {
+  ::tlk_emu::detail::record_access(::tlk_emu::AccessKind::SharedStore, p, sizeof(T), loc);
+  *p = v;
+}
+inline void count_flops(long long n) { ::tlk_emu::detail::record_flops(static_cast<std::uint64_t>(n)); }
+#define TLK_BRANCH(cond) (::tlk_emu::detail::record_branch(static_cast<bool>(cond), std::source_location::current()))
+#endif
 
 }  // namespace tlk

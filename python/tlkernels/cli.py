@@ -21,6 +21,7 @@ COMMANDS: tuple[tuple[str, str], ...] = (
     ("experiments.selftaught_mapping", "stc, mapping"),
     ("experiments.multitask", "multitask, domaingen"),
     ("experiments.weak", "weak"),
+    ("emu_profile", "emu-profile"),
 )
 
 
