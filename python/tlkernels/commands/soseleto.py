@@ -50,7 +50,13 @@ def _cmd_soseleto(args: argparse.Namespace) -> int:
 
     seeds = [args.seed + k for k in range(args.seeds)]
     dev = torch_device(args.device)
-    if args.experiment == "synthetic":
+    if args.experiment == "svhn-mnist":
+        from ..experiments import soseleto_digits
+
+        results = [soseleto_digits.run_svhn_mnist(n_target=args.n_target or 20, seed=s, source_epochs=args.epochs or 3,
+                                                  device=dev, verbose=not args.quiet) for s in seeds]
+        soseleto_digits.print_table(results)
+    elif args.experiment == "synthetic":
         results = [ex.run_synthetic(seed=s, epochs=args.epochs or 60, plot=args.plot if k == 0 else None, device=dev,
                                     verbose=not args.quiet) for k, s in enumerate(seeds)]
         for r in results:
@@ -110,14 +116,15 @@ def add_parser(subparsers) -> None:
 
     p = subparsers.add_parser("soseleto", help="SOSELETO experiments: synthetic 2-D, noisy digits, disjoint digit "
                                         "classes, domain-shifted digits")
-    p.add_argument("--experiment", choices=["synthetic", "noisy", "disjoint", "domain"], default="noisy")
+    p.add_argument("--experiment", choices=["synthetic", "noisy", "disjoint", "domain", "svhn-mnist"], default="noisy",
+                   help="svhn-mnist: SynDigits 0-4 -> MNIST 5-9 on a CNN (needs the data extra)")
     p.add_argument("--shift", choices=["rotation", "blur_noise"], default=None,
                    help="the target's shift (rotation 30°, or blur σ=1 + noise 0.2): domain (default rotation); "
                         "disjoint (default none: with a shift, clean 0-4 -> shifted 5-9, disjoint images)")
     p.add_argument("--noise", type=float, default=0.4)
     p.add_argument("--kind", choices=["symmetric", "pairwise"], default="symmetric")
     p.add_argument("--n-target", type=int, default=None,
-                   help="labelled target examples (100 noisy, 25 disjoint, 20 domain)")
+                   help="labelled target examples (100 noisy, 25 disjoint, 20 domain, 20 svhn-mnist)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1, help="run seeds seed, seed+1, ...")

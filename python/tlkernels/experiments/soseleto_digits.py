@@ -52,18 +52,24 @@ TARGET_GRID = {"lrs": (1e-3,), "augs": (False, True), "checkpoints": (150, 400)}
 
 
 class _Clock:
-    """with clock(name): adds the block's wall time to clock.seconds[name]."""
+    """with clock(name): adds the block's wall time to clock.seconds[name] and the process's CPU
+    time to clock.cpu_seconds[name] (on a shared machine the CPU time is the steadier measure of
+    the work: with one thread it is the wall time the block takes alone)."""
 
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+            self.cpu_seconds[name] = (
+                self.cpu_seconds.get(name, 0.0) + time.process_time() - c
+            )
 
 
 def fit_soseleto(
@@ -118,7 +124,7 @@ def run_svhn_mnist(
     keep_alpha=True also "alpha_values" (n_source,) lists of the chosen and the frozen run.
     target_grid: tune_target's lrs / augs / checkpoints (default TARGET_GRID), the same for
     every target-side row."""
-    t_start = time.perf_counter()
+    t_start, c_start = time.perf_counter(), time.process_time()
     clock = _Clock()
     with clock("data"):
         task = svhn_mnist_task(
@@ -210,4 +216,43 @@ def run_svhn_mnist(
     if keep_alpha:
         out["alpha_values"] = {k: a.round(4).tolist() for k, a in alphas.items()}
     out["seconds"] = {**clock.seconds, "total": time.perf_counter() - t_start}
+    out["cpu_seconds"] = {**clock.cpu_seconds, "total": time.process_time() - c_start}
+    out["threads"] = torch.get_num_threads()
     return out
+
+
+ROW_LABELS = {
+    "target_only": "Target only (tuned)",
+    "fine_tuning": "Fine-tuning",
+    "soseleto": "SOSELETO",
+    "soseleto_ft": "SOSELETO + fine-tuning",
+    "soseleto_frozen": "alpha frozen (lr_alpha 0)",
+    "soseleto_frozen_ft": "alpha frozen + fine-tuning",
+}
+
+
+def print_table(results: list[dict]) -> None:
+    """The rows of run_svhn_mnist results (one per seed): mean ± std, per-seed values, the
+    probes, alpha per source digit, and the time."""
+    r0 = results[0]
+    print(
+        f"{r0['source']} -> {r0['target']}, {r0['n_target']} labelled target examples ({r0['n_train']} train + "
+        f"{r0['n_val']} validation), test {r0['n_test']} images; accuracy % over {len(results)} seed(s)"
+    )
+    for key, label in ROW_LABELS.items():
+        v = np.array([r["accuracy"][key] for r in results]) * 100
+        print(
+            f"{label:<28} {v.mean():5.1f} ± {v.std():4.1f}   [{' '.join(f'{x:.1f}' for x in v)}]"
+        )
+    for key in r0["linear_probe"]:
+        v = np.array([r["linear_probe"][key] for r in results]) * 100
+        print(
+            f"{'linear probe, ' + key:<28} {v.mean():5.1f} ± {v.std():4.1f}   [{' '.join(f'{x:.1f}' for x in v)}]"
+        )
+    per_digit = np.array([[r["alpha"]["soseleto"]["mean_per_digit"][d] for d in sorted(r0["alpha"]["soseleto"]
+                          ["mean_per_digit"])] for r in results]).mean(0)  # fmt: skip
+    print(f"alpha mean per source digit: {' '.join(f'{a:.2f}' for a in per_digit)}")
+    wall, cpu = (
+        sum(r[k]["total"] for r in results) for k in ("seconds", "cpu_seconds")
+    )
+    print(f"{wall:.0f} s wall, {cpu:.0f} s CPU ({r0['threads']} thread(s))")
