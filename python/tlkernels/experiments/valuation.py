@@ -69,15 +69,11 @@ def run_loo(
     (`steps` steps) and mini-batch SGD (`steps` steps of `batch` examples, fixed order), float64."""
     digits = load_digits()
     val, train = stratified_split(digits, [200, n], random_state=seed)[:2]
-    noisy, flipped = add_label_noise(
-        train.y, noise, kind="symmetric", n_classes=10, random_state=seed
-    )
+    noisy, flipped = add_label_noise(train.y, noise, kind="symmetric", n_classes=10, random_state=seed)
     X, y = train.X.double(), noisy
     Xv, yv = val.X.double(), val.y
     gen = torch.Generator().manual_seed(seed)
-    order = torch.cat(
-        [torch.randperm(n, generator=gen) for _ in range(-(-steps * batch // n))]
-    )
+    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-steps * batch // n))])
     schedules = {
         "full_batch": [torch.arange(n)] * steps,
         "minibatch": [order[k * batch : (k + 1) * batch] for k in range(steps)],
@@ -105,9 +101,7 @@ def run_loo(
         loo = np.empty(n)
         for i in range(n):
             keep = [idx[idx != i] for idx in schedule]
-            loo[i] = (
-                val_loss(_fit(fresh(), X, y, keep, lr, weight_decay)) - base
-            )  # > 0: i helped
+            loo[i] = val_loss(_fit(fresh(), X, y, keep, lr, weight_decay)) - base  # > 0: i helped
         model = fresh()
         inrun = valuation.InRun(model, loss_fn, (Xv, yv), lr=lr)
         tracin = valuation.TracIn(model, loss_fn)
@@ -121,9 +115,7 @@ def run_loo(
         scores = {
             "inrun": -inrun.values.numpy(),  # values < 0 lower the validation loss
             "tracin": tracin.target_influence((X, y), (Xv, yv)).numpy(),
-            "less": valuation.gradient_similarity(
-                model, loss_fn, (X, y), (Xv, yv)
-            ).numpy(),
+            "less": valuation.gradient_similarity(model, loss_fn, (X, y), (Xv, yv)).numpy(),
         }
         out[name] = {m: float(spearmanr(s, loo).statistic) for m, s in scores.items()}
         out[name]["loo_flipped_mean"] = float(loo[flipped.numpy()].mean())
@@ -137,9 +129,7 @@ def _net(seed: int) -> nn.Sequential:
     return nn.Sequential(mlp(64), nn.Linear(64, 10))
 
 
-def _train_subset(
-    source: Dataset, subset, seed: int, steps: int = 1200, lr: float = 0.05
-) -> nn.Module:
+def _train_subset(source: Dataset, subset, seed: int, steps: int = 1200, lr: float = 0.05) -> nn.Module:
     """The backbone + head trained on source[subset] for `steps` SGD steps of 32 (momentum 0.9)."""
     net = _net(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -190,12 +180,8 @@ def run_noisy(
     """Mislabel AUROC and budgeted selection on SOSELETO's setting (b) for one seed."""
     t0 = time.perf_counter()
     digits = load_digits()
-    test, target, source = stratified_split(
-        digits, [450, n_target, None], random_state=seed
-    )
-    noisy, flipped = add_label_noise(
-        source.y, noise, kind="symmetric", n_classes=10, random_state=seed
-    )
+    test, target, source = stratified_split(digits, [450, n_target, None], random_state=seed)
+    noisy, flipped = add_label_noise(source.y, noise, kind="symmetric", n_classes=10, random_state=seed)
     source = Dataset(source.X, noisy, flipped)
     n_val = max(10, n_target // 4)
     tgt_val, tgt_tr = stratified_split(target, [n_val, None], random_state=seed + 1)
@@ -218,9 +204,7 @@ def run_noisy(
     t_run = time.perf_counter() - t_run
     all_src = (source.X, source.y)
     scores = {
-        "tracin_self": -tracin.self_influence(
-            all_src
-        ).numpy(),  # low self-influence: clean
+        "tracin_self": -tracin.self_influence(all_src).numpy(),  # low self-influence: clean
         "tracin_target": tracin.target_influence(all_src, (tgt_tr.X, tgt_tr.y)).numpy(),
         "inrun": -inrun.values.numpy(),  # values < 0 helped the target
         "less": valuation.gradient_similarity(
@@ -234,9 +218,7 @@ def run_noisy(
         ).numpy(),
     }
     t_sos = time.perf_counter()
-    model, _, _ = _soseleto_grid(
-        source, tgt_tr, tgt_val, seed, 10, shared=True, epochs=epochs
-    )
+    model, _, _ = _soseleto_grid(source, tgt_tr, tgt_val, seed, 10, shared=True, epochs=epochs)
     t_sos = time.perf_counter() - t_sos
     scores["soseleto_alpha"] = model.alpha_.cpu().numpy()
     auroc = {m: float(roc_auc_score(clean, s)) for m, s in scores.items()}
@@ -246,18 +228,19 @@ def run_noisy(
         k = max(1, round(frac * n))
         rows = {}
         # (not default_rng(seed): add_label_noise flips the first indices of that very permutation)
-        perm = torch.randperm(
-            n, generator=torch.Generator().manual_seed(10_000 + seed)
-        )[:k]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(10_000 + seed))[:k]
         rows["uniform"] = accuracy(_train_subset(source, perm, seed), test)
         rows["uniform_clean_fraction"] = float(clean[perm.numpy()].mean())
+        counts = torch.bincount(source.y[perm], minlength=10)
+        rows["uniform_labels_present"] = int((counts >= max(1, k // 100)).sum())
         for m, s in scores.items():
             chosen = torch.as_tensor(s).topk(k).indices
             rows[m] = accuracy(_train_subset(source, chosen, seed), test)
             rows[m + "_clean_fraction"] = float(clean[chosen.numpy()].mean())
-        rows["greats_online"] = accuracy(
-            _greats_run(source, tgt_tr, frac, seed, epochs), test
-        )
+            # how many of the 10 (noisy) labels the subset trains on at least 1% of its examples
+            counts = torch.bincount(source.y[chosen], minlength=10)
+            rows[m + "_labels_present"] = int((counts >= max(1, k // 100)).sum())
+        rows["greats_online"] = accuracy(_greats_run(source, tgt_tr, frac, seed, epochs), test)
         selection[str(frac)] = rows
     full = accuracy(_train_subset(source, torch.arange(n), seed), test)
     return {
@@ -278,17 +261,14 @@ def run_noisy(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--parts", default="loo,noisy")
     parser.add_argument("--json", default="bench/results/valuation.json")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     out = {
-        "command": "OMP_NUM_THREADS=1 python -m tlkernels.experiments.valuation "
-        + " ".join(argv or []),
+        "command": "OMP_NUM_THREADS=1 python -m tlkernels.experiments.valuation " + " ".join(argv or []),
         "torch_threads": torch.get_num_threads(),
     }
     if os.path.exists(args.json):
