@@ -41,9 +41,7 @@ class SmallTransformer(nn.Module):
         super().__init__()
         self.emb = nn.Embedding(vocab, d)
         self.pos = nn.Parameter(torch.randn(1, t, d) * 0.02)
-        layer = nn.TransformerEncoderLayer(
-            d, 4, 256, dropout=0.0, batch_first=True, norm_first=True
-        )
+        layer = nn.TransformerEncoderLayer(d, 4, 256, dropout=0.0, batch_first=True, norm_first=True)
         self.enc = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
         self.head = nn.Linear(d, classes)
 
@@ -149,9 +147,7 @@ def method_fn(method: str, model, batch, val):
             total = torch.zeros_like(gv)
             values = torch.empty(b)
             for i in range(b):
-                gs = torch.autograd.grad(
-                    loss_fn(model, (x[i : i + 1], y[i : i + 1]))[0], params
-                )
+                gs = torch.autograd.grad(loss_fn(model, (x[i : i + 1], y[i : i + 1]))[0], params)
                 gi = torch.cat([t.flatten() for t in gs])
                 values[i] = -LR / b * (gi @ gv)
                 total += gi
@@ -172,9 +168,7 @@ def check(name: str, val_fraction: float) -> None:
         if want is None:
             want = got
         else:
-            torch.testing.assert_close(
-                got, want, rtol=2e-3, atol=2e-3 * want.abs().max().item()
-            )
+            torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * want.abs().max().item())
 
 
 def cpu_model() -> str:
@@ -189,13 +183,9 @@ def cpu_model() -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="mlp,cnn,transformer")
-    parser.add_argument(
-        "--val-fraction", type=float, default=0.125, help="B_val / B (default 1/8)"
-    )
+    parser.add_argument("--val-fraction", type=float, default=0.125, help="B_val / B (default 1/8)")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--loop-repeats", type=int, default=2)
     parser.add_argument("--json", default="bench/results/valuation_cost.json")
@@ -219,9 +209,7 @@ def main(argv=None) -> int:
             "val_batch": val[1].shape[0],
             "seconds": times,
             "tlkernels_vs_plain": times["tlkernels"] / times["plain"],
-            "speedup": {
-                m: times[m] / times["tlkernels"] for m in ("torch.func", "loop")
-            },
+            "speedup": {m: times[m] / times["tlkernels"] for m in ("torch.func", "loop")},
         }
         rows.append(row)
         print(

@@ -9,10 +9,11 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from tlkernels import persample, valuation
 from tlkernels.valuation._products import _gram_is_cheaper
 from tlkernels.valuation.similarity import _directions
-from torch import nn
 
 DT = torch.float64
 
@@ -34,24 +35,18 @@ def mlp(seed=0, d=5, c=3):
 
 def data(n, seed, d=5, c=3):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=gen, dtype=DT), torch.randint(
-        0, c, (n,), generator=gen
-    )
+    return torch.randn(n, d, generator=gen, dtype=DT), torch.randint(0, c, (n,), generator=gen)
 
 
 def flat_grad(model, batch, reduce="mean"):
     losses = loss_fn(model, batch)
-    g = torch.autograd.grad(
-        losses.mean() if reduce == "mean" else losses.sum(), list(model.parameters())
-    )
+    g = torch.autograd.grad(losses.mean() if reduce == "mean" else losses.sum(), list(model.parameters()))
     return torch.cat([t.flatten() for t in g])
 
 
 def per_example(model, batch):
     x, y = batch
-    return torch.stack(
-        [flat_grad(model, (x[i : i + 1], y[i : i + 1])) for i in range(x.shape[0])]
-    )
+    return torch.stack([flat_grad(model, (x[i : i + 1], y[i : i + 1])) for i in range(x.shape[0])])
 
 
 def flat_params(model):
@@ -74,14 +69,8 @@ def test_inrun_step_sums_to_first_order_change_of_val_loss(make, d, n_val, route
     val = data(n_val, 2, d=d)
     cap = persample.capture(model, loss_fn, (x[:8], y[:8]))
     cap_val = persample.capture(model, loss_fn, val)
-    routes = {
-        _gram_is_cheaper(cap.reps[n], cap_val.reps[n])
-        for n in cap.reps
-        if n.endswith("weight")
-    }
-    assert routes == {
-        route == "gram"
-    }  # both ways of forming the products are exercised
+    routes = {_gram_is_cheaper(cap.reps[n], cap_val.reps[n]) for n in cap.reps if n.endswith("weight")}
+    assert routes == {route == "gram"}  # both ways of forming the products are exercised
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
     inrun = valuation.InRun(model, loss_fn, val, optimizer=opt)
     total_first_order = 0.0
@@ -93,17 +82,13 @@ def test_inrun_step_sums_to_first_order_change_of_val_loss(make, d, n_val, route
         before = flat_params(model)
         opt.zero_grad()
         loss = inrun.step(batch, idx)
-        torch.testing.assert_close(
-            loss, loss_fn(model, batch).mean().detach(), rtol=1e-12, atol=1e-12
-        )
+        torch.testing.assert_close(loss, loss_fn(model, batch).mean().detach(), rtol=1e-12, atol=1e-12)
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         torch.testing.assert_close(grads, g_i.mean(0), rtol=1e-12, atol=1e-12)
         opt.step()
         change = float(g_val @ (flat_params(model) - before))
         assert abs(float(inrun.last_values.sum()) - change) < 1e-10
-        torch.testing.assert_close(
-            inrun.last_values, -0.3 / 8 * (g_i @ g_val), rtol=1e-10, atol=1e-12
-        )
+        torch.testing.assert_close(inrun.last_values, -0.3 / 8 * (g_i @ g_val), rtol=1e-10, atol=1e-12)
         total_first_order += change
     assert inrun.values.shape == (40,)
     assert abs(float(inrun.values.sum()) - total_first_order) < 1e-10
@@ -130,13 +115,7 @@ def test_inrun_values_follow_per_group_learning_rates_and_scheduler():
         inrun.step((x[idx], y[idx]), idx)
         opt.step()
         sched.step()
-        assert (
-            abs(
-                float(inrun.last_values.sum())
-                - float(g_val @ (flat_params(model) - before))
-            )
-            < 1e-10
-        )
+        assert abs(float(inrun.last_values.sum()) - float(g_val @ (flat_params(model) - before))) < 1e-10
 
 
 def test_inrun_small_lr_values_predict_the_actual_val_loss_change():
@@ -178,9 +157,7 @@ def test_valued_optimizer_in_a_plain_loop_matches_manual_steps():
                     inrun.step((x[idx], y[idx]), idx)
                     opt.step()
         if wrapped:
-            assert (
-                stepper.param_groups[0]["lr"] == 0.2
-            )  # the wrapped optimizer's attributes
+            assert stepper.param_groups[0]["lr"] == 0.2  # the wrapped optimizer's attributes
         runs.append((inrun.values.clone(), flat_params(model)))
     torch.testing.assert_close(runs[0][0], runs[1][0], rtol=0, atol=0)
     torch.testing.assert_close(runs[0][1], runs[1][1], rtol=0, atol=0)
@@ -282,9 +259,7 @@ def test_tracin_add_checkpoint_in_a_loop_and_errors():
         opt.zero_grad()
         loss_fn(model, (x, y)).mean().backward()
         opt.step()
-    torch.testing.assert_close(
-        tracin.self_influence((x, y)), want, rtol=1e-10, atol=1e-12
-    )
+    torch.testing.assert_close(tracin.self_influence((x, y)), want, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="one learning rate per checkpoint"):
         valuation.TracIn(model, loss_fn, [model.state_dict()], [0.1, 0.2])
     with pytest.raises(ValueError, match="k must be between 1"):
@@ -324,16 +299,12 @@ def test_selection_equals_brute_force_on_small_candidate_sets(seed):
             chosen.append(
                 max(
                     rest,
-                    key=lambda i: objective_from_vectors(
-                        g_i, g_val, chosen + [i], lr, k
-                    ),
+                    key=lambda i: objective_from_vectors(g_i, g_val, chosen + [i], lr, k),
                 )
             )
         assert valuation.select_batch(s, gram, k, lr).tolist() == chosen
         f = float(valuation.batch_objective(s, gram, torch.tensor(chosen), lr / k))
-        assert f == pytest.approx(
-            objective_from_vectors(g_i, g_val, chosen, lr, k), rel=1e-10, abs=1e-12
-        )
+        assert f == pytest.approx(objective_from_vectors(g_i, g_val, chosen, lr, k), rel=1e-10, abs=1e-12)
 
 
 def test_gram_term_changes_the_choice_for_redundant_candidates():
@@ -443,9 +414,7 @@ class TinyEncoder(nn.Module):
 
 
 def tiny_cnn():
-    return nn.Sequential(
-        nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3)
-    )
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
 
 
 @pytest.mark.parametrize("arch", ["cnn", "encoder"])
@@ -453,22 +422,20 @@ def test_inrun_values_on_conv_and_attention_models(arch):
     torch.manual_seed(0)
     model = (tiny_cnn() if arch == "cnn" else TinyEncoder()).to(DT).eval()
     gen = torch.Generator().manual_seed(1)
-    if arch == "cnn":
-        make = lambda n: torch.randn(n, 2, 5, 5, generator=gen, dtype=DT)
-    else:
-        make = lambda n: torch.randint(0, 11, (n, 6), generator=gen)
+
+    def make(n):
+        if arch == "cnn":
+            return torch.randn(n, 2, 5, 5, generator=gen, dtype=DT)
+        return torch.randint(0, 11, (n, 6), generator=gen)
+
     batch = (make(7), torch.randint(0, 3, (7,), generator=gen))
     val = (make(3), torch.randint(0, 3, (3,), generator=gen))
     g_val = flat_grad(model, val)
-    g_i = torch.stack(
-        [flat_grad(model, (batch[0][i : i + 1], batch[1][i : i + 1])) for i in range(7)]
-    )
+    g_i = torch.stack([flat_grad(model, (batch[0][i : i + 1], batch[1][i : i + 1])) for i in range(7)])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     inrun = valuation.InRun(model, loss_fn, val, optimizer=opt)
     opt.zero_grad()
     inrun.step(batch, torch.arange(7))
-    torch.testing.assert_close(
-        inrun.last_values, -0.1 / 7 * (g_i @ g_val), rtol=1e-9, atol=1e-12
-    )
+    torch.testing.assert_close(inrun.last_values, -0.1 / 7 * (g_i @ g_val), rtol=1e-9, atol=1e-12)
     grads = torch.cat([p.grad.flatten() for p in model.parameters()])
     torch.testing.assert_close(grads, g_i.mean(0), rtol=1e-10, atol=1e-12)

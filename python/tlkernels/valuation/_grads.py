@@ -19,9 +19,7 @@ def trainable(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def per_sample_losses(
-    model: nn.Module, loss_fn: LossFn, batch: Any, name: str = "loss_fn"
-) -> Tensor:
+def per_sample_losses(model: nn.Module, loss_fn: LossFn, batch: Any, name: str = "loss_fn") -> Tensor:
     """loss_fn(model, batch), checked to be per-sample losses (B,)."""
     losses = loss_fn(model, batch)
     if not isinstance(losses, Tensor) or losses.dim() != 1:
@@ -39,15 +37,10 @@ def mean_loss_grad(model: nn.Module, loss_fn: LossFn, batch: Any) -> dict[str, T
     with torch.enable_grad():
         loss = per_sample_losses(model, loss_fn, batch).mean()
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
-    return {
-        n: (torch.zeros_like(p) if g is None else g.detach())
-        for (n, p), g in zip(params.items(), grads)
-    }
+    return {n: (torch.zeros_like(p) if g is None else g.detach()) for (n, p), g in zip(params.items(), grads)}
 
 
-def learning_rates(
-    model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None
-) -> dict[str, float]:
+def learning_rates(model: nn.Module, optimizer: torch.optim.Optimizer | None, lr: float | None) -> dict[str, float]:
     """{parameter name: learning rate}: `lr` for every parameter when given, else each parameter's
     group lr in `optimizer` (0 for trainable parameters the optimizer does not hold)."""
     params = trainable(model)
@@ -55,23 +48,17 @@ def learning_rates(
         lr = float(lr)
         return dict.fromkeys(params, lr)
     if optimizer is None:
-        raise ValueError(
-            "a learning rate is needed: pass lr=... or optimizer=... (its param_groups' lr is used)"
-        )
+        raise ValueError("a learning rate is needed: pass lr=... or optimizer=... (its param_groups' lr is used)")
     by_id = {}
     for group in optimizer.param_groups:
         if "lr" not in group:
-            raise ValueError(
-                "optimizer.param_groups have no 'lr': pass lr=... explicitly"
-            )
+            raise ValueError("optimizer.param_groups have no 'lr': pass lr=... explicitly")
         for p in group["params"]:
             by_id[id(p)] = float(group["lr"])
     return {n: by_id.get(id(p), 0.0) for n, p in params.items()}
 
 
-def scaled(
-    vectors: Mapping[str, Tensor], scale: Mapping[str, float | Tensor]
-) -> dict[str, Tensor]:
+def scaled(vectors: Mapping[str, Tensor], scale: Mapping[str, float | Tensor]) -> dict[str, Tensor]:
     """{name: scale[name] * vectors[name]}, names whose scale is the number 0 left out."""
     out = {}
     for n, v in vectors.items():
@@ -85,9 +72,7 @@ def check_lrs(lrs: Sequence[float], n: int) -> list[float]:
     """`lrs` as n floats (one per checkpoint)."""
     lrs = [float(x) for x in lrs]
     if len(lrs) != n:
-        raise ValueError(
-            f"lrs must give one learning rate per checkpoint ({n}), got {len(lrs)}"
-        )
+        raise ValueError(f"lrs must give one learning rate per checkpoint ({n}), got {len(lrs)}")
     return lrs
 
 

@@ -63,9 +63,7 @@ def val_products(cap: Capture, cap_val: Capture, rates: Mapping[str, float]) -> 
         lr = float(rates.get(name, 0.0))
         if lr == 0.0:
             continue
-        route = (
-            "gram" if _gram_is_cheaper(cap.reps[name], cap_val.reps[name]) else "dot"
-        )
+        route = "gram" if _gram_is_cheaper(cap.reps[name], cap_val.reps[name]) else "dot"
         groups.setdefault(lr, {"gram": [], "dot": []})[route].append(name)
     for lr, routes in groups.items():
         if routes["gram"]:

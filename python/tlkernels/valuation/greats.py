@@ -50,9 +50,7 @@ def _check(s: Tensor, gram: Tensor, k: int) -> int:
             f"{tuple(gram.shape) if isinstance(gram, Tensor) else type(gram).__name__}"
         )
     if not isinstance(k, int) or not 1 <= k <= b:
-        raise ValueError(
-            f"k must be an int between 1 and the number of candidates ({b}), got {k!r}"
-        )
+        raise ValueError(f"k must be an int between 1 and the number of candidates ({b}), got {k!r}")
     return b
 
 
@@ -93,11 +91,7 @@ def select_batch(
     chosen = torch.zeros(b, dtype=torch.bool)
     order = []
     for _ in range(k):
-        i = int(
-            torch.where(
-                chosen, torch.tensor(-math.inf, dtype=torch.float64), gain
-            ).argmax()
-        )
+        i = int(torch.where(chosen, torch.tensor(-math.inf, dtype=torch.float64), gain).argmax())
         order.append(i)
         chosen[i] = True
         gain = gain - step * step * g64[:, i]
@@ -127,22 +121,16 @@ class GREATS:
         **persample_options,
     ):
         if optimizer is None and lr is None:
-            raise ValueError(
-                "GREATS needs the step's learning rate: pass optimizer=... or lr=..."
-            )
+            raise ValueError("GREATS needs the step's learning rate: pass optimizer=... or lr=...")
         self.model, self.loss_fn, self.val_batch = model, loss_fn, val_batch
         self.val_size = batch_size(val_batch, "val_batch")
         self.optimizer, self.lr, self.method = optimizer, lr, method
         self.options = persample_options
 
     def _lr(self) -> float:
-        rates = set(learning_rates(self.model, self.optimizer, self.lr).values()) - {
-            0.0
-        }
+        rates = set(learning_rates(self.model, self.optimizer, self.lr).values()) - {0.0}
         if len(rates) > 1:
-            raise ValueError(
-                "GREATS needs one learning rate for all parameters; pass lr=... explicitly"
-            )
+            raise ValueError("GREATS needs one learning rate for all parameters; pass lr=... explicitly")
         return rates.pop() if rates else 0.0
 
     def scores(self, candidates: Any):
@@ -151,12 +139,8 @@ class GREATS:
         b = batch_size(candidates, "candidates")
         cap = persample.capture(self.model, self.loss_fn, candidates, **self.options)
         if cap.batch_size != b:
-            raise ValueError(
-                f"loss_fn returned {cap.batch_size} losses for {b} candidates"
-            )
-        cap_val = persample.capture(
-            self.model, self.loss_fn, self.val_batch, **self.options
-        )
+            raise ValueError(f"loss_fn returned {cap.batch_size} losses for {b} candidates")
+        cap_val = persample.capture(self.model, self.loss_fn, self.val_batch, **self.options)
         s = val_products(cap, cap_val, dict.fromkeys(cap.reps, 1.0))
         return s, cap.gram(), cap
 

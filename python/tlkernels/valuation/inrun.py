@@ -64,19 +64,13 @@ class InRun:
         **persample_options,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model must be a torch.nn.Module, got {type(model).__name__}"
-            )
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
-            raise TypeError(
-                "loss_fn must be callable as loss_fn(model, batch) -> per-sample losses (B,)"
-            )
+            raise TypeError("loss_fn must be callable as loss_fn(model, batch) -> per-sample losses (B,)")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if optimizer is None and lr is None:
-            raise ValueError(
-                "InRun needs the step's learning rate: pass optimizer=... or lr=..."
-            )
+            raise ValueError("InRun needs the step's learning rate: pass optimizer=... or lr=...")
         self.model, self.loss_fn = model, loss_fn
         self.val_batch = val_batch
         self.val_size = batch_size(val_batch, "val_batch")
@@ -99,18 +93,12 @@ class InRun:
         """
         b = batch_size(batch)
         idx = check_index(index, b)
-        rates = learning_rates(
-            self.model, self.optimizer, lr if lr is not None else self.lr
-        )
+        rates = learning_rates(self.model, self.optimizer, lr if lr is not None else self.lr)
         w = 1.0 / b if self.reduction == "mean" else 1.0
         cap = persample.capture(self.model, self.loss_fn, batch, **self.options)
         if cap.batch_size != b:
-            raise ValueError(
-                f"loss_fn returned {cap.batch_size} losses for a batch of {b} examples"
-            )
-        cap_val = persample.capture(
-            self.model, self.loss_fn, self.val_batch, **self.options
-        )
+            raise ValueError(f"loss_fn returned {cap.batch_size} losses for a batch of {b} examples")
+        cap_val = persample.capture(self.model, self.loss_fn, self.val_batch, **self.options)
         s = val_products(cap, cap_val, rates)
         cap.accumulate_grad(torch.full_like(cap.losses, w))
         losses, val_loss = cap.losses, cap_val.losses.mean()
@@ -142,9 +130,7 @@ class InRun:
         the optimizer's step (default: the optimizer given to the constructor)."""
         opt = optimizer if optimizer is not None else self.optimizer
         if opt is None:
-            raise ValueError(
-                "wrap needs an optimizer: pass one here or to InRun(optimizer=...)"
-            )
+            raise ValueError("wrap needs an optimizer: pass one here or to InRun(optimizer=...)")
         return ValuedOptimizer(opt, self)
 
 

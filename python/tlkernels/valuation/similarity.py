@@ -33,17 +33,13 @@ from ._grads import LossFn, check_lrs, loaded, trainable
 __all__ = ["adam_preconditioner", "gradient_similarity", "project", "select_budget"]
 
 
-def adam_preconditioner(
-    optimizer: torch.optim.Optimizer, model: nn.Module
-) -> dict[str, Tensor]:
+def adam_preconditioner(optimizer: torch.optim.Optimizer, model: nn.Module) -> dict[str, Tensor]:
     """{name: 1 / (sqrt(v̂) + ε)} from an Adam / AdamW optimizer's state (v̂ the bias-corrected second
     moment). Parameters without state yet get 1 (no preconditioning)."""
     by_id = {}
     for group in optimizer.param_groups:
         if "betas" not in group or "eps" not in group:
-            raise ValueError(
-                "adam_preconditioner needs an Adam-type optimizer (param_groups with 'betas' and 'eps')"
-            )
+            raise ValueError("adam_preconditioner needs an Adam-type optimizer (param_groups with 'betas' and 'eps')")
         for p in group["params"]:
             by_id[id(p)] = group
     out = {}
@@ -59,9 +55,7 @@ def adam_preconditioner(
     return out
 
 
-def _directions(
-    params: Mapping[str, Tensor], start: int, stop: int, seed: int, dim: int
-) -> list[dict[str, Tensor]]:
+def _directions(params: Mapping[str, Tensor], start: int, stop: int, seed: int, dim: int) -> list[dict[str, Tensor]]:
     """Rows start..stop-1 of the Rademacher projection (±1/sqrt(dim)) as maps of vectors; row k is
     drawn from its own generator (seed, k), so any chunking gives the same matrix."""
     rows = []
@@ -100,13 +94,7 @@ def project(
     for start in range(0, dim, chunk):
         rows = _directions(params, start, min(start + chunk, dim), seed, dim)
         if preconditioner is not None:
-            rows = [
-                {
-                    n: v * preconditioner[n] if n in preconditioner else v
-                    for n, v in r.items()
-                }
-                for r in rows
-            ]
+            rows = [{n: v * preconditioner[n] if n in preconditioner else v for n, v in r.items()} for r in rows]
         cols.append(cap.dot(rows))
     return torch.cat(cols, 1)
 
@@ -119,19 +107,14 @@ def _exact_cosines(model, loss_fn, source, target, preconditioner, options) -> T
     else:
         gs = cap_s.per_sample_grads()
         flat_s = torch.cat(
-            [
-                (gs[n] * preconditioner[n] if n in preconditioner else gs[n]).flatten(1)
-                for n in gs
-            ],
+            [(gs[n] * preconditioner[n] if n in preconditioner else gs[n]).flatten(1) for n in gs],
             1,
         )
         gt = cap_t.per_sample_grads()
         flat_t = torch.cat([gt[n].flatten(1) for n in gs], 1)
         dots, ns = flat_s @ flat_t.T, flat_s.pow(2).sum(1)
     nt = cap_t.norms()
-    return dots / (
-        ns.clamp_min(1e-300).sqrt()[:, None] * nt.clamp_min(1e-300).sqrt()[None, :]
-    )
+    return dots / (ns.clamp_min(1e-300).sqrt()[:, None] * nt.clamp_min(1e-300).sqrt()[None, :])
 
 
 def gradient_similarity(
@@ -156,26 +139,16 @@ def gradient_similarity(
     """
     states = [None] if checkpoints is None else list(checkpoints)
     if not states:
-        raise ValueError(
-            "checkpoints must be None (the current model) or a non-empty list of state_dicts"
-        )
-    weights = (
-        [1.0]
-        if checkpoints is None and lrs is None
-        else check_lrs(lrs if lrs is not None else [], len(states))
-    )
+        raise ValueError("checkpoints must be None (the current model) or a non-empty list of state_dicts")
+    weights = [1.0] if checkpoints is None and lrs is None else check_lrs(lrs if lrs is not None else [], len(states))
     pre = [None] * len(states) if preconditioners is None else list(preconditioners)
     if len(pre) != len(states):
-        raise ValueError(
-            f"preconditioners must give one entry per checkpoint ({len(states)}), got {len(pre)}"
-        )
+        raise ValueError(f"preconditioners must give one entry per checkpoint ({len(states)}), got {len(pre)}")
     total = None
     for state, lr, d in zip(states, weights, pre):
         with loaded(model, state):
             if dim is None:
-                cos = _exact_cosines(
-                    model, loss_fn, source_batch, target_batch, d, persample_options
-                )
+                cos = _exact_cosines(model, loss_fn, source_batch, target_batch, d, persample_options)
             else:
                 ps = project(
                     model,
@@ -217,12 +190,8 @@ def select_budget(scores: Tensor, budget: float, *, largest: bool = True) -> Ten
         k = max(1, round(budget * n))
     elif isinstance(budget, int) and not isinstance(budget, bool):
         if not 1 <= budget <= n:
-            raise ValueError(
-                f"budget must be between 1 and the number of scores ({n}), got {budget}"
-            )
+            raise ValueError(f"budget must be between 1 and the number of scores ({n}), got {budget}")
         k = budget
     else:
-        raise TypeError(
-            f"budget must be an int count or a float fraction, got {type(budget).__name__}"
-        )
+        raise TypeError(f"budget must be an int count or a float fraction, got {type(budget).__name__}")
     return scores.topk(k, largest=largest).indices

@@ -50,32 +50,22 @@ class TracIn:
         **persample_options,
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(
-                f"model must be a torch.nn.Module, got {type(model).__name__}"
-            )
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
-            raise TypeError(
-                "loss_fn must be callable as loss_fn(model, batch) -> per-sample losses (B,)"
-            )
+            raise TypeError("loss_fn must be callable as loss_fn(model, batch) -> per-sample losses (B,)")
         self.model, self.loss_fn = model, loss_fn
         self.checkpoints = list(checkpoints)
         self.lrs = check_lrs(lrs, len(self.checkpoints))
         self.options = persample_options
 
-    def add_checkpoint(
-        self, lr: float, state: Mapping[str, Tensor] | None = None
-    ) -> None:
+    def add_checkpoint(self, lr: float, state: Mapping[str, Tensor] | None = None) -> None:
         """Saves a checkpoint (default: a copy of the model's current state_dict) with its lr."""
-        self.checkpoints.append(
-            copy.deepcopy(dict(state if state is not None else self.model.state_dict()))
-        )
+        self.checkpoints.append(copy.deepcopy(dict(state if state is not None else self.model.state_dict())))
         self.lrs.append(float(lr))
 
     def _each(self):
         if not self.checkpoints:
-            raise ValueError(
-                "TracIn has no checkpoints: pass checkpoints=... and lrs=..., or call add_checkpoint"
-            )
+            raise ValueError("TracIn has no checkpoints: pass checkpoints=... and lrs=..., or call add_checkpoint")
         for state, lr in zip(self.checkpoints, self.lrs):
             with loaded(self.model, state):
                 yield lr
@@ -84,9 +74,7 @@ class TracIn:
         """(B,) float64: Σ_t η_t ||∇l_i(θ_t)||² for the examples of `batch`."""
         total = None
         for lr in self._each():
-            part = lr * persample.grad_norms(
-                self.model, self.loss_fn, batch, **self.options
-            ).to(torch.float64)
+            part = lr * persample.grad_norms(self.model, self.loss_fn, batch, **self.options).to(torch.float64)
             total = part if total is None else total + part
         return total
 
@@ -94,14 +82,8 @@ class TracIn:
         """(B_train, B_test) float64: Σ_t η_t <∇l_i(θ_t), ∇l_z(θ_t)> for every pair."""
         total = None
         for lr in self._each():
-            g = persample.grad_gram(
-                self.model, self.loss_fn, train_batch, test_batch, **self.options
-            )
-            total = (
-                lr * g.to(torch.float64)
-                if total is None
-                else total + lr * g.to(torch.float64)
-            )
+            g = persample.grad_gram(self.model, self.loss_fn, train_batch, test_batch, **self.options)
+            total = lr * g.to(torch.float64) if total is None else total + lr * g.to(torch.float64)
         return total
 
     def target_influence(self, train_batch: Any, target_batch: Any) -> Tensor:
@@ -121,9 +103,7 @@ class TracIn:
         return total
 
 
-def proponents_opponents(
-    influence: Tensor, k: int, index: Tensor | None = None
-) -> dict[str, Tensor]:
+def proponents_opponents(influence: Tensor, k: int, index: Tensor | None = None) -> dict[str, Tensor]:
     """The k strongest proponents and opponents of each test example.
 
     influence: (N_train, N_test) (``TracIn.influence``, possibly over several training batches
@@ -136,14 +116,10 @@ def proponents_opponents(
     m = influence.unsqueeze(1) if influence.dim() == 1 else influence
     n = m.shape[0]
     if not 1 <= k <= n:
-        raise ValueError(
-            f"k must be between 1 and the number of training rows ({n}), got {k}"
-        )
+        raise ValueError(f"k must be between 1 and the number of training rows ({n}), got {k}")
     ids = torch.arange(n) if index is None else torch.as_tensor(index)
     if ids.shape != (n,):
-        raise ValueError(
-            f"index must have shape (N_train,) = ({n},), got {tuple(ids.shape)}"
-        )
+        raise ValueError(f"index must have shape (N_train,) = ({n},), got {tuple(ids.shape)}")
     top = m.T.topk(k, dim=1)
     bottom = m.T.topk(k, dim=1, largest=False)
     return {
