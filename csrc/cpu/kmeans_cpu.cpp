@@ -230,6 +230,130 @@ void reduce_partials(const std::vector<double>& psum, const std::vector<double>&
                     "or values too large)");
 }
 
+// How one call's chunks are scored, fixed before the chunks run: the kernel level of this CPU,
+// the centroids prepared for it, and the chunk geometry. Exactly one of single / direct / amx /
+// neither (GEMM) holds for a chunk kernel.
+template <typename T>
+struct AssignPlan {
+  kmeans_cpu::Simd level;
+  bool single;      // K = 1: no scores to compare, the exact distances alone
+  bool direct;      // few centroids, float32, AVX-512 or AVX2: the direct kernel replaces at::mm and the epilogue
+  bool amx;         // AMX tile products replace at::mm; the transposed epilogue reads them with a wider band
+  bool transposed;  // the score block is (cols, rows) (the AVX-512 epilogue)
+  int64_t M, cols, chunk, ld_t;
+  at::Tensor Cm2_flat;  // −2 c' (P·K or K, D): the GEMM's right-hand side
+  std::vector<kmeans_cpu::DirectCentroids> dcs;
+  std::vector<kmeans_cpu::AmxCentroids> acs;
+  at::Tensor amx_base, amx_slope;
+  const T* band_base;
+  const T* band_slope;
+};
+
+// The centroid forms of the direct and AMX kernels, one per centroid set (one when C is shared),
+// and the AMX kernel's wider rounding band.
+template <typename T>
+void prepare_centroids(AssignPlan<T>& plan, const ShiftedCentroids& sc, const at::Tensor& Cm2, int64_t n_sets,
+                       int64_t K, int64_t D) {
+#if TLK_KMEANS_X86
+  if constexpr (std::is_same_v<T, float>) {
+    const float* cm2 = Cm2.const_data_ptr<float>();
+    const float* cnp = sc.b.const_data_ptr<float>();
+    for (int64_t cp = 0; plan.direct && cp < n_sets; ++cp) {
+      plan.dcs.push_back(kmeans_cpu::make_direct_centroids(cm2 + cp * K * D, cnp + cp * K, K, D));
+    }
+    for (int64_t cp = 0; plan.amx && cp < n_sets; ++cp) {
+      plan.acs.push_back(kmeans_cpu::make_amx_centroids(cm2 + cp * K * D, K, D));
+    }
+    if (plan.amx) {
+      std::tie(plan.amx_base, plan.amx_slope) = amx_band(sc, D);
+      plan.band_base = plan.amx_base.template const_data_ptr<T>();
+      plan.band_slope = plan.amx_slope.template const_data_ptr<T>();
+    }
+  }
+#endif
+}
+
+// A thread's scratch: the score block, and the AMX kernel's packed rows and centroid pointers.
+template <typename T>
+struct ChunkScratch {
+  std::vector<T> buf;
+  std::vector<uint16_t> xb_hi, xb_lo;
+  std::vector<const kmeans_cpu::AmxCentroids*> acp;
+  int64_t amx_blocks = 0;
+
+  ChunkScratch(const AssignPlan<T>& plan, int64_t N, int64_t D) {
+    // (AMX: 16 spare rows for the padding of the last problem's last centroid tile)
+    const int64_t rows = std::min(plan.chunk, N);
+    if (!plan.direct && !plan.single) {
+      buf.resize(static_cast<size_t>(plan.transposed ? (plan.cols + (plan.amx ? 16 : 0)) * plan.ld_t
+                                                     : rows * plan.cols));
+    }
+#if TLK_KMEANS_X86
+    if (plan.amx) {
+      amx_blocks = (D + kmeans_cpu::kAmxDepth - 1) / kmeans_cpu::kAmxDepth;
+      const size_t packed = static_cast<size_t>((rows + 15) / 16 * amx_blocks * 512);
+      xb_hi.resize(packed);
+      xb_lo.resize(packed);
+      acp.resize(static_cast<size_t>(plan.M));
+    }
+#endif
+  }
+};
+
+// The five chunk kernels. Each writes the labels and distances of the chunk's rows for the M
+// problems of group g and returns the smallest linear index of a non-finite distance (or the max).
+
+template <typename T>
+int64_t chunk_single(const kmeans_cpu::ChunkEpilogue<T>& e, const AssignPlan<T>& plan) {
+  return kmeans_cpu::single_centroid(e, plan.level);
+}
+
+template <typename T>
+int64_t chunk_direct(const kmeans_cpu::ChunkEpilogue<T>& e, const AssignPlan<T>& plan) {
+#if TLK_KMEANS_X86
+  if constexpr (std::is_same_v<T, float>) return kmeans_cpu::direct_chunk(e, plan.dcs, plan.level);
+#endif
+  return std::numeric_limits<int64_t>::max();  // not reached: use_direct() is false here
+}
+
+template <typename T>
+int64_t chunk_amx(const kmeans_cpu::ChunkEpilogue<T>& e, const AssignPlan<T>& plan, ChunkScratch<T>& s,
+                  int64_t g, bool c_shared) {
+#if TLK_KMEANS_X86
+  if constexpr (std::is_same_v<T, float>) {
+    kmeans_cpu::pack_amx_rows(e.x, e.rows, e.D, s.amx_blocks, s.xb_hi.data(), s.xb_lo.data());
+    for (int64_t q = 0; q < plan.M; ++q) s.acp[q] = &plan.acs[c_shared ? 0 : g * plan.M + q];
+    kmeans_cpu::amx_scores(s.xb_hi.data(), s.xb_lo.data(), e.rows, s.acp.data(), plan.M, e.K, s.buf.data(),
+                           plan.ld_t);
+  }
+#endif
+  return kmeans_cpu::epilogue(e, plan.level);
+}
+
+template <typename T>
+int64_t chunk_gemm(const kmeans_cpu::ChunkEpilogue<T>& e, const AssignPlan<T>& plan, ChunkScratch<T>& s,
+                   int64_t g, bool c_shared, const at::TensorOptions& opts) {
+  const at::Tensor Cg = c_shared ? plan.Cm2_flat : plan.Cm2_flat.narrow(0, g * plan.M * e.K, plan.M * e.K);
+  at::Tensor xs = at::from_blob(const_cast<T*>(e.x), {e.rows, e.D}, opts);
+  if (plan.transposed) {  // (cols, rows): W rows per vector in the epilogue
+    at::Tensor out = at::from_blob(s.buf.data(), {plan.cols, e.rows}, {plan.ld_t, 1}, opts);
+    at::mm_out(out, Cg, xs.t());
+  } else {
+    at::Tensor out = at::from_blob(s.buf.data(), {e.rows, plan.cols}, opts);
+    at::mm_out(out, xs, Cg.t());
+  }
+  return kmeans_cpu::epilogue(e, plan.level);
+}
+
+template <typename T>
+int64_t assign_chunk(const kmeans_cpu::ChunkEpilogue<T>& e, const AssignPlan<T>& plan, ChunkScratch<T>& s,
+                     int64_t g, bool c_shared, const at::TensorOptions& opts) {
+  if (plan.single) return chunk_single(e, plan);
+  if (plan.direct) return chunk_direct(e, plan);
+  if (plan.amx) return chunk_amx(e, plan, s, g, c_shared);
+  return chunk_gemm(e, plan, s, g, c_shared, opts);
+}
+
 // The assignment, and with FUSED the update of the new labels in the same pass (kmeans_step):
 // a task is one data set's run of consecutive chunks; FUSED tasks are the update's row ranges
 // (a function of the shapes only) and sum into their own float64 partials, reduced in order.
@@ -238,50 +362,37 @@ template <typename T, bool FUSED, bool WEIGHTED>
 void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* W = nullptr, int64_t MW = 1,
                  T* sums = nullptr, T* counts = nullptr) {
   const int64_t P = a.P, N = a.N, K = a.K, D = a.D;
-  const kmeans_cpu::Simd level = simd_level();
   // One data set shared by problems that also share C: all identical, solve one and copy.
   const bool identical = a.c_shared && a.per_x() > 1;
   const int64_t P_eff = identical ? 1 : P;
   // A group is one data set with the M problems reading it: one GEMM serves all M (M·K columns).
   const int64_t groups = a.Px;
-  const int64_t M = identical ? 1 : a.per_x();
-  const int64_t cols = M * K;
 
   const ShiftedCentroids sc = shift_centroids(a.C);
   const at::Tensor Cm2 = sc.Cs * -2;  // exact scaling by a power of two: G = −2 x·c'
-  const at::Tensor Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
+  AssignPlan<T> plan;
+  plan.level = simd_level();
+  plan.single = K == 1;
+  plan.direct = !plan.single && kmeans_cpu::use_direct<T>(plan.level, K);
+  plan.amx = !plan.single && kmeans_cpu::use_amx<T>(plan.level, K);
+  plan.transposed = kmeans_cpu::gemm_transposed(plan.level);
+  plan.M = identical ? 1 : a.per_x();
+  plan.cols = plan.M * K;
+  plan.Cm2_flat = a.c_shared ? Cm2 : Cm2.view({P * K, D});
+  plan.band_base = sc.band_base.const_data_ptr<T>();  // the AMX band replaces these
+  plan.band_slope = sc.band_slope.const_data_ptr<T>();
+  prepare_centroids(plan, sc, Cm2, a.c_shared ? 1 : P, K, D);
   const T* C = a.C.const_data_ptr<T>();
   const T* cnp = sc.b.const_data_ptr<T>();
-  const T* band_base = sc.band_base.const_data_ptr<T>();  // the AMX band replaces these below
-  const T* band_slope = sc.band_slope.const_data_ptr<T>();
   const T* X = a.X.const_data_ptr<T>();
-  // Few centroids, float32, AVX-512: the direct kernel replaces at::mm and the epilogue.
-  const bool single = K == 1;  // no scores to compare: the exact distances alone
-  const bool direct = !single && kmeans_cpu::use_direct<T>(level, K);
-  // AMX: tile products replace at::mm, the transposed epilogue reads them with a wider band.
-  const bool amx = !single && kmeans_cpu::use_amx<T>(level, K);
-  std::vector<kmeans_cpu::DirectCentroids> dcs;
-  std::vector<kmeans_cpu::AmxCentroids> acs;
-  at::Tensor amx_base, amx_slope;
-#if TLK_KMEANS_X86
-  if constexpr (std::is_same_v<T, float>) {
-    const float* cm2 = Cm2.const_data_ptr<float>();
-    for (int64_t cp = 0; direct && cp < (a.c_shared ? 1 : P); ++cp) {
-      dcs.push_back(kmeans_cpu::make_direct_centroids(cm2 + cp * K * D, cnp + cp * K, K, D));
-    }
-    for (int64_t cp = 0; amx && cp < (a.c_shared ? 1 : P); ++cp) {
-      acs.push_back(kmeans_cpu::make_amx_centroids(cm2 + cp * K * D, K, D));
-    }
-    if (amx) {
-      std::tie(amx_base, amx_slope) = amx_band(sc, D);
-      band_base = amx_base.const_data_ptr<T>();
-      band_slope = amx_slope.const_data_ptr<T>();
-    }
-  }
-#endif
 
-  int64_t chunk = kChunkBytes / std::max<int64_t>(1, cols * static_cast<int64_t>(sizeof(T)));
+  int64_t chunk = kChunkBytes / std::max<int64_t>(1, plan.cols * static_cast<int64_t>(sizeof(T)));
   chunk = std::clamp<int64_t>(chunk / kMinChunkRows * kMinChunkRows, kMinChunkRows, kMaxChunkRows);
+  plan.chunk = chunk;
+  // A transposed block (cols, rows) gets a padded leading dimension: with rows · sizeof(T) a
+  // multiple of 4 KiB, walking down a column would hit a single L1 set.
+  plan.ld_t = (std::min(chunk, N) + 15) / 16 * 16 + 16;
+  const int64_t M = plan.M;
   const int64_t n_chunks = (N + chunk - 1) / chunk;
   const int64_t R = FUSED ? std::min(update_ranges(N, P_eff, K, D), n_chunks) : n_chunks;
   const int64_t chunks_per_task = (n_chunks + R - 1) / R;
@@ -292,20 +403,10 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
 
   at::parallel_for(0, groups * R, 1, [&](int64_t begin, int64_t end) {
     const SequentialBlas sequential_blas;
-    // A transposed block (cols, rows) gets a padded leading dimension: with rows · sizeof(T) a
-    // multiple of 4 KiB, walking down a column would hit a single L1 set.
-    const int64_t ld_t = (std::min(chunk, N) + 15) / 16 * 16 + 16;
-    const bool transposed = kmeans_cpu::gemm_transposed(level);
-    // (AMX: 16 spare rows for the padding of the last problem's last centroid tile)
-    std::vector<T> buf(direct || single ? 0 : static_cast<size_t>(transposed ? (cols + (amx ? 16 : 0)) * ld_t
-                                                                            : std::min(chunk, N) * cols));
+    ChunkScratch<T> scratch(plan, N, D);
     const auto opts = a.X.options();
 #if TLK_KMEANS_X86
-    const int64_t amx_blocks = (D + kmeans_cpu::kAmxDepth - 1) / kmeans_cpu::kAmxDepth;
-    const size_t amx_packed = amx ? static_cast<size_t>((std::min(chunk, N) + 15) / 16 * amx_blocks * 512) : 0;
-    std::vector<uint16_t> xb_hi(amx_packed), xb_lo(amx_packed);
-    std::vector<const kmeans_cpu::AmxCentroids*> acp(amx ? static_cast<size_t>(M) : 0);
-    if (amx) kmeans_cpu::amx_configure();
+    if (plan.amx) kmeans_cpu::amx_configure();
 #endif
     for (int64_t task = begin; task < end; ++task) {
       const int64_t g = task / R, r = task % R;
@@ -316,49 +417,22 @@ void assign_impl(const KMeansAssignArgs& a, int64_t* labels, T* dist2, const T* 
       for (int64_t ch = r * chunks_per_task; ch < c1; ++ch) {
         const int64_t r0 = ch * chunk;
         const int64_t rows = std::min(chunk, N - r0);
-        const kmeans_cpu::ChunkEpilogue<T> e{buf.data(), Xg + r0 * D, C, cnp, band_base, band_slope, rows, M, K, D,
-                                             N, r0, g * M, a.c_shared, labels, dist2, ld_t};
-        if (single) {
-          record_min(first_bad, kmeans_cpu::single_centroid(e, level));
-        } else if (direct) {
-#if TLK_KMEANS_X86
-          if constexpr (std::is_same_v<T, float>) record_min(first_bad, kmeans_cpu::direct_chunk(e, dcs, level));
-#endif
-        } else {
-          // the score block: AMX tile products or at::mm, then the same epilogue
-          if (amx) {
-#if TLK_KMEANS_X86
-            if constexpr (std::is_same_v<T, float>) {
-              kmeans_cpu::pack_amx_rows(Xg + r0 * D, rows, D, amx_blocks, xb_hi.data(), xb_lo.data());
-              for (int64_t q = 0; q < M; ++q) acp[q] = &acs[a.c_shared ? 0 : g * M + q];
-              kmeans_cpu::amx_scores(xb_hi.data(), xb_lo.data(), rows, acp.data(), M, K, buf.data(), ld_t);
-            }
-#endif
-          } else {
-            const at::Tensor Cg = a.c_shared ? Cm2_flat : Cm2_flat.narrow(0, g * M * K, M * K);
-            at::Tensor xs = at::from_blob(const_cast<T*>(Xg + r0 * D), {rows, D}, opts);
-            if (transposed) {  // (cols, rows): W rows per vector in the epilogue
-              at::Tensor out = at::from_blob(buf.data(), {cols, rows}, {ld_t, 1}, opts);
-              at::mm_out(out, Cg, xs.t());
-            } else {
-              at::Tensor out = at::from_blob(buf.data(), {rows, cols}, opts);
-              at::mm_out(out, xs, Cg.t());
-            }
-          }
-          record_min(first_bad, kmeans_cpu::epilogue(e, level));
-        }
+        const kmeans_cpu::ChunkEpilogue<T> e{scratch.buf.data(), Xg + r0 * D, C, cnp, plan.band_base,
+                                             plan.band_slope, rows, M, K, D, N, r0, g * M, a.c_shared,
+                                             labels, dist2, plan.ld_t};
+        record_min(first_bad, assign_chunk(e, plan, scratch, g, a.c_shared, opts));
         if constexpr (FUSED) {
           // the chunk's rows, still in cache, into this task's partials (labels just written)
           RangeArgs<T, WEIGHTED> ra{Xg, labels + g * M * N, WEIGHTED ? W + ((g * M) / MW) * N : nullptr, 1, M, MW,
                                     N, K, D, r0, r0 + rows, ps + g * M * K * D, pc + g * M * K};
           int64_t bl = std::numeric_limits<int64_t>::max(), bw = std::numeric_limits<int64_t>::max();
-          update_range<T, WEIGHTED>(level, ra, bl, bw);
+          update_range<T, WEIGHTED>(plan.level, ra, bl, bw);
           if (bw != std::numeric_limits<int64_t>::max()) record_min(bad_weight, bw + g * M * N);
         }
       }
     }
 #if TLK_KMEANS_X86
-    if (amx) kmeans_cpu::amx_release();
+    if (plan.amx) kmeans_cpu::amx_release();
 #endif
   });
   const int64_t bad = first_bad.load();
