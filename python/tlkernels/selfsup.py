@@ -1,7 +1,9 @@
 """Self-supervised rotation prediction (Gidaris et al.): the pretext task of the dataserver's
 experts (Yan et al. 2020, eq. 4) and of self-supervised pretraining. One implementation, used by both.
 
-Every image is shown at 0, 90, 180 and 270 degrees; the network predicts which.
+Every image is shown at 0, 90, 180 and 270 degrees; the network predicts which. This module
+holds the task (rotated copies, loss, accuracy) and its one trainer, ``train_rotation``;
+``tlkernels.transfer.RotationPretrainer`` is the scikit-learn estimator around it.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["rotate_batch", "rotation_loss", "rotation_accuracy", "train_rotation", "SmallCNN"]
+__all__ = ["N_ROTATIONS", "rotate4", "rotate_batch", "rotation_loss", "rotation_accuracy", "train_rotation",
+           "SmallCNN"]
+
+N_ROTATIONS = 4
 
 
 def rotate_batch(X: Tensor) -> tuple[Tensor, Tensor]:
@@ -21,6 +26,29 @@ def rotate_batch(X: Tensor) -> tuple[Tensor, Tensor]:
     rots = [torch.rot90(X, k, dims=(2, 3)) for k in range(4)]
     labels = torch.arange(4, device=X.device).repeat_interleave(X.shape[0])
     return torch.cat(rots), labels
+
+
+def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """All four rotations of each image (``rotate_batch``), or each image by its own rotation.
+
+    X (N, C, H, W) with H == W; labels: optional (N,) rotation ids in {0, 1, 2, 3} (then each
+    image is rotated by its own 90 * label degrees and N images come back). Returns
+    (X_rot (4N, C, H, W), y_rot (4N,)) ordered rotation-major (all images at 0 degrees, then 90 ...),
+    or (N, C, H, W), labels when labels are given. Rotation is counter-clockwise (torch.rot90).
+    """
+    if not isinstance(X, Tensor) or X.dim() != 4 or X.shape[-1] != X.shape[-2]:
+        raise ValueError(f"X must be square images (N, C, H, W), got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
+    if labels is None:
+        return rotate_batch(X)
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (X.shape[0],) or (labels < 0).any() or (labels >= N_ROTATIONS).any():
+        raise ValueError(f"labels must be ({X.shape[0]},) ids in 0..3")
+    out = torch.empty_like(X)
+    for r in range(N_ROTATIONS):
+        m = labels == r
+        if m.any():
+            out[m] = torch.rot90(X[m], r, dims=(-2, -1))
+    return out, labels
 
 
 def rotation_loss(model: nn.Module, X: Tensor, reduction: str = "mean") -> Tensor:
@@ -50,10 +78,52 @@ def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 512) -
 
 
 def train_rotation(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 0.05, batch_size: int = 64,
-                   seed: int = 0, verbose: bool = False) -> nn.Module:
-    """Trains `model` (4 outputs) on rotation prediction over X (N, C, H, W); SGD momentum 0.9."""
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+                   seed: int = 0, verbose: bool = False, *, optimizer: str = "sgd", weight_decay: float = 5e-4,
+                   sample_weight: Tensor | None = None, sampling: str = "images",
+                   generator: torch.Generator | None = None, device=None) -> nn.Module:
+    """Trains `model` (4 outputs) on rotation prediction over X (N, C, H, W); returns it.
+
+    optimizer: 'sgd' (momentum 0.9, the default) or 'adam'; weight_decay of either.
+    sampling: 'images' (each step takes batch_size images and all four rotations of each, 4 *
+    batch_size copies) or 'copies' (the 4N rotated copies are shuffled as one set, batch_size
+    copies a step). sample_weight (N,): a weight per image, applied to its four copies ('copies'
+    only). generator: the batch order's generator (default: seeded with ``seed``). device: where
+    the batches go ('copies'; default the model's device). ``rotation_history`` gives the
+    per-epoch losses as well.
+    """
+    rotation_history(model, X, epochs, lr, batch_size, seed, verbose, optimizer=optimizer,
+                     weight_decay=weight_decay, sample_weight=sample_weight, sampling=sampling,
+                     generator=generator, device=device)
+    return model
+
+
+def rotation_history(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 0.05, batch_size: int = 64,
+                     seed: int = 0, verbose: bool = False, *, optimizer: str = "sgd", weight_decay: float = 5e-4,
+                     sample_weight: Tensor | None = None, sampling: str = "images",
+                     generator: torch.Generator | None = None, device=None) -> list[dict]:
+    """``train_rotation`` returning the per-epoch history [{epoch, loss}] ('copies'; [] for
+    'images', whose loop keeps no history)."""
+    if sampling not in ("images", "copies"):
+        raise ValueError(f"sampling must be 'images' or 'copies', got {sampling!r}")
+    if optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}")
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    if sampling == "copies":
+        from .transfer._common import train_loop
+
+        Xr, yr = rotate4(X)
+        wr = None if sample_weight is None else sample_weight.repeat(N_ROTATIONS)
+        if device is None:
+            device = next(iter(model.parameters()), torch.empty(0)).device
+        return train_loop(model, [{"params": model.parameters(), "lr": lr, "weight_decay": weight_decay}], Xr, yr,
+                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, gen=gen, device=device,
+                          sample_weight=wr, verbose=verbose, desc="rotation")
+    if sample_weight is not None:
+        raise ValueError("sample_weight needs sampling='copies'")
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
     steps = range(epochs)
     if verbose:
@@ -65,7 +135,7 @@ def train_rotation(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 0.
             opt.zero_grad(set_to_none=True)
             rotation_loss(model, X[perm[i:i + batch_size]]).backward()
             opt.step()
-    return model
+    return []
 
 
 class SmallCNN(nn.Module):
