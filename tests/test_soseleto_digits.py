@@ -15,12 +15,8 @@ def test_svhn_mnist_task_splits(tmp_path):
     task = svhn_mnist_task(20, seed=3, n_source=40, n_test=100, cache_dir=tmp_path)
     assert task.source.X.shape == (40, 3, 32, 32) and task.source.y.max() == 4
     assert sorted(set(task.source_digit.tolist())) == [0, 1, 2, 3, 4]
-    assert (
-        len(task.tgt_train) == 15 and len(task.tgt_val) == 5 and len(task.test) == 100
-    )
-    assert (
-        torch.bincount(task.tgt_val.y).tolist() == [1] * 5
-    )  # one validation image per class
+    assert len(task.tgt_train) == 15 and len(task.tgt_val) == 5 and len(task.test) == 100
+    assert torch.bincount(task.tgt_val.y).tolist() == [1] * 5  # one validation image per class
     for d in (task.source, task.tgt_train, task.test):  # standardised per image
         flat = d.X.reshape(len(d), -1)
         assert torch.allclose(flat.mean(1), torch.zeros(len(d)), atol=1e-4)
@@ -45,10 +41,19 @@ def test_run_svhn_mnist_tiny(tmp_path):
         "soseleto_frozen",
     }
     frozen = torch.tensor(r["alpha_values"]["soseleto_frozen"])
-    assert torch.equal(frozen, torch.ones_like(frozen)), (
-        f"lr_alpha={FROZEN_LR_ALPHA} moved alpha"
-    )
+    assert torch.equal(frozen, torch.ones_like(frozen)), f"lr_alpha={FROZEN_LR_ALPHA} moved alpha"
     moved = torch.tensor(r["alpha_values"]["soseleto"])
     assert moved.shape == (64,) and (moved != 1).any()
     assert set(r["alpha"]["soseleto"]["mean_per_digit"]) == {0, 1, 2, 3, 4}
     assert r["chosen"]["target_only"]["steps"] in (3, 6)
+
+
+def test_run_dann_digits_tiny(tmp_path):
+    from tlkernels.experiments.dann_digits import run_dann_digits
+
+    r = run_dann_digits(0, n_source=40, n_test=50, n_adapt=40, epochs=1, widths=(8, 8, 8), lam_grid=(0.0, 1.0),
+                        cache_dir=tmp_path)  # fmt: skip
+    assert set(r["accuracy"]) == {"source_only", "dann", "dann_lam1", "target_oracle"}
+    assert all(0.0 <= v <= 1.0 for v in r["accuracy"].values())
+    assert set(r["rv_scores"]) == {"0", "1"} and r["rv_choice"] in (0.0, 1.0)
+    assert r["n_adapt"] == 40 and r["n_test"] == 50

@@ -24,17 +24,18 @@ from ..data import load_mnist, make_syndigits, standardize_images, stratified_sp
 __all__ = ["run_dann_digits"]
 
 
-def run_dann_digits(seed: int = 0, *, n_source: int = 5000, n_test: int = 2500, epochs: int = 4,
-                    lam_grid=(0.0, 0.3, 1.0), widths=(16, 32, 64), source_style: str = "syn",
+def run_dann_digits(seed: int = 0, *, n_source: int = 5000, n_test: int = 2500, n_adapt: int | None = None,
+                    epochs: int = 4, lam_grid=(0.0, 0.3, 1.0), widths=(16, 32, 64), source_style: str = "syn",
                     device="cpu", cache_dir=None) -> dict:  # fmt: skip
-    """One seed. Returns {"accuracy": {source_only, dann, dann_lam1, target_oracle} (test, MNIST),
+    """One seed. n_adapt: unlabelled target images (default: all MNIST images not in the test set).
+    Returns {"accuracy": {source_only, dann, dann_lam1, target_oracle} (test, MNIST),
     "rv_scores": {lam_max: score}, "rv_choice", "source_heldout_accuracy", "seconds",
     "cpu_seconds", ...}. Every model: Adam lr 1e-3 with Ganin's annealing, batch 64, `epochs`."""
     t0, c0 = time.perf_counter(), time.process_time()
     src = make_syndigits(n_source, range(10), source_style, 0, cache_dir=cache_dir)
     Xs, ys = standardize_images(src.X), src.y
     mn = load_mnist()
-    test, adapt = stratified_split(mn, [n_test, None], random_state=seed)
+    test, adapt = stratified_split(mn, [n_test, n_adapt], random_state=seed)
     Xt, yt = standardize_images(adapt.X), adapt.y
     Xtest = standardize_images(test.X)
 
