@@ -18,9 +18,12 @@ LayerNorm, RMSNorm, GroupNorm, eval-mode BatchNorm, nn.MultiheadAttention (decom
 option), nn.RNN / LSTM / GRU (decomposed: layers, bidirectional, every output), tied weights.
 The batch axis is known from the model (``batch_first`` of torch's sequence modules, or
 ``batch_axes=``), never guessed from sizes; an input of batch size 1 shared by the batch (a
-(1, T) position index) is widened to the batch. Modules no rule handles go through a torch.func
-fallback, announced once per model (``PerSampleFallbackWarning``), or are refused by name
+(1, T) position index) is widened to the batch. Parameters a module uses itself (a ViT's class
+token and position embedding, a layer scale) are recorded at the op that broadcasts them over the
+batch. Modules whose parameters cannot be split that way go through a torch.func fallback,
+announced once per model (``PerSampleFallbackWarning``), or are refused by name
 (``fallback=False``). Every structure is checked once against the invariant of ``verify``.
+See docs/persample.md.
 """
 
 from . import rules  # noqa: F401  (registers the built-in rules)
