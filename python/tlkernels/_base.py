@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import validate_data
 from torch import Tensor
 
@@ -38,11 +38,7 @@ def like_input(out, X):
     if isinstance(out, tuple):
         return tuple(like_input(v, X) for v in out)
     if isinstance(X, Tensor):
-        return (
-            out.to(X.device)
-            if isinstance(out, Tensor)
-            else torch.as_tensor(out, device=X.device)
-        )
+        return out.to(X.device) if isinstance(out, Tensor) else torch.as_tensor(out, device=X.device)
     return to_numpy(out)
 
 
@@ -62,6 +58,16 @@ def fit_param_deprecated(estimator, name: str, value, method: str = "fit"):
     return value
 
 
+class TorchTransformerMixin(TransformerMixin):
+    """scikit-learn's TransformerMixin for a network: its features are float32 whatever the
+    input's float dtype (float32 is preserved, float64 is not)."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+
 class TorchEstimator(BaseEstimator):
     """Shared plumbing of the torch estimators (no public methods of its own)."""
 
@@ -73,9 +79,7 @@ class TorchEstimator(BaseEstimator):
     def _check_is_fitted(self) -> None:
         check_fitted(self)
 
-    def _validate_X(
-        self, X, *, reset: bool, name: str = "X", min_ndim: int = 2
-    ) -> Tensor:
+    def _validate_X(self, X, *, reset: bool, name: str = "X", min_ndim: int = 2) -> Tensor:
         """X -> checked tensor (``as_tensor``) with ``n_features_in_`` (and ``feature_names_in_``
         for a DataFrame) set at fit (reset=True) or compared after it, as scikit-learn does.
         Tensors, and arrays with more than two dimensions (images), count features as
@@ -125,9 +129,5 @@ class TorchClassifierMixin:
         """(Weighted) accuracy on (X (N, ...), y (N,))."""
         pred = to_numpy(self.predict(X))
         hit = (pred == to_numpy(y)).astype(np.float64)
-        w = (
-            np.ones_like(hit)
-            if sample_weight is None
-            else to_numpy(sample_weight).astype(np.float64)
-        )
+        w = np.ones_like(hit) if sample_weight is None else to_numpy(sample_weight).astype(np.float64)
         return float((w * hit).sum() / w.sum())

@@ -160,18 +160,29 @@ def as_labels(y, n: int, name: str = "y", x_name: str = "X"):
     import torch
     from sklearn.utils.multiclass import check_classification_targets
 
+    if y is None:
+        raise ValueError(f"{name}: this estimator requires y to be passed, but the target y is None")
     t = y if isinstance(y, torch.Tensor) else None
     a = to_numpy(y)
+    if a.ndim == 2 and a.shape[1] == 1:
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn(f"A column-vector {name} was passed when a 1d array was expected: shape ({n},) is used",
+                      DataConversionWarning, stacklevel=3)
+        a = a.ravel()
+        t = None if t is None else t.reshape(-1)
     if a.ndim != 1 or a.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},) to match {x_name}, got {tuple(a.shape)}")
-    if a.dtype.kind in "OSU":
-        raise ValueError(f"{name} must hold class indices 0, 1, ... (integers), got labels of dtype {a.dtype}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     try:
         check_classification_targets(a)
     except ValueError as e:
         raise ValueError(f"{name} must hold class indices 0, 1, ...: {e}") from e
+    if a.dtype.kind in "OSU":
+        raise ValueError(f"{name} must hold class indices 0, 1, ... (integers), got labels of dtype {a.dtype}")
     out = (t if t is not None else torch.as_tensor(a)).long()
     if bool((out < 0).any()):
         raise ValueError(f"{name} must hold class indices >= 0")
@@ -184,13 +195,14 @@ def as_xy(X, y, name: str = "X", *, min_ndim: int = 1):
     return X, as_labels(y, X.shape[0], "y", name)
 
 
-def as_weights(sample_weight, n: int, name: str = "sample_weight"):
-    """Per-example weights (n,) finite, >= 0 and not all zero -> float32 tensor, or None."""
+def as_weights(sample_weight, n: int, name: str = "sample_weight", dtype=None):
+    """Per-example weights (n,) finite, >= 0 and not all zero -> a float32 (or ``dtype``) tensor,
+    or None."""
     import torch
 
     if sample_weight is None:
         return None
-    w = torch.as_tensor(to_numpy(sample_weight), dtype=torch.float32).flatten()
+    w = torch.as_tensor(to_numpy(sample_weight), dtype=dtype or torch.float32).flatten()
     if w.shape[0] != n:
         raise ValueError(f"{name} must have shape ({n},), got {tuple(w.shape)}")
     if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:

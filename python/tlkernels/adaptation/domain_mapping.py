@@ -24,10 +24,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from sklearn.base import ClassifierMixin as _SkClassifier
-from sklearn.base import TransformerMixin
 from torch import Tensor, nn
 
-from .._base import TorchEstimator, like_input
+from .._base import TorchEstimator, TorchTransformerMixin, like_input
 from .._seeding import draw_seed
 from .._validation import as_labels
 from ..nn import mlp
@@ -130,7 +129,7 @@ def _check_pos(v, name: str, integer: bool = False, allow_zero: bool = False):
         raise ValueError(f"{name} must be {kind} {'>=' if allow_zero else '>'} 0, got {v!r}")
 
 
-class CycleGAN(TransformerMixin, TorchEstimator):
+class CycleGAN(TorchTransformerMixin, TorchEstimator):
     """Unpaired domain mapping F: source -> target, G: target -> source.
 
     Args:

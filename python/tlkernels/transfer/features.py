@@ -9,7 +9,7 @@ import torch
 from sklearn.base import ClassifierMixin as _SkClassifier
 from torch import Tensor, nn
 
-from .._base import TorchEstimator
+from .._base import TorchEstimator, TorchTransformerMixin
 from .._seeding import seed_global_torch
 from .._validation import as_labels
 from ..nn import mlp
@@ -65,7 +65,7 @@ def _key(X: Tensor) -> str:
     return hashlib.sha1(a.tobytes()).hexdigest() + str(a.shape)
 
 
-class FeatureProbe(ClassifierMixin, _SkClassifier, TorchEstimator):
+class FeatureProbe(ClassifierMixin, _SkClassifier, TorchTransformerMixin, TorchEstimator):
     """A linear model (or k-NN, or a small MLP) on frozen pretrained features.
 
     The feature extractor is never trained: features are extracted once per distinct input
@@ -125,7 +125,8 @@ class FeatureProbe(ClassifierMixin, _SkClassifier, TorchEstimator):
         """X (N, ...) -> frozen features (N, F) (numpy for numpy X, a tensor for a tensor)."""
         from .._base import like_input
 
-        return like_input(self._features(as_x(X)), X)
+        self._check_is_fitted()
+        return like_input(self._features(self._validate_X(X, reset=False)), X)
 
     def fit(self, X, y, sample_weight=None) -> FeatureProbe:
         """X (N, ...), y (N,) class indices, sample_weight (N,) or None; returns self."""

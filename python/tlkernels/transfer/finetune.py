@@ -310,6 +310,9 @@ class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
         """X (N, ...), y (N,) class indices, sample_weight, optional validation set; returns self."""
         X = self._validate_X(X, reset=True)
         y = as_labels(y, X.shape[0])
+        if X_val is None and X.shape[0] < 2:
+            raise ValueError(f"Flextune needs at least 2 examples to carve a validation set, got n_samples = "
+                             f"{X.shape[0]} (or pass X_val, y_val)")
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
         X, y, w, Xv, yv = _val_split(X, y, w, X_val, y_val, self.validation_fraction, gen)

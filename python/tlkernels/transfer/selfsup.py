@@ -16,45 +16,21 @@ from __future__ import annotations
 import copy
 
 import torch
-from sklearn.base import TransformerMixin
 from torch import Tensor, nn
 
-from .._base import TorchEstimator, like_input
+from .._base import TorchEstimator, TorchTransformerMixin, like_input
 from .._seeding import draw_seed, seed_global_torch
 from ..nn import mlp
-from ..selfsup import SmallCNN, rotate_batch, rotation_accuracy
+from ..selfsup import N_ROTATIONS, SmallCNN, rotate4, rotation_accuracy, rotation_history
 from ._common import as_weights, predict_logits, torch_generator, train_loop
 
 __all__ = ["N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder", "rotate4", "rotation_accuracy"]
 
-N_ROTATIONS = 4
+# N_ROTATIONS, rotate4 and rotation_accuracy live in tlkernels.selfsup (the one implementation of
+# the rotation task and its trainer); they stay importable from here
 
 
-def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """All four rotations of each image (``tlkernels.selfsup.rotate_batch``, the one
-    implementation of the task).
-
-    X (N, C, H, W) with H == W; labels: optional (N,) rotation ids in {0, 1, 2, 3} (then each
-    image is rotated by its own 90 * label degrees and N images come back). Returns
-    (X_rot (4N, C, H, W), y_rot (4N,)) ordered rotation-major (all images at 0 degrees, then 90 ...),
-    or (N, C, H, W), labels when labels are given. Rotation is counter-clockwise (torch.rot90).
-    """
-    if not isinstance(X, Tensor) or X.dim() != 4 or X.shape[-1] != X.shape[-2]:
-        raise ValueError(f"X must be square images (N, C, H, W), got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
-    if labels is None:
-        return rotate_batch(X)
-    labels = torch.as_tensor(labels, dtype=torch.long)
-    if labels.shape != (X.shape[0],) or (labels < 0).any() or (labels >= N_ROTATIONS).any():
-        raise ValueError(f"labels must be ({X.shape[0]},) ids in 0..3")
-    out = torch.empty_like(X)
-    for r in range(N_ROTATIONS):
-        m = labels == r
-        if m.any():
-            out[m] = torch.rot90(X[m], r, dims=(-2, -1))
-    return out, labels
-
-
-class RotationPretrainer(TransformerMixin, TorchEstimator):
+class RotationPretrainer(TorchTransformerMixin, TorchEstimator):
     """Trains backbone + a 4-way head to predict the rotation of unlabeled images.
 
     Args:
@@ -84,8 +60,6 @@ class RotationPretrainer(TransformerMixin, TorchEstimator):
         """X (N, C, H, W) unlabeled square images (y is ignored), sample_weight (N,); returns self."""
         X = self._validate_X(X, reset=True, min_ndim=4)
         w = as_weights(sample_weight, X.shape[0])
-        Xr, yr = rotate4(X)
-        wr = None if w is None else w.repeat(N_ROTATIONS)
         gen = torch_generator(self.random_state)
         seed_global_torch(gen)
         device = self._device()
@@ -95,10 +69,9 @@ class RotationPretrainer(TransformerMixin, TorchEstimator):
         if feature_dim is None:
             feature_dim = int(predict_logits(backbone, X[:1], device).shape[1])
         model = nn.Sequential(backbone, nn.Linear(feature_dim, N_ROTATIONS)).to(device)
-        self.history_ = train_loop(model, [{"params": model.parameters(), "lr": self.lr,
-                                            "weight_decay": self.weight_decay}], Xr, yr,
-                                   epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen,
-                                   device=device, sample_weight=wr, verbose=self.verbose, desc="rotation")
+        self.history_ = rotation_history(model, X, self.epochs, self.lr, self.batch_size, verbose=self.verbose,
+                                         optimizer="adam", weight_decay=self.weight_decay, sample_weight=w,
+                                         sampling="copies", generator=gen, device=device)
         self.model_, self.backbone_ = model.eval(), backbone.eval()
         return self
 
@@ -129,7 +102,7 @@ def mirror_decoder(encoder: nn.Module) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class Autoencoder(TransformerMixin, TorchEstimator):
+class Autoencoder(TorchTransformerMixin, TorchEstimator):
     """min ||X - g(phi(X~))||^2 over encoder phi and decoder g; X~ = X (plain) or a corrupted X
     (denoising: noise='gaussian' adds N(0, noise_level^2), noise='mask' zeroes a fraction
     noise_level of the inputs).

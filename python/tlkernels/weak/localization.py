@@ -11,13 +11,13 @@ from __future__ import annotations
 import heapq
 
 import numpy as np
-from torch import Tensor
 
-__all__ = ["iou", "integral_image", "box_score", "localize"]
+from .._validation import to_numpy
+
+__all__ = ["box_score", "integral_image", "iou", "localize"]
 
 
-def _np(a) -> np.ndarray:
-    return a.detach().cpu().numpy() if isinstance(a, Tensor) else np.asarray(a)
+_np = to_numpy
 
 
 def iou(boxes_a, boxes_b) -> np.ndarray | float:

@@ -132,8 +132,23 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         sample_weight (n,), y_unlabeled_true (m,) for reporting only; returns self."""
         from tqdm.auto import tqdm
 
+        if not hasattr(X_labeled, "shape"):
+            X_labeled = np.asarray(X_labeled)
+        if X_unlabeled is not None and not hasattr(X_unlabeled, "shape"):
+            X_unlabeled = np.asarray(X_unlabeled)
         _check_x(X_labeled, "X_labeled")
+        if y is None:
+            raise ValueError("SelfTraining requires y to be passed, but the target y is None")
         y_np = _to_numpy(y)
+        if y_np.ndim == 2 and y_np.shape[1] == 1:
+            import warnings
+
+            from sklearn.exceptions import DataConversionWarning
+
+            warnings.warn("A column-vector y was passed when a 1d array was expected: shape (n,) is used",
+                          DataConversionWarning, stacklevel=2)
+            y_np = y_np.ravel()
+            y = y.reshape(-1) if isinstance(y, Tensor) else y_np
         if y_np.ndim != 1 or y_np.shape[0] != X_labeled.shape[0]:
             raise ValueError(f"y must have shape ({X_labeled.shape[0]},) to match X_labeled, got {tuple(y_np.shape)}")
         if X_unlabeled is None:
@@ -210,6 +225,8 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         bar.close()
         self.estimator_ = est
         self.classes_ = getattr(est, "classes_", None)
+        if len(X_labeled.shape) == 2:
+            self.n_features_in_ = int(X_labeled.shape[1])
         self.pseudo_labels_, self.pseudo_mask_, self.confidence_ = labels, mask, conf
         self.n_rounds_ = len(self.estimators_) - 1
         return self

@@ -4,9 +4,10 @@ zero-shot classification (Lampert 2019, "attribute-based classification", steps 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from .._validation import check_fitted
+from .._validation import as_weights, check_fitted
 from ._common import (
     ZeroShotPredictMixin,
     check_class_attributes,
@@ -96,12 +97,8 @@ class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
         if not np.isin(S, (0.0, 1.0)).all():
             raise ValueError("class_attributes must be binary (0/1 or bool) for DAP")
         y = check_labels(y, X.shape[0], S.shape[0])
-        w = None
-        if sample_weight is not None:
-            w = np.asarray(sample_weight.detach().cpu() if hasattr(sample_weight, "detach") else sample_weight,
-                           dtype=np.float64).ravel()
-            if w.shape[0] != X.shape[0] or not np.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
-                raise ValueError(f"sample_weight must have shape ({X.shape[0]},), finite, >= 0, not all zero")
+        w = as_weights(sample_weight, X.shape[0], dtype=torch.float64)
+        w = None if w is None else w.numpy()
         self.class_attributes_ = S.astype(bool)
         self.seen_classes_ = np.unique(y)
         if self.seen_classes_.size < 2:
