@@ -57,3 +57,16 @@ def test_run_dann_digits_tiny(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in r["accuracy"].values())
     assert set(r["rv_scores"]) == {"0", "1"} and r["rv_choice"] in (0.0, 1.0)
     assert r["n_adapt"] == 40 and r["n_test"] == 50
+
+
+def test_run_noisy_digits_tiny(tmp_path):
+    from tlkernels.experiments.soseleto_noisy_digits import run_noisy_digits
+
+    grid = {"lrs": (1e-3,), "augs": (False,), "checkpoints": (2, 4)}
+    r = run_noisy_digits(0, n_target=20, n_source=64, n_test=50, source_epochs=1, widths=(8, 8, 8),
+                         lr_alphas=(0.3,), target_grid=grid, cache_dir=tmp_path)  # fmt: skip
+    assert {"target_only", "source_only", "fine_tuning", "soseleto", "soseleto_ft", "soseleto_frozen",
+            "soseleto_frozen_ft"} == set(r["accuracy"])  # fmt: skip
+    assert 0.0 <= r["auroc"]["soseleto"] <= 1.0 and r["auroc"]["soseleto_frozen"] is None
+    assert r["alpha_mean_clean"]["soseleto_frozen"] == 1.0 == r["alpha_mean_noisy"]["soseleto_frozen"]
+    assert r["n_train"] == 15 and r["n_val"] == 5
