@@ -316,7 +316,10 @@ class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
         X, y, w, Xv, yv = _val_split(X, y, w, X_val, y_val, self.validation_fraction, gen)
-        seed = lambda: draw_seed(gen)
+
+        def seed() -> int:
+            return draw_seed(gen)
+
         model = self.model
         if model is None:
             n_classes = int(self.n_classes) if self.n_classes is not None else max(int(y.max()) + 1, 2)
