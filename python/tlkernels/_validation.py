@@ -5,6 +5,11 @@ compared), torch tensors are kept as they are. A failed check raises a ``ValueEr
 names the argument and what was expected, then gives scikit-learn's own sentence (which its
 estimator checks match on).
 
+The one conversion of "array or tensor -> checked tensor / numpy" of every estimator lives here
+too: ``as_tensor`` (inputs of the networks), ``as_labels`` / ``as_xy`` (class indices),
+``as_weights`` (sample weights), ``as_numpy_2d`` (inputs of numpy / scikit-learn models) and
+``to_numpy``.
+
 Needs scikit-learn >= 1.6 (``validate_data``).
 """
 
@@ -18,9 +23,15 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 __all__ = [
     "DistinctClustersWarning",
     "NotFittedRuntimeError",
+    "as_labels",
+    "as_numpy_2d",
+    "as_tensor",
+    "as_weights",
+    "as_xy",
     "check_X",
     "check_fitted",
     "check_n_features",
+    "to_numpy",
 ]
 
 
