@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <string>
+#include <vector>
 
 namespace tlk {
 
@@ -11,6 +12,14 @@ namespace tlk {
 // integer outputs) before the kernel runs, so an element a kernel forgets to write is visible.
 bool poison_outputs();
 void set_poison_outputs(bool enabled);
+
+// The build as a JSON object (torch version, cuda, emu, cuda_archs, compiler): csrc/ops.cpp.
+std::string build_info();
+
+// The k-means CPU kernel level this CPU runs (TLK_KMEANS_SIMD caps it) and every level's name,
+// narrowest first: csrc/cpu/kmeans_cpu.cpp.
+std::string kmeans_cpu_kernels();
+std::vector<std::string> kmeans_cpu_level_names();
 
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
 

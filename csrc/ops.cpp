@@ -1,20 +1,13 @@
 // Every op schema of tlkernels, in one place. The emulator namespace (tlkernels_emu) carries the
 // same schemas for the ops whose CUDA device code it runs.
-#include <Python.h>
 #include <torch/library.h>
 
 #include <string>
 
 #include "common.h"
 
-extern "C" {
-// `import tlkernels._C` loads this library, which runs the TORCH_LIBRARY registrations below.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
-
+// `import tlkernels._C` (the pybind11 module of csrc/bindings.cpp) loads this library, which runs
+// the TORCH_LIBRARY registrations below.
 namespace tlk {
 namespace {
 
@@ -38,6 +31,8 @@ constexpr const char* kGhostNorm = "ghost_norm(Tensor A, Tensor D) -> Tensor";
 constexpr const char* kClipUpdate =
     "clip_update_(Tensor(a!) alpha, Tensor index, Tensor s, float lr) -> ()";
 
+}  // namespace
+
 std::string build_info() {
   std::string s = "{\"torch\": \"" TLK_TORCH_VERSION "\", \"cuda\": ";
   s += TLK_WITH_CUDA ? "true" : "false";
@@ -52,8 +47,6 @@ std::string build_info() {
   s += "\"}";
   return s;
 }
-
-}  // namespace
 
 // The ops with device code: defined in both namespaces (tlkernels_emu runs their CUDA device
 // code on CPU tensors through the SIMT emulator).

@@ -557,6 +557,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> kmeans_step_cpu(const
 // The name of the level simd_level() picks (`tlkernels info` prints it).
 std::string kmeans_cpu_kernels() { return kLevelNames[static_cast<int>(simd_level())]; }
 
+std::vector<std::string> kmeans_cpu_level_names() { return {std::begin(kLevelNames), std::end(kLevelNames)}; }
+
 TORCH_LIBRARY_FRAGMENT(tlkernels, m) { m.def("_kmeans_cpu_kernels() -> str", &kmeans_cpu_kernels); }
 
 TORCH_LIBRARY_IMPL(tlkernels, CPU, m) {

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from . import reference
+from . import _C, reference
 from ._version import __version__
 from .ops import BACKEND_NAMESPACES, BUILD_INFO
 
@@ -39,7 +39,7 @@ def build_info() -> dict:
         "gpu_available": torch.cuda.is_available(),
         "runnable_backends": [b for b, _, _ in available_backends()],
         "compiler": BUILD_INFO["compiler"],
-        "kmeans_cpu_kernels": torch.ops.tlkernels._kmeans_cpu_kernels(),
+        "kmeans_cpu_kernels": _C.kmeans_cpu_level(),
     }
 
 

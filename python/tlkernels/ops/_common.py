@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import torch
 from torch import Tensor
 
-from .. import _C  # noqa: F401  (loads the library: registers the ops)
+from .. import _C  # the pybind11 module; loading it registers the ops
 
 __all__ = ["BACKEND_NAMESPACES", "BUILD_INFO", "check_floating"]
 
-BUILD_INFO: dict = json.loads(torch.ops.tlkernels._build_info())
+BUILD_INFO: dict = json.loads(_C.build_info())
 BACKEND_NAMESPACES: tuple[str, ...] = ("tlkernels",) + (("tlkernels_emu",) if BUILD_INFO["emu"] else ())
 
 
