@@ -27,7 +27,6 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Self
 
 import torch
 
@@ -156,7 +155,7 @@ class profile:
     def __init__(self) -> None:
         self.launches: list[LaunchCounters] = []
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> profile:
         _emu_ops()._profile_start()
         return self
 
