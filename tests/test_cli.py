@@ -46,9 +46,26 @@ def test_dataserver_build_from_npz_and_an_image_folder(tmp_path, capsys):
         for k in range(5):
             Image.fromarray((rng.random((12, 12)) * 255).astype(np.uint8)).save(tmp_path / "imgs" / c / f"{k}.png")
     store_dir = tmp_path / "store"
-    assert main(["dataserver", "build", "--store", str(store_dir), "--npz", f"a={tmp_path / 'a.npz'}",
-                 "--image-folder", f"pets={tmp_path / 'imgs'}", "--grayscale", "--partitions", "2",
-                 "--expert-epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "dataserver",
+                "build",
+                "--store",
+                str(store_dir),
+                "--npz",
+                f"a={tmp_path / 'a.npz'}",
+                "--image-folder",
+                f"pets={tmp_path / 'imgs'}",
+                "--grayscale",
+                "--partitions",
+                "2",
+                "--expert-epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     store = Store(str(store_dir))
     assert [d.name for d in store.datasets] == ["a", "pets"] and store.size == 50
     assert store.partitions is not None and os.path.exists(store_dir / "experts" / "manifest.json")
@@ -58,26 +75,52 @@ def test_dataserver_build_from_npz_and_an_image_folder(tmp_path, capsys):
 
 def test_soseleto_domain_writes_its_table_and_json(tmp_path, capsys):
     js = tmp_path / "domain.json"
-    assert main(["soseleto", "--experiment", "domain", "--n-target", "20", "--epochs", "2", "--quiet",
-                 "--json", str(js)]) == 0
+    assert (
+        main(["soseleto", "--experiment", "domain", "--n-target", "20", "--epochs", "2", "--quiet", "--json", str(js)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "Fine-tuning" in out and "SOSELETO (shared head)" in out and "alpha soseleto" in out
     r = json.loads(js.read_text())
-    assert set(r["accuracy"]) == {"target_only", "fine_tuning", "soseleto", "soseleto_ft", "soseleto_shared",
-                                  "soseleto_shared_ft"}
+    assert set(r["accuracy"]) == {
+        "target_only",
+        "fine_tuning",
+        "soseleto",
+        "soseleto_ft",
+        "soseleto_shared",
+        "soseleto_shared_ft",
+    }
     assert r["shift"] == "rotation" and r["n_target"] == 20 and len(r["alpha"]["soseleto"]["mean_per_class"]) == 10
     assert all(0.0 <= v <= 1.0 for v in r["accuracy"].values())
 
 
 def test_soseleto_disjoint_with_a_shift_writes_its_json(tmp_path, capsys):
     js = tmp_path / "disjoint.json"
-    assert main(["soseleto", "--experiment", "disjoint", "--shift", "blur_noise", "--n-target", "20", "--epochs", "2",
-                 "--quiet", "--json", str(js)]) == 0
+    assert (
+        main(
+            [
+                "soseleto",
+                "--experiment",
+                "disjoint",
+                "--shift",
+                "blur_noise",
+                "--n-target",
+                "20",
+                "--epochs",
+                "2",
+                "--quiet",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
     r = json.loads(js.read_text())
     assert r["shift"] == "blur_noise" and r["n_target"] == 20 and set(r["linear_probe"]) == {"pretrained", "random"}
     assert set(r["accuracy"]) == {"target_only", "fine_tuning", "soseleto", "soseleto_ft"}
     with pytest.raises(ValueError, match="shift must be None or one of"):
         from tlkernels.experiments.soseleto import run_disjoint
+
         run_disjoint(shift="flip")
 
 
@@ -85,6 +128,7 @@ def test_soseleto_device_is_checked():
     with pytest.raises(SystemExit, match="--device"):
         main(["soseleto", "--experiment", "synthetic", "--device", "nonsense", "--quiet"])
     import torch
+
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device is visible"):
             main(["demo", "--device", "cuda", "--quiet"])
@@ -101,7 +145,21 @@ def test_every_subcommand_registers_through_the_table():
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     listed = [name.strip() for _, names in COMMANDS for name in names.split(",")]
     assert sorted(action.choices) == sorted(listed)
-    assert {"info", "demo", "soseleto", "dataserver", "serve", "dann", "transfer", "distill", "zeroshot",
-            "stc", "mapping", "multitask", "domaingen", "weak"} <= set(listed)
+    assert {
+        "info",
+        "demo",
+        "soseleto",
+        "dataserver",
+        "serve",
+        "dann",
+        "transfer",
+        "distill",
+        "zeroshot",
+        "stc",
+        "mapping",
+        "multitask",
+        "domaingen",
+        "weak",
+    } <= set(listed)
     for name, sub in action.choices.items():
         assert callable(sub.get_default("func")) or name == "dataserver", name

@@ -55,12 +55,8 @@ def _to_tensor(X, name: str, device, dims: tuple[int, ...]) -> Tensor:
     float64 and float16 / bfloat16 float32, as scikit-learn does), with its dimension checked."""
     if not isinstance(X, Tensor):
         arr = np.asarray(X)
-        if arr.dtype == object or not (
-            np.issubdtype(arr.dtype, np.number) or arr.dtype == bool
-        ):
-            raise ValueError(
-                f"{name} must hold numbers, got an array of dtype {arr.dtype}"
-            )
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise ValueError(f"{name} must hold numbers, got an array of dtype {arr.dtype}")
         X = torch.from_numpy(np.ascontiguousarray(arr))
     if X.is_complex():
         raise ValueError(f"{name} must be real, got {X.dtype}")
@@ -109,9 +105,7 @@ class _Comm:
             import torch.distributed as dist
 
             if not (dist.is_available() and dist.is_initialized()):
-                raise RuntimeError(
-                    "distributed=True needs an initialised torch.distributed process group"
-                )
+                raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
             self.dist = dist
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
         else:
@@ -197,11 +191,7 @@ def _greedy_kmeans_pp(
     K, R = int(n_clusters), P * n_init
     L = n_local_trials if n_local_trials is not None else 2 + int(math.log(K))
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    w = (
-        torch.ones(P, N, dtype=torch.float64)
-        if weights is None
-        else weights.detach().to("cpu", torch.float64)
-    )
+    w = torch.ones(P, N, dtype=torch.float64) if weights is None else weights.detach().to("cpu", torch.float64)
     w = w.repeat_interleave(n_init, 0)  # (R, N)
     data_of = torch.arange(R) // n_init  # (R,)
     ar = torch.arange(R)
@@ -228,22 +218,14 @@ def _greedy_kmeans_pp(
     return centers
 
 
-def _random_rows(
-    P: int, N: int, K: int, weights, n_init: int, gen: torch.Generator
-) -> Tensor:
+def _random_rows(P: int, N: int, K: int, weights, n_init: int, gen: torch.Generator) -> Tensor:
     """K distinct row indices per run, drawn with probability ∝ weight -> (P * n_init, K)."""
-    w = (
-        torch.ones(P, N, dtype=torch.float64)
-        if weights is None
-        else weights.detach().to("cpu", torch.float64)
-    )
+    w = torch.ones(P, N, dtype=torch.float64) if weights is None else weights.detach().to("cpu", torch.float64)
     w = w.repeat_interleave(n_init, 0)
     return torch.multinomial(w, K, replacement=False, generator=gen)  # (R, K)
 
 
-def _random_init(
-    X: Tensor, K: int, weights: Tensor | None, n_init: int, gen: torch.Generator
-) -> Tensor:
+def _random_init(X: Tensor, K: int, weights: Tensor | None, n_init: int, gen: torch.Generator) -> Tensor:
     """K distinct rows per run, drawn with probability ∝ weight. X (P, N, D) -> (P * n_init, K, D)."""
     P, N, _ = X.shape
     idx = _random_rows(P, N, K, weights, n_init, gen)
@@ -289,9 +271,7 @@ def _relocate_empty(
             dist[~valid[x_of]] = -math.inf
         m = min(n_empty, dist.numel())
         order = torch.sort(dist, descending=True, stable=True).indices[:m]
-        cand_d = torch.full(
-            (n_empty,), -math.inf, dtype=torch.float64, device=dist.device
-        )
+        cand_d = torch.full((n_empty,), -math.inf, dtype=torch.float64, device=dist.device)
         cand_x = torch.zeros(n_empty, Xd.shape[-1], dtype=Xd.dtype, device=Xd.device)
         cand_w = torch.zeros(n_empty, dtype=Xd.dtype, device=Xd.device)
         cand_l = torch.zeros(n_empty, dtype=torch.long, device=Xd.device)
@@ -300,9 +280,7 @@ def _relocate_empty(
         cand_w[:m] = 1 if W is None else W[x_of, order]
         cand_l[:m] = labels[p, order]
         if comm.on:
-            cand_d, cand_x, cand_w, cand_l = (
-                comm.gather(t) for t in (cand_d, cand_x, cand_w, cand_l)
-            )
+            cand_d, cand_x, cand_w, cand_l = (comm.gather(t) for t in (cand_d, cand_x, cand_w, cand_l))
             pick = torch.sort(cand_d, descending=True, stable=True).indices[:n_empty]
             cand_d, cand_x, cand_w, cand_l = (
                 cand_d[pick],
@@ -364,8 +342,9 @@ def _solve(
             X = X * valid[..., None]
     C = _initial_centres(X, K, W, init, n_init, gen, mean, spherical, comm)
     R = C.shape[0] // P
-    C, n_iter = _lloyd(X, C, W, valid, R, max_iter, tol_abs.repeat_interleave(R), spherical, verbose,
-                       comm, desc, messages)
+    C, n_iter = _lloyd(
+        X, C, W, valid, R, max_iter, tol_abs.repeat_interleave(R), spherical, verbose, comm, desc, messages
+    )
     centers, labels, inertia, pick = _best_runs(X, C, W, R, comm)
     if centre_in_place:
         X.add_(mean[:, None])
@@ -397,7 +376,14 @@ def _mean_and_tolerance(X: Tensor, valid: Tensor | None, tol: float, comm: _Comm
 
 
 def _initial_centres(
-    X: Tensor, K: int, W: Tensor | None, init, n_init, gen: torch.Generator, mean: Tensor, spherical: bool,
+    X: Tensor,
+    K: int,
+    W: Tensor | None,
+    init,
+    n_init,
+    gen: torch.Generator,
+    mean: Tensor,
+    spherical: bool,
     comm: _Comm,
 ) -> Tensor:
     """Initial centres (P * R, K, D) in the centred frame of X (P, N, D): k-means++ or random rows
@@ -406,11 +392,7 @@ def _initial_centres(
     P, _, D = X.shape
     if isinstance(init, str):
         if comm.rank == 0:
-            C = (
-                kmeans_plusplus(X, K, W, n_init, gen)
-                if init == "k-means++"
-                else _random_init(X, K, W, n_init, gen)
-            )
+            C = kmeans_plusplus(X, K, W, n_init, gen) if init == "k-means++" else _random_init(X, K, W, n_init, gen)
         else:
             C = torch.empty(P * n_init, K, D, dtype=X.dtype, device=X.device)
         C = comm.broadcast_(C.contiguous())
@@ -423,8 +405,18 @@ def _initial_centres(
 
 
 def _lloyd(
-    X: Tensor, C: Tensor, W: Tensor | None, valid: Tensor | None, R: int, max_iter: int, tol_run: Tensor,
-    spherical: bool, verbose: bool, comm: _Comm, desc: str, messages: bool,
+    X: Tensor,
+    C: Tensor,
+    W: Tensor | None,
+    valid: Tensor | None,
+    R: int,
+    max_iter: int,
+    tol_run: Tensor,
+    spherical: bool,
+    verbose: bool,
+    comm: _Comm,
+    desc: str,
+    messages: bool,
 ) -> tuple[Tensor, Tensor]:
     """Lloyd iterations of the P * R runs (centres C (P * R, K, D), run r of data set r // R) on
     the centred X (P, N, D) until every run converged or max_iter. Returns the final centres
@@ -464,11 +456,7 @@ def _lloyd(
         Ca = C if everything else C[runs_d]
         va = None if valid is None else valid[act_x.to(dev)]
         labels, d2, new, shift, relocated = _lloyd_step(Xa, Ca, Wa, va, R, spherical, comm)
-        lab_cmp = (
-            labels
-            if pad is None
-            else labels.masked_fill(pad if everything else pad[runs_d], -1)
-        )
+        lab_cmp = labels if pad is None else labels.masked_fill(pad if everything else pad[runs_d], -1)
         # scikit-learn's test: converged when the labels did not change or the shift is <= tol.
         # Labels equal to the last iteration's give bit-identical sums (the same deterministic op
         # on the same rows and shapes), hence shift = 0 <= tol: comparing them can only matter
@@ -476,9 +464,7 @@ def _lloyd(
         # set of data sets (so the op's shapes and summation ranges) changed, and across ranks.
         # Elsewhere the comparison (0.6 ms per iteration on 64 x 10k rows) is skipped. The first
         # iteration's labels always differ from "none". (log: always, to say which test held.)
-        if prev_runs is not None and (
-            log or comm.on or relocated or relocated_before or set_changed
-        ):
+        if prev_runs is not None and (log or comm.on or relocated or relocated_before or set_changed):
             old = (
                 prev_labels
                 if prev_runs.numel() == runs.numel()
@@ -501,9 +487,7 @@ def _lloyd(
         done[runs[live & converged]] = True
         if verbose:
             inertia = _run_inertia(d2, Wa, R, comm)
-            bar.set_postfix(
-                active=int((~done).sum()), inertia=f"{float(inertia.min()):.6g}"
-            )
+            bar.set_postfix(active=int((~done).sum()), inertia=f"{float(inertia.min()):.6g}")
             bar.update(1)
             if log:
                 _log_iteration(it, runs, live, changed, shift, tol_run, inertia, PR)
@@ -577,21 +561,12 @@ def _resolve_n_init(n_init, init, who: str = "batched_kmeans") -> int:
     if isinstance(n_init, str):
         if n_init != "auto":
             raise ValueError(f"n_init must be 'auto' or a positive int, got {n_init!r}")
-        return (
-            1
-            if (isinstance(init, str) and init == "k-means++") or _is_array_init(init)
-            else 10
-        )
-    if (
-        isinstance(n_init, bool)
-        or not isinstance(n_init, numbers.Integral)
-        or n_init < 1
-    ):
+        return 1 if (isinstance(init, str) and init == "k-means++") or _is_array_init(init) else 10
+    if isinstance(n_init, bool) or not isinstance(n_init, numbers.Integral) or n_init < 1:
         raise ValueError(f"n_init must be 'auto' or a positive int, got {n_init!r}")
     if _is_array_init(init) and n_init != 1:
         warnings.warn(
-            f"Explicit initial center position passed: performing only one init in {who} "
-            f"instead of n_init={n_init}.",
+            f"Explicit initial center position passed: performing only one init in {who} instead of n_init={n_init}.",
             RuntimeWarning,
             stacklevel=3,
         )
@@ -609,46 +584,24 @@ def _check_init_shape(C0: Tensor, K: int, D: int, P: int | None = None) -> None:
     if C0.dim() == 2 and shape[0] != K:
         why = f"The shape of the initial centers {shape} does not match the number of clusters {K}."
     elif C0.dim() == 2 and shape[1] != D:
-        why = (
-            f"The shape of the initial centers {shape} does not match the number of features "
-            f"of the data {D}."
-        )
+        why = f"The shape of the initial centers {shape} does not match the number of features of the data {D}."
     elif C0.dim() == 3 and (P is None or shape != (P, K, D)):
         why = f"The shape of the initial centers {shape} is not ({P}, {K}, {D})."
     else:
         return
     want = f"({K}, {D})" if P is None else f"({K}, {D}) or ({P}, {K}, {D})"
-    raise ValueError(
-        f"init must have shape (n_clusters, n_features) = {want}, got {shape}: {why}"
-    )
+    raise ValueError(f"init must have shape (n_clusters, n_features) = {want}, got {shape}: {why}")
 
 
-def _check_params(
-    n_clusters, init, max_iter, tol, allow_callable: bool = False
-) -> None:
-    if (
-        isinstance(n_clusters, bool)
-        or not isinstance(n_clusters, numbers.Integral)
-        or n_clusters < 1
-    ):
+def _check_params(n_clusters, init, max_iter, tol, allow_callable: bool = False) -> None:
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, numbers.Integral) or n_clusters < 1:
         raise ValueError(f"n_clusters must be a positive int, got {n_clusters!r}")
-    if (isinstance(init, str) and init not in ("k-means++", "random")) or (
-        callable(init) and not allow_callable
-    ):
-        also = (
-            ", a callable (X, n_clusters, random_state) -> centres"
-            if allow_callable
-            else ""
-        )
+    if (isinstance(init, str) and init not in ("k-means++", "random")) or (callable(init) and not allow_callable):
+        also = ", a callable (X, n_clusters, random_state) -> centres" if allow_callable else ""
         raise ValueError(
-            f"init must be 'k-means++', 'random'{also} or an array of shape (n_clusters, "
-            f"n_features), got {init!r}"
+            f"init must be 'k-means++', 'random'{also} or an array of shape (n_clusters, n_features), got {init!r}"
         )
-    if (
-        isinstance(max_iter, bool)
-        or not isinstance(max_iter, numbers.Integral)
-        or max_iter < 1
-    ):
+    if isinstance(max_iter, bool) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
     if not isinstance(tol, numbers.Real) or not tol >= 0 or not math.isfinite(tol):
         raise ValueError(f"tol must be a finite non-negative float, got {tol!r}")
@@ -670,9 +623,7 @@ def _check_weights(sample_weight, P: int, N: int, valid, device, dtype, comm: _C
     Wv = W if valid is None else W * valid
     if bool((comm.sum_(Wv.sum(1)) <= 0).any()):
         where = "" if P == 1 else " over the rows of every problem"
-        raise ValueError(
-            f"sample_weight must have a positive sum{where}, got all zero weights"
-        )
+        raise ValueError(f"sample_weight must have a positive sum{where}, got all zero weights")
     return W
 
 
@@ -688,9 +639,7 @@ def _prepare(
     """Checks shared by KMeans and batched_kmeans. X (P, N, D) -> (weights (P, N) or None, init tensor or str)."""
     P, N, D = X.shape
     if valid is not None:  # padding may hold anything: zeros from here on
-        X = torch.where(
-            valid[..., None], X, torch.zeros((), dtype=X.dtype, device=X.device)
-        )
+        X = torch.where(valid[..., None], X, torch.zeros((), dtype=X.dtype, device=X.device))
     n_valid = valid.sum(1) if valid is not None else torch.full((P,), N)
     n_valid = comm.sum_(n_valid.to(X.device)).cpu()
     if P and int(n_valid.min()) < K:
@@ -744,22 +693,16 @@ def batched_kmeans(
         lt = _to_tensor(lengths, "lengths", None, (1, 2)).to(X.device)
         if lt.dim() == 1:
             if lt.shape[0] != P:
-                raise ValueError(
-                    f"lengths must have shape ({P},), got {tuple(lt.shape)}"
-                )
+                raise ValueError(f"lengths must have shape ({P},), got {tuple(lt.shape)}")
             if bool(((lt < 0) | (lt > N) | (lt != lt.round())).any()):
                 raise ValueError(f"lengths must be integers in [0, {N}]")
             valid = torch.arange(N, device=X.device)[None, :] < lt[:, None]
         else:
             if tuple(lt.shape) != (P, N):
-                raise ValueError(
-                    f"a lengths mask must have shape ({P}, {N}), got {tuple(lt.shape)}"
-                )
+                raise ValueError(f"a lengths mask must have shape ({P}, {N}), got {tuple(lt.shape)}")
             valid = lt.bool()
     n_init = _resolve_n_init(n_init, init)
-    X, W, init = _prepare(
-        X, int(n_clusters), sample_weight, valid, init, spherical, comm
-    )
+    X, W, init = _prepare(X, int(n_clusters), sample_weight, valid, init, spherical, comm)
     if P == 0:
         return BatchedKMeansResult(
             X.new_empty(0, n_clusters, D),
@@ -815,15 +758,11 @@ def _sparse_assign(Xs, xx: np.ndarray, C: np.ndarray) -> np.ndarray:
     return labels
 
 
-def _sparse_d2_own(
-    Xs, C: np.ndarray, labels: np.ndarray, row_of: np.ndarray
-) -> np.ndarray:
+def _sparse_d2_own(Xs, C: np.ndarray, labels: np.ndarray, row_of: np.ndarray) -> np.ndarray:
     """‖x_n − C[labels_n]‖² = ‖c‖² + Σ over stored j of ((x_j − c_j)² − c_j²)."""
     cj = C[labels[row_of], Xs.indices]
     per_entry = (Xs.data - cj) ** 2 - cj**2
-    d2 = np.einsum("kd,kd->k", C, C)[labels] + np.bincount(
-        row_of, per_entry, minlength=Xs.shape[0]
-    )
+    d2 = np.einsum("kd,kd->k", C, C)[labels] + np.bincount(row_of, per_entry, minlength=Xs.shape[0])
     return np.maximum(d2, 0.0, out=d2)
 
 
@@ -853,9 +792,7 @@ def _lloyd_sparse(Xs, xx, w, C, max_iter, tol_abs, spherical, log, run):
                 sums[new_k] = xw
                 counts[labels[i]] -= w[i]
                 counts[new_k] = w[i]
-        new = np.where(
-            counts[:, None] > 0, sums / np.maximum(counts, 1e-300)[:, None], C
-        )
+        new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1e-300)[:, None], C)
         if spherical:
             new = _normalize_rows(new)
         shift = float(((new - C) ** 2).sum())
@@ -869,10 +806,7 @@ def _lloyd_sparse(Xs, xx, w, C, max_iter, tol_abs, spherical, log, run):
             break
         if shift <= tol_abs:
             if log:
-                print(
-                    f"Converged at iteration {it}: center shift {shift} within tolerance "
-                    f"{tol_abs}{run}."
-                )
+                print(f"Converged at iteration {it}: center shift {shift} within tolerance {tol_abs}{run}.")
             break
         labels_old = labels
     if not strict:
@@ -898,9 +832,7 @@ def _solve_sparse(Xs, K, W, init, n_init, max_iter, tol, gen, spherical, verbose
         if init == "k-means++":
 
             def rows(d, r):
-                return torch.from_numpy(X64[r.reshape(-1).numpy()].toarray()).view(
-                    *r.shape, D
-                )
+                return torch.from_numpy(X64[r.reshape(-1).numpy()].toarray()).view(*r.shape, D)
 
             def dist(pts):
                 P_ = pts.reshape(-1, D).numpy()
@@ -909,9 +841,7 @@ def _solve_sparse(Xs, K, W, init, n_init, max_iter, tol, gen, spherical, verbose
                     d2[:, i : i + blk.shape[0]] = blk.T
                 return torch.from_numpy(d2)
 
-            C0 = _greedy_kmeans_pp(
-                rows, dist, (1, N, D), torch.float64, "cpu", K, Wt, n_init, gen, None
-            ).numpy()
+            C0 = _greedy_kmeans_pp(rows, dist, (1, N, D), torch.float64, "cpu", K, Wt, n_init, gen, None).numpy()
         else:
             idx = _random_rows(1, N, K, Wt, n_init, gen)
             C0 = X64[idx.reshape(-1).numpy()].toarray().reshape(-1, K, D)
@@ -924,9 +854,7 @@ def _solve_sparse(Xs, K, W, init, n_init, max_iter, tol, gen, spherical, verbose
     best = None
     for r in range(C0.shape[0]):
         run = f" (run {r})" if C0.shape[0] > 1 else ""
-        res = _lloyd_sparse(
-            X64, xx, w, C0[r].copy(), max_iter, tol_abs, spherical, verbose, run
-        )
+        res = _lloyd_sparse(X64, xx, w, C0[r].copy(), max_iter, tol_abs, spherical, verbose, run)
         if best is None or res[2] < best[2]:
             best = res
     return best
@@ -935,9 +863,7 @@ def _solve_sparse(Xs, K, W, init, n_init, max_iter, tol, gen, spherical, verbose
 # ---------------------------------------------------------------------------------------------
 # the scikit-learn estimator
 # ---------------------------------------------------------------------------------------------
-class KMeans(
-    ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator
-):
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
     """k-means clustering with scikit-learn's estimator contract and Lloyd semantics, on the
     tlkernels ops.
 
@@ -1023,9 +949,7 @@ class KMeans(
         if isinstance(X, Tensor):
             t, kind = _to_tensor(X, "X", dev, (2,)), "tensor"
             if 0 in t.shape:
-                raise ValueError(
-                    f"X must have at least 1 sample and 1 feature, got shape {tuple(t.shape)}"
-                )
+                raise ValueError(f"X must have at least 1 sample and 1 feature, got shape {tuple(t.shape)}")
             check_n_features(self, t, reset=reset)
             return t, kind
         A = check_X(self, X, reset=reset)
@@ -1034,22 +958,16 @@ class KMeans(
         return _to_tensor(A, "X", dev, (2,)), "numpy"
 
     def _check_own_params(self) -> None:
-        _check_params(
-            self.n_clusters, self.init, self.max_iter, self.tol, allow_callable=True
-        )
+        _check_params(self.n_clusters, self.init, self.max_iter, self.tol, allow_callable=True)
         if self.algorithm not in ("lloyd", "elkan"):
-            raise ValueError(
-                f"algorithm must be 'lloyd' or 'elkan', got {self.algorithm!r}"
-            )
+            raise ValueError(f"algorithm must be 'lloyd' or 'elkan', got {self.algorithm!r}")
         if not isinstance(self.copy_x, (bool, np.bool_)):
             raise TypeError(f"copy_x must be a bool, got {self.copy_x!r}")
 
     def _call_init(self, X, K: int, D: int, gen: torch.Generator, device) -> Tensor:
         """The callable init, once per run -> (n_init, K, D) float64 tensor."""
         if isinstance(self.random_state, torch.Generator):
-            rs = np.random.RandomState(
-                int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
-            )
+            rs = np.random.RandomState(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         else:
             rs = check_random_state(self.random_state)
         out = []
@@ -1089,8 +1007,7 @@ class KMeans(
         N, D = A.shape
         if self.algorithm == "elkan" and K == 1:
             warnings.warn(
-                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' "
-                "instead.",
+                "algorithm='elkan' doesn't make sense for a single cluster. Using 'lloyd' instead.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -1101,9 +1018,7 @@ class KMeans(
             init = self._call_init(X if kind == "tensor" else A, K, D, gen, None)
         if kind == "sparse":
             if comm.on:
-                raise ValueError(
-                    "X must be dense with distributed=True, got a scipy sparse matrix"
-                )
+                raise ValueError("X must be dense with distributed=True, got a scipy sparse matrix")
             if N < K:
                 raise ValueError(f"n_samples={N} should be >= n_clusters={K}.")
             W = _check_weights(sample_weight, 1, N, None, "cpu", torch.float64, comm)
@@ -1117,9 +1032,7 @@ class KMeans(
                 self.spherical, bool(self.verbose),
             )  # fmt: skip
             centers = torch.from_numpy(C.astype(A.dtype))
-            self._centers = (
-                centers.to(self.device) if self.device is not None else centers
-            )
+            self._centers = centers.to(self.device) if self.device is not None else centers
             labels = torch.from_numpy(labels)
         else:
             X3, W, init_t = _prepare(
@@ -1140,9 +1053,7 @@ class KMeans(
             )  # fmt: skip
             self._centers, labels = centers[0], labels[0]
             inertia, n_iter = inertia[0], n_iter[0]
-        per_cluster = comm.sum_(
-            torch.bincount(labels.to(self._centers.device), minlength=K)
-        )
+        per_cluster = comm.sum_(torch.bincount(labels.to(self._centers.device), minlength=K))
         distinct = int((per_cluster > 0).sum())
         if distinct < K:
             warnings.warn(
@@ -1166,9 +1077,7 @@ class KMeans(
         tensor)."""
         t, kind = self._for_predict(X)
         if kind == "sparse":
-            return self._out(
-                _sparse_assign(t, _sparse_sq_norms(t), self._centers64()), kind
-            )
+            return self._out(_sparse_assign(t, _sparse_sq_norms(t), self._centers64()), kind)
         return self._out(ops.kmeans_assign(t, self._centers)[0], kind)
 
     def transform(self, X):
@@ -1185,10 +1094,7 @@ class KMeans(
         out = (
             torch.cat(
                 [
-                    (t[i : i + rows, None, :] - self._centers[None])
-                    .square()
-                    .sum(-1)
-                    .sqrt()
+                    (t[i : i + rows, None, :] - self._centers[None]).square().sum(-1).sqrt()
                     for i in range(0, t.shape[0], rows)
                 ]
             )
@@ -1210,7 +1116,5 @@ class KMeans(
             d2 = torch.from_numpy(_sparse_d2_own(t, C, labels, row_of))
         else:
             d2 = ops.kmeans_assign(t, self._centers)[1].to(torch.float64)
-        W = _check_weights(
-            sample_weight, 1, t.shape[0], None, d2.device, torch.float64, _Comm(False)
-        )
+        W = _check_weights(sample_weight, 1, t.shape[0], None, d2.device, torch.float64, _Comm(False))
         return -float((d2 if W is None else d2 * W[0]).sum())

@@ -65,6 +65,12 @@ def one_line_errors(command: str, func, args: argparse.Namespace) -> int:
         return func(args)
     except FileExistsError as e:
         raise SystemExit(f"{command}: {str(e).replace('pass overwrite=True', 'pass --overwrite')}") from None
-    except (CorruptFileError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
-            ValueError) as e:
+    except (
+        CorruptFileError,
+        FileNotFoundError,
+        IsADirectoryError,
+        NotADirectoryError,
+        PermissionError,
+        ValueError,
+    ) as e:
         raise SystemExit(f"{command}: {e}") from None

@@ -22,17 +22,22 @@ def _cmd_dann(args: argparse.Namespace) -> int:
         rs = [ex.run_shift(shift, seed=s, epoch_grid=args.epochs, verbose=not args.quiet) for s in seeds]
         results += rs
         print(f"\n{shift}: target test accuracy, mean ± std over {len(rs)} seed(s)")
-        for m, label in [("source_only", "Source only"), ("dann", "DANN (RV-selected)"),
-                         ("target_oracle", "Target oracle")]:
+        for m, label in [
+            ("source_only", "Source only"),
+            ("dann", "DANN (RV-selected)"),
+            ("target_oracle", "Target oracle"),
+        ]:
             v = np.array([r["accuracy"][m] for r in rs]) * 100
             print(f"  {label:<28} {v.mean():5.1f} ± {v.std():4.1f}")
         v = np.array([r["dann_textbook"] for r in rs]) * 100
         print(f"  {'DANN textbook (lam_max=1)':<28} {v.mean():5.1f} ± {v.std():4.1f}")
         for r in rs:
             c, o = r["rv_choice"], r["oracle_choice"]
-            print(f"  seed {r['seed']}: RV chose lam_max={c['lam_max']:g}, {c['epochs']} epochs -> "
-                  f"{r['accuracy']['dann']:.3f}; oracle would choose lam_max={o['lam_max']:g}, {o['epochs']} epochs "
-                  f"-> {r['oracle_choice_accuracy']:.3f} ({r['seconds']:.0f} s)")
+            print(
+                f"  seed {r['seed']}: RV chose lam_max={c['lam_max']:g}, {c['epochs']} epochs -> "
+                f"{r['accuracy']['dann']:.3f}; oracle would choose lam_max={o['lam_max']:g}, {o['epochs']} epochs "
+                f"-> {r['oracle_choice_accuracy']:.3f} ({r['seconds']:.0f} s)"
+            )
     if args.plot:
         from .._plots import subplots
 
@@ -54,10 +59,18 @@ def _cmd_dann(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers) -> None:
     """Registers ``tlkernels dann``."""
-    p = subparsers.add_parser("dann", help="DANN on digits domain shifts: source only / DANN (reverse-validated) / oracle")
-    p.add_argument("--shift", nargs="+", default=["rotation", "intensity"],
-                   choices=["rotation", "intensity", "blur_noise", "inversion", "translation"])
-    p.add_argument("--epochs", type=int, nargs="+", default=[20, 40], help="stopping epochs reverse validation picks from")
+    p = subparsers.add_parser(
+        "dann", help="DANN on digits domain shifts: source only / DANN (reverse-validated) / oracle"
+    )
+    p.add_argument(
+        "--shift",
+        nargs="+",
+        default=["rotation", "intensity"],
+        choices=["rotation", "intensity", "blur_noise", "inversion", "translation"],
+    )
+    p.add_argument(
+        "--epochs", type=int, nargs="+", default=[20, 40], help="stopping epochs reverse validation picks from"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=1, help="run seeds seed, seed+1, ...")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest for these small nets)")

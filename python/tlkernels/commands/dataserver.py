@@ -25,8 +25,10 @@ def _dataserver_build(args: argparse.Namespace) -> int:
         raise SystemExit(f"tlkernels dataserver build: --store {args.store} exists and is not a directory")
     if os.path.isdir(args.store) and os.listdir(args.store) and not args.overwrite:
         # checked before anything is read or trained: the directory's contents would be replaced
-        raise SystemExit(f"tlkernels dataserver build: --store {args.store} exists and is not empty; "
-                         "pass --overwrite to replace its contents")
+        raise SystemExit(
+            f"tlkernels dataserver build: --store {args.store} exists and is not empty; "
+            "pass --overwrite to replace its contents"
+        )
     datasets = {}
     for spec in args.npz or []:
         name, _, path = spec.partition("=")
@@ -39,12 +41,20 @@ def _dataserver_build(args: argparse.Namespace) -> int:
     for spec in args.image_folder or []:
         name, _, path = spec.partition("=")
         from ..data import load_image_folder
+
         ds = load_image_folder(path, size=args.size, grayscale=args.grayscale)
         datasets[name] = (ds.X, ds.y)
     if args.offline_demo:
         from ..experiments.dataserver import build_offline_store
-        store, _, _ = build_offline_store(args.store, seed=args.seed, k=args.partitions,
-                                          expert_epochs=args.expert_epochs, verbose=True, overwrite=args.overwrite)
+
+        store, _, _ = build_offline_store(
+            args.store,
+            seed=args.seed,
+            k=args.partitions,
+            expert_epochs=args.expert_epochs,
+            verbose=True,
+            overwrite=args.overwrite,
+        )
         print(f"wrote the offline demo store ({store.size} images, {args.partitions} partitions) to {args.store}")
         return 0
     if not datasets:
@@ -71,7 +81,9 @@ def _cmd_dataserver_experiment(args: argparse.Namespace) -> int:
         ptxt = f"{np.mean(p):.2f}" if p[0] is not None else "-"
         print(f"{m:<12} {a.mean():5.1f} ± {a.std():4.1f}           {ptxt}")
     c = np.array([r["pad_score_correlation"] for r in results])
-    print(f"correlation of proxy A-distance (partition vs target) with the expert score: {c.mean():.2f} ± {c.std():.2f}")
+    print(
+        f"correlation of proxy A-distance (partition vs target) with the expert score: {c.mean():.2f} ± {c.std():.2f}"
+    )
     write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
 
@@ -80,8 +92,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ..selection.dataserver.service import serve
 
     def run(args):
-        serve(args.store, host=args.host, port=args.port, max_body_bytes=args.max_body_bytes,
-              max_selections=args.keep_selections, selection_ttl=args.selection_ttl)
+        serve(
+            args.store,
+            host=args.host,
+            port=args.port,
+            max_body_bytes=args.max_body_bytes,
+            max_selections=args.keep_selections,
+            selection_ttl=args.selection_ttl,
+        )
         return 0
 
     return one_line_errors("tlkernels serve", run, args)
@@ -116,10 +134,19 @@ def add_parser(subparsers) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20,
-                   help="larger request bodies get 413 (default 1 MiB; 0: no limit)")
-    p.add_argument("--keep-selections", type=int, default=10_000,
-                   help="stored selections kept, the oldest removed first (default 10000; 0: no limit)")
-    p.add_argument("--selection-ttl", type=float, default=7 * 24 * 3600,
-                   help="seconds a stored selection is kept (default 7 days; 0: no limit)")
+    p.add_argument(
+        "--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413 (default 1 MiB; 0: no limit)"
+    )
+    p.add_argument(
+        "--keep-selections",
+        type=int,
+        default=10_000,
+        help="stored selections kept, the oldest removed first (default 10000; 0: no limit)",
+    )
+    p.add_argument(
+        "--selection-ttl",
+        type=float,
+        default=7 * 24 * 3600,
+        help="seconds a stored selection is kept (default 7 days; 0: no limit)",
+    )
     p.set_defaults(func=_cmd_serve)

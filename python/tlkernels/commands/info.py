@@ -28,8 +28,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for r in rows:
         status = "ok  " if r["ok"] else "FAIL"
         extra = f"  {r['error']}" if r["error"] else ""
-        print(f"  {status} {r['backend']:<5} {r['op']:<30} max|err|={r['max_abs_error']:.1e} "
-              f"({r['seconds'] * 1e3:.1f} ms){extra}")
+        print(
+            f"  {status} {r['backend']:<5} {r['op']:<30} max|err|={r['max_abs_error']:.1e} "
+            f"({r['seconds'] * 1e3:.1f} ms){extra}"
+        )
     if "cuda" in info["compiled_backends"] and not info["gpu_available"]:
         print("  (cuda kernels compiled but no GPU visible: their device code is checked by the emu backend)")
     return 0 if all(r["ok"] for r in rows) else 1

@@ -28,9 +28,13 @@ def _cmd_transfer(args: argparse.Namespace) -> int:
 def add_parser(subparsers) -> None:
     """Registers ``tlkernels transfer``."""
     p = subparsers.add_parser("transfer", help="representation transfer on digits 0-4 -> 5-9 (the README table)")
-    p.add_argument("--method", default="all", help="'all' or a comma-separated list of: " +
-                   "scratch, probe_logistic, probe_knn, finetune, flextune, layer_transfer, l2sp, "
-                   "output_constraint, progressive, rotation_probe, autoencoder_probe, self_taught")
+    p.add_argument(
+        "--method",
+        default="all",
+        help="'all' or a comma-separated list of: "
+        + "scratch, probe_logistic, probe_knn, finetune, flextune, layer_transfer, l2sp, "
+        "output_constraint, progressive, rotation_probe, autoencoder_probe, self_taught",
+    )
     p.add_argument("--n-per-class", default="5,20", help="labelled target examples per class (comma-separated)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, default=3, help="run seeds seed, seed+1, ...")

@@ -66,24 +66,30 @@ def _register_ghost(namespace: str) -> None:
     def check_pair(A, D, a, d):
         torch._check(A.dim() == 3, lambda: f"{a} must have shape (B, T, I), got {tuple(A.shape)}")
         torch._check(D.dim() == 3, lambda: f"{d} must have shape (B, T, O), got {tuple(D.shape)}")
-        torch._check(D.shape[:2] == A.shape[:2],
-                     lambda: f"{d} must have the B and T of {a} {tuple(A.shape[:2])}, got {tuple(D.shape)}")
+        torch._check(
+            D.shape[:2] == A.shape[:2],
+            lambda: f"{d} must have the B and T of {a} {tuple(A.shape[:2])}, got {tuple(D.shape)}",
+        )
         torch._check(D.dtype == A.dtype, lambda: f"{d} must have the dtype of {a} ({A.dtype}), got {D.dtype}")
 
     @torch.library.register_fake(f"{namespace}::ghost_dot")
     def _(A, D, G):
         check_pair(A, D, "A", "D")
         torch._check(G.dim() in (2, 3), lambda: f"G must have shape (O, I) or (V, O, I), got {tuple(G.shape)}")
-        torch._check(G.shape[-2:] == (D.shape[2], A.shape[2]),
-                     lambda: f"G must have shape (O, I) = {(D.shape[2], A.shape[2])}, got {tuple(G.shape)}")
+        torch._check(
+            G.shape[-2:] == (D.shape[2], A.shape[2]),
+            lambda: f"G must have shape (O, I) = {(D.shape[2], A.shape[2])}, got {tuple(G.shape)}",
+        )
         return A.new_empty((A.shape[0],) if G.dim() == 2 else (A.shape[0], G.shape[0]))
 
     @torch.library.register_fake(f"{namespace}::ghost_gram")
     def _(A1, D1, A2, D2):
         check_pair(A1, D1, "A1", "D1")
         check_pair(A2, D2, "A2", "D2")
-        torch._check(A2.shape[2] == A1.shape[2] and D2.shape[2] == D1.shape[2],
-                     lambda: "A2 and D2 must have the I and O of A1 and D1")
+        torch._check(
+            A2.shape[2] == A1.shape[2] and D2.shape[2] == D1.shape[2],
+            lambda: "A2 and D2 must have the I and O of A1 and D1",
+        )
         return A1.new_empty((A1.shape[0], A2.shape[0]))
 
     @torch.library.register_fake(f"{namespace}::ghost_norm")

@@ -47,8 +47,9 @@ def grad_reverse_backward(grad: Tensor, lam: float = 1.0, lam_tensor: Tensor | N
     return torch.ops.tlkernels.grad_reverse_backward(grad, lam, lam_tensor)
 
 
-def grad_reverse_branch_backward(grad_task: Tensor, grad_adv: Tensor, lam: float = 1.0,
-                                 lam_tensor: Tensor | None = None) -> Tensor:
+def grad_reverse_branch_backward(
+    grad_task: Tensor, grad_adv: Tensor, lam: float = 1.0, lam_tensor: Tensor | None = None
+) -> Tensor:
     """grad_task - lam * grad_adv in one pass (one read of each input, one write).
 
     grad_task, grad_adv: (*) of one shape, dtype and device. Returns (*).
@@ -67,8 +68,10 @@ def _register(namespace: str) -> None:
 
     @torch.library.register_fake(combine)
     def _(grad_task, grad_adv, lam, lam_tensor=None):
-        torch._check(grad_task.shape == grad_adv.shape,
-                     lambda: f"grad_task must have the shape of grad_adv ({grad_adv.shape}), got {grad_task.shape}")
+        torch._check(
+            grad_task.shape == grad_adv.shape,
+            lambda: f"grad_task must have the shape of grad_adv ({grad_adv.shape}), got {grad_task.shape}",
+        )
         return grad_adv.new_empty(grad_adv.shape)
 
     def setup_scale(ctx, inputs, output):
@@ -125,8 +128,11 @@ class _GradReverseBranch(torch.autograd.Function):
             return grad_task, None, None
         if grad_task is None:
             return torch.ops.tlkernels.grad_reverse_backward(grad_adv, ctx.lam, ctx.lam_tensor), None, None
-        return (torch.ops.tlkernels.grad_reverse_branch_backward(grad_task, grad_adv, ctx.lam, ctx.lam_tensor),
-                None, None)
+        return (
+            torch.ops.tlkernels.grad_reverse_branch_backward(grad_task, grad_adv, ctx.lam, ctx.lam_tensor),
+            None,
+            None,
+        )
 
 
 def grad_reverse(x: Tensor, lam: float | Tensor = 1.0) -> Tensor:

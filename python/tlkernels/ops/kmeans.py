@@ -66,8 +66,12 @@ def _register_kmeans(namespace: str) -> None:
         P = C.shape[0] if C.dim() == 3 else (X.shape[0] if X.dim() == 3 else 1)
         lead = (P,) if batched else ()
         K, D = C.shape[-2], X.shape[-1]
-        return (X.new_empty(lead + (X.shape[-2],), dtype=torch.long), X.new_empty(lead + (X.shape[-2],)),
-                X.new_empty(lead + (K, D)), X.new_empty(lead + (K,)))
+        return (
+            X.new_empty(lead + (X.shape[-2],), dtype=torch.long),
+            X.new_empty(lead + (X.shape[-2],)),
+            X.new_empty(lead + (K, D)),
+            X.new_empty(lead + (K,)),
+        )
 
 
 for _ns in BACKEND_NAMESPACES:
