@@ -57,18 +57,14 @@ def build_store(root: str, n: int = 20_000, k: int = 8) -> None:
     rng = np.random.default_rng(0)
     a = rng.random((n // 2, 1, 8, 8), dtype=np.float32)
     b = rng.random((n - n // 2, 1, 8, 8), dtype=np.float32) * 0.1
-    store = Store.create(
-        root, {"a": (a, rng.integers(0, 10, n // 2)), "b": (b, None)}, shard_size=4096
-    )
+    store = Store.create(root, {"a": (a, rng.integers(0, 10, n // 2)), "b": (b, None)}, shard_size=4096)
     store.save_partitions(np.arange(n) % k)
 
 
 def start_server(root: str, port: int, log) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "tlkernels.cli", "serve", "--store", root]
     cmd += ["--host", "127.0.0.1", "--port", str(port)]
-    return subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True
-    )
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -97,9 +93,7 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-async def run_level(
-    url: str, clients: int, max_requests: int, max_seconds: float
-) -> dict:
+async def run_level(url: str, clients: int, max_requests: int, max_seconds: float) -> dict:
     import httpx
 
     latencies: dict[str, list[float]] = {"post": [], "samples": [], "store": []}
@@ -166,12 +160,8 @@ async def run_level(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, nargs="+", default=[8, 32, 64])
-    p.add_argument(
-        "--requests", type=int, default=3000, help="at most this many per level"
-    )
-    p.add_argument(
-        "--seconds", type=float, default=30.0, help="at most this long per level"
-    )
+    p.add_argument("--requests", type=int, default=3000, help="at most this many per level")
+    p.add_argument("--seconds", type=float, default=30.0, help="at most this long per level")
     p.add_argument("--json", default="bench/results/dataserver_load.json")
     args = p.parse_args()
 
@@ -190,8 +180,7 @@ def main() -> None:
         },
         "config": {
             "store": "20,000 x 1x8x8 float32, 2 datasets, shards of 4,096, 8 partitions",
-            "round": "POST /v1/selections (budget 256), GET its samples (256 rows), "
-            "GET /v1/store",
+            "round": "POST /v1/selections (budget 256), GET its samples (256 rows), GET /v1/store",
             "max_requests_per_level": args.requests,
             "max_seconds_per_level": args.seconds,
             "server": "tlkernels serve (uvicorn, 1 worker) on 127.0.0.1",
@@ -208,10 +197,7 @@ def main() -> None:
         try:
             wait_ready(url, proc)
             asyncio.run(run_level(url, 4, 60, 10.0))  # warm-up
-            print(
-                f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} "
-                f"{'p99 ms':>8} {'errors':>6}"
-            )
+            print(f"{'clients':>7} {'requests':>8} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
             for c in args.clients:
                 load_before = os.getloadavg()[0]
                 r = asyncio.run(run_level(url, c, args.requests, args.seconds))
@@ -225,10 +211,7 @@ def main() -> None:
                     f"   (load average {load_before:.1f} -> {os.getloadavg()[0]:.1f})"
                 )
                 for kind, s in r["by_endpoint"].items():
-                    print(
-                        f"{'':>7} {kind:>8} p50 {s['p50_ms']:.1f} ms, "
-                        f"p99 {s['p99_ms']:.1f} ms ({s['n']})"
-                    )
+                    print(f"{'':>7} {kind:>8} p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms ({s['n']})")
             n_sel = len(os.listdir(os.path.join(root, "selections")))
             results["selections_stored"] = n_sel
         except BaseException:

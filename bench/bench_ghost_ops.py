@@ -26,7 +26,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, median_time, save_figure, write_results  # noqa: E402
-
 from tlkernels import ops, reference  # noqa: E402
 
 SHAPES = {  # name: (B, T, I, O)
@@ -88,8 +87,9 @@ def main(argv=None) -> int:
         row["norm_rel_err"] = check("ghost_norm", ops.ghost_norm(A, D), A, D, fn=reference.ghost_norm)
         ghost_gram_ok = 2 * T * T <= I * O
         if ghost_gram_ok:
-            row["gram_rel_err"] = check("ghost_gram", ops.ghost_gram(A, D, A2, D2), A, D, A2, D2,
-                                        fn=reference.ghost_gram)
+            row["gram_rel_err"] = check(
+                "ghost_gram", ops.ghost_gram(A, D, A2, D2), A, D, A2, D2, fn=reference.ghost_gram
+            )
 
         t = {}
         t["dot_ghost"] = median_time(lambda: ops.ghost_dot(A, D, G), repeats=args.repeats)
@@ -112,28 +112,47 @@ def main(argv=None) -> int:
             "materialise_Q": B * O * I * mb,
         }
         rows.append(row)
-        gram = (f"gram x{row['gram_speedup_vs_materialise']:.2f}" if ghost_gram_ok
-                else "gram: materialise preferred (2TT' > IO)")
-        print(f"{name:<24} dot {t['dot_ghost'] * 1e3:8.2f} ms  vs plain x{row['dot_speedup_vs_plain']:.2f}  "
-              f"vs materialise x{row['dot_speedup_vs_materialise']:.2f}   norm x{row['norm_speedup_vs_materialise']:.2f}"
-              f"   {gram}", flush=True)
+        gram = (
+            f"gram x{row['gram_speedup_vs_materialise']:.2f}"
+            if ghost_gram_ok
+            else "gram: materialise preferred (2TT' > IO)"
+        )
+        print(
+            f"{name:<24} dot {t['dot_ghost'] * 1e3:8.2f} ms  vs plain x{row['dot_speedup_vs_plain']:.2f}  "
+            f"vs materialise x{row['dot_speedup_vs_materialise']:.2f}   norm x{row['norm_speedup_vs_materialise']:.2f}"
+            f"   {gram}",
+            flush=True,
+        )
 
-    payload = {"benchmark": "ghost ops (per-sample gradient products)", "device": "cpu", "dtype": "float32",
-               "machine": machine(), "rows": rows}
+    payload = {
+        "benchmark": "ghost ops (per-sample gradient products)",
+        "device": "cpu",
+        "dtype": "float32",
+        "machine": machine(),
+        "rows": rows,
+    }
     write_results(args.json, payload)
     if args.plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        keys = [("dot_speedup_vs_plain", "dot vs (A@G.T*D).sum"), ("dot_speedup_vs_materialise", "dot vs einsum Q"),
-                ("norm_speedup_vs_materialise", "norm vs einsum Q"), ("gram_speedup_vs_materialise", "gram vs einsum Q")]
+
+        keys = [
+            ("dot_speedup_vs_plain", "dot vs (A@G.T*D).sum"),
+            ("dot_speedup_vs_materialise", "dot vs einsum Q"),
+            ("norm_speedup_vs_materialise", "norm vs einsum Q"),
+            ("gram_speedup_vs_materialise", "gram vs einsum Q"),
+        ]
         fig, ax = plt.subplots(figsize=(10, 4))
         width = 0.2
         for k, (key, label) in enumerate(keys):
             ax.bar([i + k * width for i in range(len(rows))], [r.get(key, 0.0) for r in rows], width, label=label)
         ax.axhline(1.0, color="gray", lw=0.8)
         ax.set_xticks([i + 1.5 * width for i in range(len(rows))], [r["name"] for r in rows], rotation=15, fontsize=8)
-        ax.set(yscale="log", ylabel="speed-up of tlkernels (x)", title="ghost ops, CPU float32 (missing bar: not timed)")
+        ax.set(
+            yscale="log", ylabel="speed-up of tlkernels (x)", title="ghost ops, CPU float32 (missing bar: not timed)"
+        )
         ax.legend(fontsize=8)
         save_figure(fig, args.plot)
     return 0

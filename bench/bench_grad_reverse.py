@@ -19,9 +19,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import machine, median_time, save_figure, write_results  # noqa: E402
-
 import tlkernels  # noqa: E402
+from common import machine, median_time, save_figure, write_results  # noqa: E402
 from tlkernels import reference  # noqa: E402
 
 LAM = 0.7
@@ -37,6 +36,7 @@ def backward_fn(fork, x, g_task, g_adv):
         a, b = fork(x, LAM)
         torch.autograd.backward([a, b], [g_task, g_adv])
         return x.grad
+
     return run
 
 
@@ -62,24 +62,43 @@ def main(argv=None) -> int:
         # agreement first: bit-identical rounding (mul then sub) is the contract
         want = reference.grad_reverse_branch_backward(g_task, g_adv, LAM)
         assert torch.equal(fused(), plain()) and torch.equal(fused_op(), want) and torch.equal(eager_expr(), want)
-        t = {name: median_time(fn, repeats=args.repeats)
-             for name, fn in [("fused", fused), ("plain", plain), ("fused_op", fused_op), ("eager_expr", eager_expr)]}
-        row = {"n": n, "log2_n": log2, **{f"{k}_s": v for k, v in t.items()},
-               "speedup_backward": t["plain"] / t["fused"], "speedup_op": t["eager_expr"] / t["fused_op"]}
+        t = {
+            name: median_time(fn, repeats=args.repeats)
+            for name, fn in [("fused", fused), ("plain", plain), ("fused_op", fused_op), ("eager_expr", eager_expr)]
+        }
+        row = {
+            "n": n,
+            "log2_n": log2,
+            **{f"{k}_s": v for k, v in t.items()},
+            "speedup_backward": t["plain"] / t["fused"],
+            "speedup_op": t["eager_expr"] / t["fused_op"],
+        }
         for k, v in t.items():
             row[f"{k}_GBps"] = BYTES_PER_ELEMENT[k] * n / v / 1e9
         rows.append(row)
-        print(f"n=2^{log2:<3} backward: plain {t['plain'] * 1e3:8.3f} ms  fused {t['fused'] * 1e3:8.3f} ms  "
-              f"x{row['speedup_backward']:.2f}   op: expr {t['eager_expr'] * 1e3:8.3f} ms  "
-              f"fused {t['fused_op'] * 1e3:8.3f} ms  x{row['speedup_op']:.2f}", flush=True)
+        print(
+            f"n=2^{log2:<3} backward: plain {t['plain'] * 1e3:8.3f} ms  fused {t['fused'] * 1e3:8.3f} ms  "
+            f"x{row['speedup_backward']:.2f}   op: expr {t['eager_expr'] * 1e3:8.3f} ms  "
+            f"fused {t['fused_op'] * 1e3:8.3f} ms  x{row['speedup_op']:.2f}",
+            flush=True,
+        )
 
-    payload = {"benchmark": "grad_reverse_branch backward", "device": "cpu", "dtype": "float32",
-               "lam": LAM, "bytes_per_element": BYTES_PER_ELEMENT, "machine": machine(), "rows": rows}
+    payload = {
+        "benchmark": "grad_reverse_branch backward",
+        "device": "cpu",
+        "dtype": "float32",
+        "lam": LAM,
+        "bytes_per_element": BYTES_PER_ELEMENT,
+        "machine": machine(),
+        "rows": rows,
+    }
     write_results(args.json, payload)
     if args.plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(1, 2, figsize=(10, 3.8))
         ns = [r["n"] for r in rows]
         ax[0].plot(ns, [r["speedup_backward"] for r in rows], "o-", label="autograd backward: plain / fused")

@@ -36,7 +36,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import best_time, machine, save_figure, write_results  # noqa: E402
-
 from tlkernels.cluster import KMeans, batched_kmeans  # noqa: E402
 from tlkernels.ops import kmeans_step  # noqa: E402
 
@@ -45,12 +44,15 @@ def peer(name: str):
     try:
         if name == "faiss":
             import faiss
+
             return faiss
         if name == "fast_pytorch_kmeans":
             import fast_pytorch_kmeans
+
             return fast_pytorch_kmeans
         if name == "sklearn":
             import sklearn.cluster
+
             return sklearn.cluster
     except ImportError:
         return None
@@ -68,12 +70,14 @@ def gaussian_data(P: int, N: int, D: int, K: int, seed: int) -> tuple[torch.Tens
 
 def peak_rss_mb(fn) -> float:
     """Peak resident memory added while fn() runs (Linux: resets VmHWM through clear_refs)."""
+
     def status(key):
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith(key):
                     return int(line.split()[1]) / 1024
         return float("nan")
+
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -93,16 +97,26 @@ def fit_tlk(X, init, iters):
 
 
 def fit_sklearn(X, init, iters):
-    km = peer("sklearn").KMeans(init.shape[0], init=init.numpy(), n_init=1, max_iter=iters, tol=0.0,
-                                algorithm="lloyd").fit(X.numpy())
+    km = (
+        peer("sklearn")
+        .KMeans(init.shape[0], init=init.numpy(), n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
+        .fit(X.numpy())
+    )
     return km.labels_, km.inertia_
 
 
 def fit_faiss(X, init, iters):
     faiss = peer("faiss")
     x = X.numpy()
-    km = faiss.Kmeans(x.shape[1], init.shape[0], niter=iters, seed=0, max_points_per_centroid=1 << 30,
-                      min_points_per_centroid=1, verbose=False)
+    km = faiss.Kmeans(
+        x.shape[1],
+        init.shape[0],
+        niter=iters,
+        seed=0,
+        max_points_per_centroid=1 << 30,
+        min_points_per_centroid=1,
+        verbose=False,
+    )
     km.train(x, init_centroids=init.numpy())
     d2, labels = km.index.search(x, 1)
     return labels[:, 0], float(d2.astype(np.float64).sum())
@@ -129,8 +143,13 @@ def fit_torch(X, init, iters):
     return labels.numpy(), float((X - C[labels]).double().square().sum())
 
 
-FITS = {"tlkernels": fit_tlk, "sklearn": fit_sklearn, "faiss": fit_faiss,
-        "fast_pytorch_kmeans": fit_fast_pytorch, "torch_cdist": fit_torch}
+FITS = {
+    "tlkernels": fit_tlk,
+    "sklearn": fit_sklearn,
+    "faiss": fit_faiss,
+    "fast_pytorch_kmeans": fit_fast_pytorch,
+    "torch_cdist": fit_torch,
+}
 NEEDS = {"sklearn": "sklearn", "faiss": "faiss", "fast_pytorch_kmeans": "fast_pytorch_kmeans"}
 
 
@@ -173,7 +192,8 @@ def gemm_floor(P, N, D, K, repeats) -> tuple[float, float]:
 
     def run():
         for i in range(0, X.shape[0], 1024):
-            torch.mm(X[i:i + 1024], C.T, out=out[:min(1024, X.shape[0] - i)])
+            torch.mm(X[i : i + 1024], C.T, out=out[: min(1024, X.shape[0] - i)])
+
     t = best_time(run, repeats=max(7, repeats), warmup=1) * (P * N / X.shape[0])
     return t, 2.0 * P * N * K * D / t / 1e9
 
@@ -226,15 +246,21 @@ def bench_single(name, N, D, K, iters, repeats, peers):
         timed[lib] = FITS[lib]
     for lib, t in per_iteration_interleaved(timed, X, init, iters, repeats).items():
         row[lib]["s_per_iter"] = t
-        print(f"  {lib:22s} {t * 1e3:9.2f} ms/iter   agreement {row[lib]['label_agreement']:.5f}   "
-              f"peak +{row[lib]['peak_rss_mb']:7.1f} MB", flush=True)
+        print(
+            f"  {lib:22s} {t * 1e3:9.2f} ms/iter   agreement {row[lib]['label_agreement']:.5f}   "
+            f"peak +{row[lib]['peak_rss_mb']:7.1f} MB",
+            flush=True,
+        )
     C = init.clone()
     t_ops = best_time(lambda: ops_iteration(X, C), repeats=repeats, warmup=1)
     row["tlkernels_ops"] = {"s_per_iter": t_ops}
     floor, rate = gemm_floor(1, N, D, K, repeats)
     row["gemm_floor_s"], row["gemm_gflops"] = floor, rate
-    print(f"  {'tlkernels ops loop':22s} {t_ops * 1e3:9.2f} ms/iter   GEMM floor {floor * 1e3:.2f} ms "
-          f"({rate:.0f} GFLOP/s)", flush=True)
+    print(
+        f"  {'tlkernels ops loop':22s} {t_ops * 1e3:9.2f} ms/iter   GEMM floor {floor * 1e3:.2f} ms "
+        f"({rate:.0f} GFLOP/s)",
+        flush=True,
+    )
     print_avx2_row(row, ops_at_avx2(X, C, repeats), "sklearn")
     return row
 
@@ -291,8 +317,10 @@ def bench_batched_defaults(P, N, D, K, repeats):
         row["sklearn_looped"] = "not installed"
         return row
     Xn = [X[p].numpy() for p in range(P)]
-    runs = {"tlkernels": lambda: batched_kmeans(X, K, random_state=0),
-            "sklearn_looped": lambda: [sk.KMeans(K, random_state=0).fit(x) for x in Xn]}
+    runs = {
+        "tlkernels": lambda: batched_kmeans(X, K, random_state=0),
+        "sklearn_looped": lambda: [sk.KMeans(K, random_state=0).fit(x) for x in Xn],
+    }
     times = {name: [] for name in runs}
     out = {}
     for _ in range(repeats):
@@ -301,16 +329,24 @@ def bench_batched_defaults(P, N, D, K, repeats):
             out[name] = run()
             times[name].append(time.perf_counter() - t0)
     res, fits = out["tlkernels"], out["sklearn_looped"]
-    row["tlkernels"] = {"s_per_fit": min(times["tlkernels"]),
-                        "mean_inertia": float(res.inertia.mean()), "mean_n_iter": float(res.n_iter.float().mean())}
-    row["sklearn_looped"] = {"s_per_fit": min(times["sklearn_looped"]),
-                             "mean_inertia": float(np.mean([f.inertia_ for f in fits])),
-                             "mean_n_iter": float(np.mean([f.n_iter_ for f in fits]))}
+    row["tlkernels"] = {
+        "s_per_fit": min(times["tlkernels"]),
+        "mean_inertia": float(res.inertia.mean()),
+        "mean_n_iter": float(res.n_iter.float().mean()),
+    }
+    row["sklearn_looped"] = {
+        "s_per_fit": min(times["sklearn_looped"]),
+        "mean_inertia": float(np.mean([f.inertia_ for f in fits])),
+        "mean_n_iter": float(np.mean([f.n_iter_ for f in fits])),
+    }
     row["speedup_vs_sklearn_looped"] = row["sklearn_looped"]["s_per_fit"] / row["tlkernels"]["s_per_fit"]
     for name in runs:
         r = row[name]
-        print(f"  {name:22s} {r['s_per_fit']:9.2f} s per fit   mean inertia {r['mean_inertia']:.6g}   "
-              f"mean n_iter {r['mean_n_iter']:.1f}", flush=True)
+        print(
+            f"  {name:22s} {r['s_per_fit']:9.2f} s per fit   mean inertia {r['mean_inertia']:.6g}   "
+            f"mean n_iter {r['mean_n_iter']:.1f}",
+            flush=True,
+        )
     return row
 
 
@@ -318,10 +354,19 @@ def ratios(row) -> dict:
     def t(key):
         v = row.get(key)
         return v["s_per_iter"] if isinstance(v, dict) else None
+
     ours = t("tlkernels")
     out = {}
-    for key in ("sklearn", "faiss", "fast_pytorch_kmeans", "torch_cdist", "sklearn_looped", "faiss_looped",
-                "fast_pytorch_kmeans_looped", "torch_cdist_looped"):
+    for key in (
+        "sklearn",
+        "faiss",
+        "fast_pytorch_kmeans",
+        "torch_cdist",
+        "sklearn_looped",
+        "faiss_looped",
+        "fast_pytorch_kmeans_looped",
+        "torch_cdist_looped",
+    ):
         if t(key) is not None:
             out[f"speedup_vs_{key}"] = t(key) / ours
     out["x_gemm_floor"] = ours / row["gemm_floor_s"]
@@ -341,7 +386,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     load_before = os.getloadavg()
     rows = []
-    for name, N, D, K in [("N=200k D=64 K=256", 200_000 // scale, 64, 256), ("N=1M D=16 K=64", 1_000_000 // scale, 16, 64)]:
+    for name, N, D, K in [
+        ("N=200k D=64 K=256", 200_000 // scale, 64, 256),
+        ("N=1M D=16 K=64", 1_000_000 // scale, 16, 64),
+    ]:
         print(f"{name} (float32, {args.iters} iterations)", flush=True)
         rows.append(bench_single(name, N, D, K, args.iters, args.repeats, peers))
     P = 64 // (4 if args.quick else 1)
@@ -352,26 +400,45 @@ def main(argv=None) -> int:
         print(row["shape"], {k: round(v, 2) for k, v in row.items() if k.startswith(("speedup", "x_gemm"))})
     print(f"batched P={P} x (N=10k, D=32, K=32), default settings, whole fits", flush=True)
     defaults = bench_batched_defaults(P, 10_000, 32, 32, args.repeats)
-    payload = {"benchmark": "k-means Lloyd iteration", "device": "cpu", "dtype": "float32", "machine": machine(),
-               "seconds_total": time.perf_counter() - t0,
-               "loadavg_1_5_15_before_after": [load_before, os.getloadavg()],
-               "note": "2-core machine shared with other jobs: compare ratios within this run, not absolute times",
-               "rows": rows, "defaults": defaults}
+    payload = {
+        "benchmark": "k-means Lloyd iteration",
+        "device": "cpu",
+        "dtype": "float32",
+        "machine": machine(),
+        "seconds_total": time.perf_counter() - t0,
+        "loadavg_1_5_15_before_after": [load_before, os.getloadavg()],
+        "note": "2-core machine shared with other jobs: compare ratios within this run, not absolute times",
+        "rows": rows,
+        "defaults": defaults,
+    }
     write_results(args.json, payload)
     if args.plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots(figsize=(9, 4))
         libs = ["tlkernels", "sklearn", "faiss", "fast_pytorch_kmeans", "torch_cdist"]
         for i, row in enumerate(rows):
             for j, lib in enumerate(libs):
                 v = row.get(lib) or row.get(lib + "_looped")
                 if isinstance(v, dict):
-                    ax.bar(i + 0.15 * (j - 2), v["s_per_iter"] * 1e3, width=0.14, color=f"C{j}",
-                           label=lib if i == 0 else None)
-            ax.hlines(row["gemm_floor_s"] * 1e3, i - 0.4, i + 0.4, colors="k", linestyles="--",
-                      label="GEMM floor" if i == 0 else None)
+                    ax.bar(
+                        i + 0.15 * (j - 2),
+                        v["s_per_iter"] * 1e3,
+                        width=0.14,
+                        color=f"C{j}",
+                        label=lib if i == 0 else None,
+                    )
+            ax.hlines(
+                row["gemm_floor_s"] * 1e3,
+                i - 0.4,
+                i + 0.4,
+                colors="k",
+                linestyles="--",
+                label="GEMM floor" if i == 0 else None,
+            )
         ax.set_xticks(range(len(rows)), [r["shape"] for r in rows], fontsize=8)
         ax.set(ylabel="ms per Lloyd iteration (CPU, float32)", title="k-means: tlkernels vs peers (lower is better)")
         ax.legend(fontsize=8)

@@ -18,7 +18,6 @@ before.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -28,7 +27,6 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, median_time, save_figure, write_results  # noqa: E402
-
 from tlkernels import persample  # noqa: E402
 
 METHODS = ["plain", "tlkernels", "torch.func", "opacus", "loop"]
@@ -54,9 +52,16 @@ def build(name: str, seed: int = 0):
         model = nn.Sequential(nn.Linear(784, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 10))
         batch = (torch.randn(256, 784), torch.randint(0, 10, (256,)))
     elif name == "cnn":
-        model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                              nn.Flatten(), nn.Linear(64 * 8 * 8, 10))
+        model = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 8 * 8, 10),
+        )
         batch = (torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,)))
     elif name == "tokens":
         model = TokenModel()
@@ -81,9 +86,11 @@ def method_fn(method: str, model, batch, vec):
     names = [n for n, _ in model.named_parameters()]
     vflat = torch.cat([vec[n].flatten() for n in names])
     if method == "plain":
+
         def run():
             model.zero_grad(set_to_none=True)
             loss_fn(model, batch).mean().backward()
+
         return run
     if method == "tlkernels":
         return lambda: persample.grad_dot(model, loss_fn, batch, vec)
@@ -93,11 +100,13 @@ def method_fn(method: str, model, batch, vec):
         def run():
             g = per_sample_grads(model, loss_fn, batch)
             return torch.cat([g[n].flatten(1) for n in names], 1) @ vflat
+
         return run
     if method == "opacus":
         import copy
 
         from opacus import GradSampleModule
+
         model = copy.deepcopy(model)  # opacus leaves hooks on the modules it wraps
         gsm = GradSampleModule(model, loss_reduction="sum")
         params = dict(model.named_parameters())
@@ -108,6 +117,7 @@ def method_fn(method: str, model, batch, vec):
                 p.grad_sample = None
             loss_fn(gsm, batch).sum().backward()
             return torch.cat([params[n].grad_sample.flatten(1) for n in names], 1) @ vflat
+
         return run
     if method == "loop":
         params = [p for _, p in model.named_parameters()]
@@ -116,9 +126,10 @@ def method_fn(method: str, model, batch, vec):
             x, y = batch
             out = torch.empty(x.shape[0])
             for i in range(x.shape[0]):
-                gs = torch.autograd.grad(loss_fn(model, (x[i:i + 1], y[i:i + 1]))[0], params)
+                gs = torch.autograd.grad(loss_fn(model, (x[i : i + 1], y[i : i + 1]))[0], params)
                 out[i] = torch.cat([g.flatten() for g in gs]) @ vflat
             return out
+
         return run
     raise ValueError(method)
 
@@ -139,8 +150,7 @@ def peak_memory(fn) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
         live += nbytes
@@ -169,27 +179,49 @@ def main(argv=None) -> int:
                 continue
             got = fns[m]()
             torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * want.abs().max().item())
-        times = {m: median_time(fns[m], repeats=args.loop_repeats if m == "loop" else args.repeats,
-                                warmup=0 if m == "loop" else 2) for m in methods}
+        times = {
+            m: median_time(
+                fns[m], repeats=args.loop_repeats if m == "loop" else args.repeats, warmup=0 if m == "loop" else 2
+            )
+            for m in methods
+        }
         mem = {m: peak_memory(fns[m]) for m in methods if m != "loop"}
         mem["loop"] = float("nan")  # profiling B backward passes adds nothing
-        row = {"model": name, "batch": batch[0].shape[0], "seconds": times, "peak_bytes": mem,
-               "overhead_vs_plain": times["tlkernels"] / times["plain"],
-               "memory_vs_plain": mem["tlkernels"] / max(mem["plain"], 1),
-               "speedup": {m: times[m] / times["tlkernels"] for m in methods if m != "tlkernels"}}
+        row = {
+            "model": name,
+            "batch": batch[0].shape[0],
+            "seconds": times,
+            "peak_bytes": mem,
+            "overhead_vs_plain": times["tlkernels"] / times["plain"],
+            "memory_vs_plain": mem["tlkernels"] / max(mem["plain"], 1),
+            "speedup": {m: times[m] / times["tlkernels"] for m in methods if m != "tlkernels"},
+        }
         rows.append(row)
         print(f"{name:7s} B={row['batch']:<4d} " + "  ".join(f"{m} {times[m] * 1e3:8.1f} ms" for m in methods))
-        print(f"        tlkernels / plain fwd+bwd = {row['overhead_vs_plain']:.2f}x time, "
-              f"{row['memory_vs_plain']:.2f}x peak memory; speed-up: "
-              + ", ".join(f"vs {m} {v:.1f}x" for m, v in row["speedup"].items() if m != "plain"), flush=True)
+        print(
+            f"        tlkernels / plain fwd+bwd = {row['overhead_vs_plain']:.2f}x time, "
+            f"{row['memory_vs_plain']:.2f}x peak memory; speed-up: "
+            + ", ".join(f"vs {m} {v:.1f}x" for m, v in row["speedup"].items() if m != "plain"),
+            flush=True,
+        )
 
-    write_results(args.json, {"benchmark": "per-sample gradient dot (Q^T g), whole models", "device": "cpu",
-                              "dtype": "float32", "machine": machine(), "rows": rows})
+    write_results(
+        args.json,
+        {
+            "benchmark": "per-sample gradient dot (Q^T g), whole models",
+            "device": "cpu",
+            "dtype": "float32",
+            "machine": machine(),
+            "rows": rows,
+        },
+    )
     if args.plot:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import numpy as np
+
         fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
         methods = [m for m in METHODS if all(m in r["seconds"] for r in rows)]
         xs = np.arange(len(rows))

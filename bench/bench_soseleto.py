@@ -25,7 +25,6 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 from bench_persample import peak_memory  # noqa: E402
 from common import interleaved_median_times, machine, median_time, write_results  # noqa: E402
-
 from tlkernels.selection import Soseleto  # noqa: E402
 
 SHAPES = {"digits-mlp": (64, (128, 64), 10, 64), "mlp-784": (784, (1024, 1024), 10, 128)}
@@ -50,7 +49,7 @@ def loop_step(model: Soseleto, source, target, index):
     params = list(model.source_net.parameters())
     cols = []
     for j in range(xs.shape[0]):
-        gs = torch.autograd.grad(F.cross_entropy(model.source_net(xs[j:j + 1]), ys[j:j + 1]), params)
+        gs = torch.autograd.grad(F.cross_entropy(model.source_net(xs[j : j + 1]), ys[j : j + 1]), params)
         cols.append(torch.cat([g.flatten() for g in gs]))
     Q = torch.stack(cols, 1) / xs.shape[0]  # (P, B)
     lt = F.cross_entropy(model.target_net(target[0]), target[1])
@@ -62,7 +61,7 @@ def loop_step(model: Soseleto, source, target, index):
     model._opt_source.zero_grad(set_to_none=True)
     off = 0
     for p in params:
-        p.grad = step[off:off + p.numel()].view_as(p)
+        p.grad = step[off : off + p.numel()].view_as(p)
         off += p.numel()
     model._opt_source.step()
 
@@ -77,8 +76,18 @@ def main(argv=None) -> int:
         backbone, head, source, target = build(name)
         b = source[0].shape[0]
         index = torch.arange(b)
-        mk = lambda: Soseleto(copy.deepcopy(backbone), (h := copy.deepcopy(head)), h, b, lr=0.01,  # noqa: E731
-                              lr_alpha=0.05, alpha_init=0.5)
+
+        def mk():
+            return Soseleto(
+                copy.deepcopy(backbone),
+                (h := copy.deepcopy(head)),
+                h,
+                b,
+                lr=0.01,  # noqa: E731
+                lr_alpha=0.05,
+                alpha_init=0.5,
+            )
+
         m_fast, m_loop = mk(), mk()
         m_fast.step(source, target, index)
         loop_step(m_loop, source, target, index)
@@ -93,22 +102,36 @@ def main(argv=None) -> int:
                 F.cross_entropy(net(x), y).backward()
                 opt.step()
 
-        fns = {"plain": plain, "tlkernels": lambda: m_fast.step(source, target, index),
-               "loop": lambda: loop_step(m_loop, source, target, index)}
+        fns = {
+            "plain": plain,
+            "tlkernels": lambda: m_fast.step(source, target, index),
+            "loop": lambda: loop_step(m_loop, source, target, index),
+        }
         # plain and tlkernels alternate step by step (their ratio is the target); loop is 100x slower
         t = interleaved_median_times({k: fns[k] for k in ("plain", "tlkernels")}, repeats=args.repeats)
         t["loop"] = median_time(fns["loop"], repeats=3)
         mem = {k: peak_memory(f) for k, f in fns.items() if k != "loop"}
-        row = {"model": name, "source_batch": b, "target_batch": 32, "seconds": t, "peak_bytes": mem,
-               "step_vs_plain": t["tlkernels"] / t["plain"], "speedup_vs_loop": t["loop"] / t["tlkernels"],
-               "memory_vs_plain": mem["tlkernels"] / mem["plain"]}
+        row = {
+            "model": name,
+            "source_batch": b,
+            "target_batch": 32,
+            "seconds": t,
+            "peak_bytes": mem,
+            "step_vs_plain": t["tlkernels"] / t["plain"],
+            "speedup_vs_loop": t["loop"] / t["tlkernels"],
+            "memory_vs_plain": mem["tlkernels"] / mem["plain"],
+        }
         rows.append(row)
-        print(f"{name:11s} plain {t['plain'] * 1e3:7.2f} ms  tlkernels {t['tlkernels'] * 1e3:7.2f} ms  "
-              f"loop {t['loop'] * 1e3:8.1f} ms | step/plain {row['step_vs_plain']:.2f}x, "
-              f"vs loop {row['speedup_vs_loop']:.1f}x faster, peak memory/plain {row['memory_vs_plain']:.2f}x",
-              flush=True)
-    write_results(args.json, {"benchmark": "SOSELETO step", "device": "cpu", "dtype": "float32",
-                              "machine": machine(), "rows": rows})
+        print(
+            f"{name:11s} plain {t['plain'] * 1e3:7.2f} ms  tlkernels {t['tlkernels'] * 1e3:7.2f} ms  "
+            f"loop {t['loop'] * 1e3:8.1f} ms | step/plain {row['step_vs_plain']:.2f}x, "
+            f"vs loop {row['speedup_vs_loop']:.1f}x faster, peak memory/plain {row['memory_vs_plain']:.2f}x",
+            flush=True,
+        )
+    write_results(
+        args.json,
+        {"benchmark": "SOSELETO step", "device": "cpu", "dtype": "float32", "machine": machine(), "rows": rows},
+    )
     return 0
 
 

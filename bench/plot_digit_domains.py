@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+
 from tlkernels.data import load_mnist, make_syndigits
 
 
@@ -23,9 +24,7 @@ def grid(X, rows: int, cols: int) -> np.ndarray:
     out = np.ones((rows * (h + 1), cols * (w + 1), 3), dtype=np.float32)
     for k in range(min(n, rows * cols)):
         r, c = divmod(k, cols)
-        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = (
-            X[k].permute(1, 2, 0).numpy()
-        )
+        out[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = X[k].permute(1, 2, 0).numpy()
     return out
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkernels
 from tlkernels.ops import BACKEND_NAMESPACES, BUILD_INFO
 
 # Tolerances against a float64 reference, defined once per dtype.
@@ -19,13 +18,18 @@ TOLERANCES = {
 
 def _backend_params():
     params = [pytest.param(("cpu", "tlkernels", "cpu"), id="cpu")]
-    emu_skip = [] if "tlkernels_emu" in BACKEND_NAMESPACES else [
-        pytest.mark.skip(reason="emulator backend not built (TLK_EMU=OFF)")]
+    emu_skip = (
+        []
+        if "tlkernels_emu" in BACKEND_NAMESPACES
+        else [pytest.mark.skip(reason="emulator backend not built (TLK_EMU=OFF)")]
+    )
     params.append(pytest.param(("emu", "tlkernels_emu", "cpu"), id="emu", marks=emu_skip))
     if not BUILD_INFO["cuda"]:
         cuda_skip = [pytest.mark.skip(reason="CUDA kernels not built (no nvcc or CPU-only torch)")]
     elif not torch.cuda.is_available():
-        cuda_skip = [pytest.mark.skip(reason="no GPU on this machine: the CUDA device code runs through the emu backend")]
+        cuda_skip = [
+            pytest.mark.skip(reason="no GPU on this machine: the CUDA device code runs through the emu backend")
+        ]
     else:
         cuda_skip = []
     params.append(pytest.param(("cuda", "tlkernels", "cuda"), id="cuda", marks=cuda_skip))
@@ -65,5 +69,6 @@ def assert_close(got: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype |
     """Compares got (any dtype) with a float64 reference using the tolerance of `dtype` (default:
     got's dtype); NaN anywhere fails."""
     dtype = dtype or got.dtype
-    torch.testing.assert_close(got.to(torch.float64).cpu(), expected.to(torch.float64).cpu(),
-                               equal_nan=False, **TOLERANCES[dtype])
+    torch.testing.assert_close(
+        got.to(torch.float64).cpu(), expected.to(torch.float64).cpu(), equal_nan=False, **TOLERANCES[dtype]
+    )

@@ -9,8 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlkernels import dann_lambda
-from tlkernels.adaptation import (DANN, DomainAdversarialLoss, proxy_a_distance, reverse_validation,
-                                  select_by_reverse_validation)
+from tlkernels.adaptation import (
+    DANN,
+    DomainAdversarialLoss,
+    proxy_a_distance,
+    reverse_validation,
+    select_by_reverse_validation,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -63,13 +68,17 @@ def test_known_answer_domain_only_coordinate():
     for lam in (0.0, 1.0):
         m = DANN(extractor(), 2, lam_max=lam, lr=1e-2, batch_size=64, random_state=0, epochs=15).fit(Xs, ys, Xt)
         w = m.extractor_[0].weight.detach()
-        res[lam] = dict(acc=m.score(Xt, yt), dom=m.domain_accuracy(Xs, Xt),
-                        pad=proxy_a_distance(m.transform(Xs), m.transform(Xt)),
-                        use_c=float(w[:, 2].norm() / w[:, :2].norm()), hist=m.history_)
+        res[lam] = dict(
+            acc=m.score(Xt, yt),
+            dom=m.domain_accuracy(Xs, Xt),
+            pad=proxy_a_distance(m.transform(Xs), m.transform(Xt)),
+            use_c=float(w[:, 2].norm() / w[:, :2].norm()),
+            hist=m.history_,
+        )
     src, dann = res[0.0], res[1.0]
-    assert src["dom"] > 0.95 and src["pad"] > 1.8          # source-only features reveal the domain
-    assert dann["dom"] < 0.75                               # DANN's domain head is near chance
-    assert dann["use_c"] < 0.75 * src["use_c"]              # the first layer reads c much less
+    assert src["dom"] > 0.95 and src["pad"] > 1.8  # source-only features reveal the domain
+    assert dann["dom"] < 0.75  # DANN's domain head is near chance
+    assert dann["use_c"] < 0.75 * src["use_c"]  # the first layer reads c much less
     # (a fresh linear probe can still tell the domains apart from DANN's features: the game
     # only fools its own adversary, it does not remove c exactly)
     assert dann["acc"] > 0.9
@@ -82,7 +91,7 @@ def test_weights_snapshots_state_dict_and_errors():
     kw = dict(lr=1e-2, batch_size=32, random_state=1, snapshot_epochs=[1, 3], epochs=3)
     a = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt)
     b = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, source_weights=torch.ones(100))
-    torch.testing.assert_close(a.predict_proba(Xt), b.predict_proba(Xt))   # unit weights = no weights
+    torch.testing.assert_close(a.predict_proba(Xt), b.predict_proba(Xt))  # unit weights = no weights
     c = DANN(extractor(), 2, **kw).fit(Xs, ys, Xt, source_weights=torch.rand(100))
     assert not torch.allclose(a.predict_proba(Xt), c.predict_proba(Xt))
     p3 = a.predict_proba(Xt)
@@ -110,7 +119,7 @@ def test_reverse_validation_prefers_a_working_model():
     def make(lr):
         return DANN(extractor(), 2, lam_max=0.5, lr=lr, batch_size=64, random_state=0)
 
-    broken = reverse_validation(lambda: make(0.0), Xs, ys, Xt)      # lr 0: an untrained model
+    broken = reverse_validation(lambda: make(0.0), Xs, ys, Xt)  # lr 0: an untrained model
     good = reverse_validation(lambda: make(1e-2).clone(), Xs, ys, Xt)
     assert good > 0.85 and broken < good
     sel = select_by_reverse_validation(make, [dict(lr=0.0), dict(lr=1e-2)], Xs, ys, Xt, epochs=[2, 5])

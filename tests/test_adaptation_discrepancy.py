@@ -17,10 +17,12 @@ def gauss(n, d, shift=0.0, seed=0):
 
 def test_mmd_unbiased_matches_the_definition():
     xs, xt = gauss(7, 3, seed=1), gauss(5, 3, 0.5, seed=2)
-    for kernel, k in [("linear", lambda a, b: a @ b.T),
-                      ("rbf", lambda a, b: torch.exp(-torch.cdist(a, b) ** 2 / (2 * 1.3 ** 2)))]:
+    for kernel, k in [
+        ("linear", lambda a, b: a @ b.T),
+        ("rbf", lambda a, b: torch.exp(-(torch.cdist(a, b) ** 2) / (2 * 1.3**2))),
+    ]:
         Kss, Ktt, Kst = k(xs, xs), k(xt, xt), k(xs, xt)
-        want = ((Kss.sum() - Kss.diag().sum()) / 42 + (Ktt.sum() - Ktt.diag().sum()) / 20 - 2 * Kst.mean())
+        want = (Kss.sum() - Kss.diag().sum()) / 42 + (Ktt.sum() - Ktt.diag().sum()) / 20 - 2 * Kst.mean()
         torch.testing.assert_close(mmd(xs, xt, kernel, bandwidth=1.3), want)
 
 
@@ -74,12 +76,16 @@ def test_proxy_a_distance_known_answers():
 
 def test_linear_discrepancy_known_answers():
     x = gauss(60, 4, seed=1)
-    assert linear_discrepancy(x, x.clone()) == 0.0                      # identical samples: exactly 0
-    assert linear_discrepancy(x, gauss(50, 4, 6.0, seed=2)) == 1.0       # linearly separable: 1
+    assert linear_discrepancy(x, x.clone()) == 0.0  # identical samples: exactly 0
+    assert linear_discrepancy(x, gauss(50, 4, 6.0, seed=2)) == 1.0  # linearly separable: 1
     # a shift of the mean along one axis by 1 std: the best half-space gives about
     # Phi(0.5) - Phi(-0.5) = 0.38 on large samples
-    d = linear_discrepancy(gauss(2000, 2, seed=3), gauss(2000, 2, seed=4) + torch.tensor([1.0, 0.0], dtype=torch.float64),
-                           restarts=1, steps=50)
+    d = linear_discrepancy(
+        gauss(2000, 2, seed=3),
+        gauss(2000, 2, seed=4) + torch.tensor([1.0, 0.0], dtype=torch.float64),
+        restarts=1,
+        steps=50,
+    )
     assert 0.33 < d < 0.5
 
 
@@ -87,6 +93,6 @@ def test_labeled_discrepancy_known_answers():
     x = gauss(200, 3, seed=1)
     y = (x[:, 0] > 0).long()
     assert labeled_discrepancy(x, y, x, y) == 0.0
-    assert labeled_discrepancy(x, y, x, 1 - y) > 0.9                    # same inputs, flipped labels
+    assert labeled_discrepancy(x, y, x, 1 - y) > 0.9  # same inputs, flipped labels
     x2 = gauss(200, 3, seed=2)
-    assert labeled_discrepancy(x, y, x2, (x2[:, 0] > 0).long()) < 0.2   # same task, new sample
+    assert labeled_discrepancy(x, y, x2, (x2[:, 0] > 0).long()) < 0.2  # same task, new sample

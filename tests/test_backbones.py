@@ -7,9 +7,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from tlkernels import persample
 from tlkernels.backbones import digits_cnn
-from torch import nn
 
 
 def _ce(model, batch):
@@ -20,9 +21,7 @@ def _ce(model, batch):
 def test_digits_cnn_shapes():
     net = digits_cnn()
     assert net(torch.randn(4, 3, 32, 32)).shape == (4, 128)
-    assert digits_cnn(in_channels=1, widths=(8, 16, 24), groups=4)(
-        torch.randn(2, 1, 28, 28)
-    ).shape == (2, 24)
+    assert digits_cnn(in_channels=1, widths=(8, 16, 24), groups=4)(torch.randn(2, 1, 28, 28)).shape == (2, 24)
 
 
 def test_digits_cnn_per_sample_products_native():

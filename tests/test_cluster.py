@@ -85,7 +85,7 @@ def test_random_state_reproducible_and_random_init():
     a = KMeans(8, random_state=3).fit(X)
     b = KMeans(8, random_state=3).fit(X)
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
-    r = KMeans(8, init="random", random_state=3).fit(X)   # n_init='auto' -> 10 runs
+    r = KMeans(8, init="random", random_state=3).fit(X)  # n_init='auto' -> 10 runs
     assert r.inertia_ <= 1.05 * SKKMeans(8, init="random", n_init=10, random_state=0).fit(X).inertia_
 
 
@@ -141,7 +141,7 @@ def test_batched_n_init_runs_keep_the_best():
     for p in range(3):
         exact = (X[p] - res.centers[p][res.labels[p]]).square().sum()
         assert float(res.inertia[p]) == pytest.approx(float(exact), rel=1e-10)
-        single = batched_kmeans(X[p:p + 1], 6, n_init=1, random_state=0)
+        single = batched_kmeans(X[p : p + 1], 6, n_init=1, random_state=0)
         assert float(res.inertia[p]) <= 1.05 * float(single.inertia[0])
 
 
@@ -150,7 +150,7 @@ def test_spherical_on_unit_vectors():
     gen = torch.Generator().manual_seed(8)
     dirs = torch.nn.functional.normalize(torch.randn(5, 10, generator=gen, dtype=torch.float64), dim=1)
     X = dirs.repeat(80, 1) + 0.15 * torch.randn(400, 10, generator=gen, dtype=torch.float64)
-    X = X * torch.rand(400, 1, generator=gen, dtype=torch.float64).add(0.5)   # norms must not matter
+    X = X * torch.rand(400, 1, generator=gen, dtype=torch.float64).add(0.5)  # norms must not matter
     init = X[torch.randperm(400, generator=gen)[:5]]
     km = KMeans(5, init=init, spherical=True).fit(X)
     C = km.cluster_centers_
@@ -179,11 +179,11 @@ def test_duplicate_points():
     base = np.array([[0.0, 0.0], [1.0, 1.0], [5.0, -2.0]])
     X = np.repeat(base, [30, 20, 10], axis=0)
     km = KMeans(3, random_state=0).fit(X)
-    assert km.inertia_ < 1e-20   # zero up to the rounding of the mean-centring
+    assert km.inertia_ < 1e-20  # zero up to the rounding of the mean-centring
     assert sorted(map(tuple, km.cluster_centers_.round(12))) == sorted(map(tuple, base))
     with pytest.warns(RuntimeWarning, match="Number of distinct clusters"):
         km = KMeans(5, random_state=0).fit(X)
-    assert km.inertia_ < 1e-20   # zero up to the rounding of the mean-centring
+    assert km.inertia_ < 1e-20  # zero up to the rounding of the mean-centring
 
 
 def test_torch_input_gives_tensors_and_device():
@@ -205,6 +205,7 @@ def test_verbose_shows_progress(capsys):
 
 def test_sklearn_estimator_api():
     from sklearn.base import clone
+
     km = KMeans(3, tol=1e-3, spherical=True)
     assert clone(km).get_params()["tol"] == 1e-3 and clone(km).get_params()["spherical"] is True
 
@@ -267,6 +268,7 @@ def _free_port() -> int:
 
 def _distributed_worker(rank, world, port, X, init, out):
     import torch.distributed as dist
+
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -282,7 +284,7 @@ def _distributed_worker(rank, world, port, X, init, out):
 def test_distributed_two_gloo_processes_match_one_process():
     X = blobs(n=1201, k=6, d=4, seed=13, std=2.5)
     init = some_rows(X, 6, seed=2)
-    init[5] = 1e3   # an empty cluster: relocation must pick the global farthest point
+    init[5] = 1e3  # an empty cluster: relocation must pick the global farthest point
     with mp.Manager() as manager:
         out = manager.dict()
         mp.spawn(_distributed_worker, args=(2, _free_port(), X, init, out), nprocs=2, join=True)

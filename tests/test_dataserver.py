@@ -13,8 +13,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from tlkernels.selection.dataserver import (DataServerClient, Store, fast_adapt_scores, output_data,
-                                            partition_store, selection_probabilities, train_experts)
+from tlkernels.selection.dataserver import (
+    DataServerClient,
+    Store,
+    fast_adapt_scores,
+    output_data,
+    partition_store,
+    selection_probabilities,
+    train_experts,
+)
 from tlkernels.selection.dataserver.service import create_app
 
 
@@ -92,10 +99,12 @@ def test_service_endpoints_errors_and_persistence(tmp_path):
     sid, idx = r.json()["id"], r.json()["indices"]
     assert idx == output_data([0.1, 0.2, 0.9, 0.3], store.partitions, 25, seed=1).tolist()
 
-    bad = [({"scores": [0.1, 0.2], "budget": 5}, 400, "one value per expert"),
-           ({"scores": [0.1, float("nan"), 0.2, 0.3], "budget": 5}, 400, "finite"),
-           ({"scores": [0.1, 0.2, 0.3, 0.4], "budget": 161}, 400, "budget"),
-           ({"scores": [0.1, 0.2, 0.3, 0.4]}, 422, "budget")]
+    bad = [
+        ({"scores": [0.1, 0.2], "budget": 5}, 400, "one value per expert"),
+        ({"scores": [0.1, float("nan"), 0.2, 0.3], "budget": 5}, 400, "finite"),
+        ({"scores": [0.1, 0.2, 0.3, 0.4], "budget": 161}, 400, "budget"),
+        ({"scores": [0.1, 0.2, 0.3, 0.4]}, 422, "budget"),
+    ]
     for body, code, msg in bad:
         r = client.post("/v1/selections", content=json.dumps(body), headers={"content-type": "application/json"})
         assert r.status_code == code and msg in r.text, (body, r.status_code, r.text)
@@ -158,6 +167,7 @@ def test_eight_concurrent_clients(tmp_path):
 def _has_kmeans() -> bool:
     try:
         import tlkernels.cluster  # noqa: F401
+
         return True
     except ImportError:
         return False
@@ -227,6 +237,7 @@ def test_classification_experts(tmp_path):
 
 def _experts_worker(rank: int, world: int, port: int, root: str) -> None:
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     torch.set_num_threads(1)  # as the single process below: one thread count, one summation order
     try:

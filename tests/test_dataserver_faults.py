@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+
 from tlkernels.cli import main
 from tlkernels.selection.dataserver import (
     DataServerClient,
@@ -38,9 +39,7 @@ def small_store(root, n_a=90, n_b=70, shard_size=32, k=4):
     a = torch.rand(n_a, 1, 8, 8, generator=gen)
     b = torch.rand(n_b, 1, 8, 8, generator=gen) * 0.1
     ya = torch.randint(0, 3, (n_a,), generator=gen)
-    store = Store.create(
-        str(root), {"a": (a, ya), "b": (b, None)}, shard_size=shard_size
-    )
+    store = Store.create(str(root), {"a": (a, ya), "b": (b, None)}, shard_size=shard_size)
     store.save_partitions(np.arange(n_a + n_b) % k)
     return store
 
@@ -66,12 +65,7 @@ def test_offline_demo_build_refuses_a_non_empty_store(tmp_path, monkeypatch, cap
         ex.build_offline_store(str(d))
     assert (d / "precious.txt").exists()
     # with --overwrite it is replaced; the demo store has 3,847 images (the docs' number)
-    assert (
-        main(
-            ["dataserver", "build", "--store", str(d), "--offline-demo", "--overwrite"]
-        )
-        == 0
-    )
+    assert main(["dataserver", "build", "--store", str(d), "--offline-demo", "--overwrite"]) == 0
     assert not (d / "precious.txt").exists()
     assert len(Store(str(d))) == 3847
     assert "3847 images" in capsys.readouterr().out
@@ -86,10 +80,7 @@ def test_npz_build_refusal_names_the_overwrite_flag(tmp_path):
         main(["dataserver", "build", "--store", str(d), "--npz", f"a={tmp_path}/a.npz"])
     assert "\n" not in str(e.value.code) and "overwrite=True" not in str(e.value.code)
     with pytest.raises(SystemExit, match=r"tlkernels dataserver build: .*missing\.npz"):
-        main(
-            ["dataserver", "build", "--store", str(tmp_path / "e")]
-            + ["--npz", f"a={tmp_path}/missing.npz"]
-        )
+        main(["dataserver", "build", "--store", str(tmp_path / "e")] + ["--npz", f"a={tmp_path}/missing.npz"])
 
 
 # ------------------------------------------------------------- 2. request bodies
@@ -122,9 +113,7 @@ def _run_server(app):
     import uvicorn
 
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error")
-    )
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -145,9 +134,7 @@ def test_a_big_post_does_not_stall_other_requests(tmp_path):
 
         def big_post():
             t0 = time.perf_counter()
-            r = httpx.post(
-                url + "/v1/selections", content=body, headers=JSON, timeout=60
-            )
+            r = httpx.post(url + "/v1/selections", content=body, headers=JSON, timeout=60)
             done["post"] = (r.status_code, time.perf_counter() - t0, r.text[:200])
 
         with httpx.Client(base_url=url, timeout=60) as c:
@@ -236,9 +223,7 @@ def test_selection_retention_by_count_and_age_and_delete(tmp_path):
     os.utime(os.path.join(sel, f"{ids[2]}.json"), (old, old))
     r = client.get(f"/v1/selections/{ids[2]}/samples")
     assert r.status_code == 404 and "expired" in r.text
-    Path(os.path.join(sel, ".deadbeef.json.tmp")).write_text(
-        "{"
-    )  # an interrupted write
+    Path(os.path.join(sel, ".deadbeef.json.tmp")).write_text("{")  # an interrupted write
     client = TestClient(create_app(store.root, max_selections=3, selection_ttl=3600))
     assert sorted(os.listdir(sel)) == sorted(f"{s}.json" for s in ids[3:])
 
@@ -302,12 +287,8 @@ def test_corrupt_files_fail_only_their_requests_and_name_the_file(expert_store):
 
 def test_serve_with_a_corrupt_store_manifest_exits_with_one_line(tmp_path):
     store = small_store(tmp_path / "s")
-    Path(os.path.join(store.root, "manifest.json")).write_text(
-        '{"datasets": [{"name": 1}]}'
-    )
-    with pytest.raises(
-        SystemExit, match=r"tlkernels serve: .*manifest\.json is corrupt"
-    ):
+    Path(os.path.join(store.root, "manifest.json")).write_text('{"datasets": [{"name": 1}]}')
+    with pytest.raises(SystemExit, match=r"tlkernels serve: .*manifest\.json is corrupt"):
         main(["serve", "--store", store.root])
     with pytest.raises(CorruptFileError, match="manifest.json"):
         Store(store.root)
@@ -330,9 +311,7 @@ def test_extreme_finite_scores_do_not_overflow(tmp_path):
     parts = np.arange(8) % 4
     p = selection_probabilities([1e308, -1e308, 0.0, 0.0], parts)
     assert np.isfinite(p).all() and abs(p.sum() - 1) < 1e-12 and (p > 0).all()
-    np.testing.assert_allclose(
-        p, selection_probabilities([1.0, -1.0, 0.0, 0.0], parts), rtol=1e-12
-    )
+    np.testing.assert_allclose(p, selection_probabilities([1.0, -1.0, 0.0, 0.0], parts), rtol=1e-12)
     assert (selection_probabilities([1, 2, 3, 4], parts, temperature=1e-320) >= 0).all()
     store = small_store(tmp_path / "s")
     r = post(
@@ -391,6 +370,7 @@ def test_reading_one_row_does_not_read_its_whole_shard(tmp_path, monkeypatch):
     """Whatever safetensors' get_tensor does (before 0.6 it copied the whole tensor: simulated
     here), reading one row touches only that row's pages of the shard."""
     import safetensors
+
     from tlkernels.selection.dataserver import store as store_module
 
     real_open = safetensors.safe_open

@@ -46,8 +46,9 @@ def test_loss_matches_hand_computed_value():
     assert DistillationLoss(2.0)(s, t).item() == pytest.approx(soft, rel=1e-12)
     assert soft == pytest.approx(4 * math.log(4) - 2 * math.log(3))
     # + hard term at T = 1: softmax(s) = (1/10, 9/10), label 1 -> -ln 0.9
-    assert DistillationLoss(2.0, hard_weight=0.5)(s, t, torch.tensor([1])).item() == \
-        pytest.approx(soft + 0.5 * -math.log(0.9), rel=1e-12)
+    assert DistillationLoss(2.0, hard_weight=0.5)(s, t, torch.tensor([1])).item() == pytest.approx(
+        soft + 0.5 * -math.log(0.9), rel=1e-12
+    )
     # Lampert 2019's probabilities form: p = (0.2, 0.8), T = 2 -> p^(1/2) renormalised = (1/3, 2/3)
     p = torch.tensor([[0.2, 0.8]], dtype=torch.float64)
     assert torch.allclose(tempered_probs(p, 2.0, "probs"), torch.tensor([[1 / 3, 2 / 3]], dtype=torch.float64))
@@ -103,6 +104,7 @@ def test_student_distilled_on_unlabeled_data_matches_teacher():
     def net(seed):
         torch.manual_seed(seed)
         return nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Linear(32, 4))
+
     teacher = net(0)
     with torch.no_grad():
         teacher[2].weight.mul_(4)  # a confident teacher (a random init is nearly uniform)
@@ -110,8 +112,9 @@ def test_student_distilled_on_unlabeled_data_matches_teacher():
     X, X_test = torch.randn(2000, 2, generator=g), torch.randn(1000, 2, generator=g)
     y_test = teacher(X_test).argmax(1).detach()
     student = net(5)
-    est = Distill(student, teacher, temperature=2.0, lr=1e-2, epochs=20, batch_size=64,
-                  random_state=0).fit(X, eval_set=(X_test, y_test))  # y=None: the teacher labels X
+    est = Distill(student, teacher, temperature=2.0, lr=1e-2, epochs=20, batch_size=64, random_state=0).fit(
+        X, eval_set=(X_test, y_test)
+    )  # y=None: the teacher labels X
     agree = est.score(X_test, y_test)
     assert est.history_[0]["eval_accuracy"] < 0.8  # it had to learn the teacher
     assert agree > 0.95
@@ -132,12 +135,17 @@ def test_zero_sample_weights_remove_examples_from_fit():
     X2, y2 = X.clone(), y.clone()
     X2[30:] = 5 * torch.randn(10, 6, generator=g)  # change only the zero-weighted examples
     y2[30:] = (y2[30:] + 1) % 3
-    fits = [Distill(_mlp(seed=3), teacher, temperature=2.0, hard_weight=1.0, lr=1e-2, epochs=5, batch_size=16,
-                    random_state=0).fit(a, b, sample_weight=w) for a, b in ((X, y), (X2, y2))]
+    fits = [
+        Distill(
+            _mlp(seed=3), teacher, temperature=2.0, hard_weight=1.0, lr=1e-2, epochs=5, batch_size=16, random_state=0
+        ).fit(a, b, sample_weight=w)
+        for a, b in ((X, y), (X2, y2))
+    ]
     for p, q in zip(fits[0].model_.parameters(), fits[1].model_.parameters()):
         assert torch.equal(p, q)
-    other = Distill(_mlp(seed=3), teacher, temperature=2.0, hard_weight=1.0, lr=1e-2, epochs=5, batch_size=16,
-                    random_state=0).fit(X2, y2)
+    other = Distill(
+        _mlp(seed=3), teacher, temperature=2.0, hard_weight=1.0, lr=1e-2, epochs=5, batch_size=16, random_state=0
+    ).fit(X2, y2)
     assert not torch.equal(other.model_[0].weight, fits[0].model_[0].weight)
 
 
@@ -193,8 +201,20 @@ def test_experiment_smoke(tmp_path):
 
     from tlkernels.experiments import distill as ex
 
-    res = ex.run(seeds=(0,), n_labelled=50, n_val=50, n_test=50, n_pool=100, epochs=2, teacher_epochs=2,
-                 n_ensemble=2, temperatures=(1, 2), teacher_hidden=(32,), member_hidden=(16,), checkpoints=(1, 2))
+    res = ex.run(
+        seeds=(0,),
+        n_labelled=50,
+        n_val=50,
+        n_test=50,
+        n_pool=100,
+        epochs=2,
+        teacher_epochs=2,
+        n_ensemble=2,
+        temperatures=(1, 2),
+        teacher_hidden=(32,),
+        member_hidden=(16,),
+        checkpoints=(1, 2),
+    )
     json.dumps(res)
     rows = res["per_seed"][0]["rows"]
     assert set(rows) == set(ex.ROWS)

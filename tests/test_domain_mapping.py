@@ -7,8 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from tlkernels.adaptation.domain_mapping import (CycleConsistencyLoss, CycleGAN, LSGANLoss, MappedSourceClassifier,
-                                                 conv_generator)
+from tlkernels.adaptation.domain_mapping import (
+    CycleConsistencyLoss,
+    CycleGAN,
+    LSGANLoss,
+    MappedSourceClassifier,
+    conv_generator,
+)
 from tlkernels.data import load_digits, shift_images, stratified_split
 
 torch.set_num_threads(1)
@@ -19,7 +24,7 @@ def test_cycle_loss_zero_for_identity_and_hand_value():
     ident = nn.Identity()
     loss = CycleConsistencyLoss()
     assert float(loss(x, ident(ident(x)), y, ident(ident(y)))) == 0.0
-    a = torch.tensor([[0.0, 1.0], [0.5, 0.5]])            # 2 examples, 2 pixels
+    a = torch.tensor([[0.0, 1.0], [0.5, 0.5]])  # 2 examples, 2 pixels
     b = torch.tensor([[0.5, 0.0], [0.5, 0.0]])
     # per example |.|-means: (0.5 + 1) / 2 = 0.75 and (0 + 0.5) / 2 = 0.25; mean 0.5
     assert float(CycleConsistencyLoss()(a, b)) == pytest.approx(0.5)
@@ -104,8 +109,9 @@ def test_experiment_cli_smoke(tmp_path):
 
     parser = argparse.ArgumentParser()
     ex.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["mapping", "--seeds", "1", "--epochs", "1", "--quiet",
-                              "--json", str(tmp_path / "m.json")])
+    args = parser.parse_args(
+        ["mapping", "--seeds", "1", "--epochs", "1", "--quiet", "--json", str(tmp_path / "m.json")]
+    )
     assert args.func is not None and args.experiment == "mapping" and args.epochs == 1
     res = ex.run_mapping(seeds=(0,), shifts=("inversion",), epochs=1, classifier_epochs=1)
     assert set(res["rows"][0]["accuracy"]) == {"source_only", "mapped", "oracle"}

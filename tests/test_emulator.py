@@ -166,8 +166,21 @@ def test_selftest_kernels_are_valid_cuda(tmp_path: Path) -> None:
     src = tmp_path / "selftest_kernels_nvcc.cu"
     src.write_text(NVCC_LAUNCHES)
     cmd = [
-        nvcc, "-std=c++20", "-arch=sm_80", "-x", "cu", "--Werror", "all-warnings",
-        "-I", str(CSRC), "-I", str(EMU_TESTS), "-c", str(src), "-o", str(tmp_path / "kernels.o"),
+        nvcc,
+        "-std=c++20",
+        "-arch=sm_80",
+        "-x",
+        "cu",
+        "--Werror",
+        "all-warnings",
+        "-I",
+        str(CSRC),
+        "-I",
+        str(EMU_TESTS),
+        "-c",
+        str(src),
+        "-o",
+        str(tmp_path / "kernels.o"),
     ]
     build = _run(cmd, timeout=300)
     assert build.returncode == 0, f"nvcc rejected the self-test kernels:\n{' '.join(cmd)}\n{build.stderr}"

@@ -12,14 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tlkernels
+from conftest import TOLERANCES
 from tlkernels import ops, reference
 from tlkernels.ops import BACKEND_NAMESPACES
 
-from conftest import TOLERANCES
-
-COMPUTE_EPS = {torch.float64: torch.finfo(torch.float64).eps, torch.float32: torch.finfo(torch.float32).eps,
-               torch.float16: torch.finfo(torch.float32).eps, torch.bfloat16: torch.finfo(torch.float32).eps}
+COMPUTE_EPS = {
+    torch.float64: torch.finfo(torch.float64).eps,
+    torch.float32: torch.finfo(torch.float32).eps,
+    torch.float16: torch.finfo(torch.float32).eps,
+    torch.bfloat16: torch.finfo(torch.float32).eps,
+}
 
 
 def assert_within_bound(got, ref, absref, n_terms, dtype):
@@ -47,8 +49,17 @@ def make(shape, dtype, device, layout, gen):
 
 # (B, T, I, O): B = 1, primes, T = 1 and T > 1 (also above the device tiles of 64), I and O not
 # multiples of the tiles, empty B / T / I.
-DOT_SHAPES = [(1, 1, 1, 1), (7, 1, 13, 5), (3, 5, 17, 11), (2, 67, 9, 70), (5, 3, 65, 66),
-              (67, 1, 3, 2), (0, 4, 3, 2), (4, 0, 3, 2), (3, 2, 0, 4)]
+DOT_SHAPES = [
+    (1, 1, 1, 1),
+    (7, 1, 13, 5),
+    (3, 5, 17, 11),
+    (2, 67, 9, 70),
+    (5, 3, 65, 66),
+    (67, 1, 3, 2),
+    (0, 4, 3, 2),
+    (4, 0, 3, 2),
+    (3, 2, 0, 4),
+]
 LAYOUTS = ["contiguous", "transposed", "strided"]
 
 
@@ -85,14 +96,27 @@ def test_ghost_dot_blocks_walking_several_output_tiles(backend):
     G = torch.randn(130, 130, 3, dtype=torch.float64, generator=gen).to(backend.device)
     got = backend.op("ghost_dot")(A, D, G)
     A64, D64, G64 = A.cpu(), D.cpu(), G.cpu()
-    assert_within_bound(got, reference.ghost_dot(A64, D64, G64),
-                        reference.ghost_dot(A64.abs(), D64.abs(), G64.abs()), 3 + 130 + 3, torch.float64)
+    assert_within_bound(
+        got,
+        reference.ghost_dot(A64, D64, G64),
+        reference.ghost_dot(A64.abs(), D64.abs(), G64.abs()),
+        3 + 130 + 3,
+        torch.float64,
+    )
 
 
 # ------------------------------------------------------------------------------ ghost_gram
 GRAM_SHAPES = [  # (B1, T, B2, T', I, O)
-    (1, 1, 1, 1, 1, 1), (7, 1, 5, 1, 13, 3), (3, 4, 2, 7, 11, 17), (2, 66, 1, 65, 5, 3),
-    (3, 1, 2, 3, 70, 67), (40, 3, 23, 5, 6, 7), (0, 3, 4, 2, 3, 5), (3, 2, 0, 2, 3, 5), (2, 0, 3, 2, 4, 5)]
+    (1, 1, 1, 1, 1, 1),
+    (7, 1, 5, 1, 13, 3),
+    (3, 4, 2, 7, 11, 17),
+    (2, 66, 1, 65, 5, 3),
+    (3, 1, 2, 3, 70, 67),
+    (40, 3, 23, 5, 6, 7),
+    (0, 3, 4, 2, 3, 5),
+    (3, 2, 0, 2, 3, 5),
+    (2, 0, 3, 2, 4, 5),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -101,8 +125,14 @@ GRAM_SHAPES = [  # (B1, T, B2, T', I, O)
 def test_ghost_gram_matches_reference(backend, dtype, shape, layout):
     B1, T1, B2, T2, I, O = shape
     gen = _seed("gram", shape, layout)
-    A1, D1 = make((B1, T1, I), dtype, backend.device, layout, gen), make((B1, T1, O), dtype, backend.device, layout, gen)
-    A2, D2 = make((B2, T2, I), dtype, backend.device, layout, gen), make((B2, T2, O), dtype, backend.device, layout, gen)
+    A1, D1 = (
+        make((B1, T1, I), dtype, backend.device, layout, gen),
+        make((B1, T1, O), dtype, backend.device, layout, gen),
+    )
+    A2, D2 = (
+        make((B2, T2, I), dtype, backend.device, layout, gen),
+        make((B2, T2, O), dtype, backend.device, layout, gen),
+    )
     got = backend.op("ghost_gram")(A1, D1, A2, D2)
     assert got.shape == (B1, B2) and got.dtype == dtype
     xs = [x.double().cpu() for x in (A1, D1, A2, D2)]
@@ -114,8 +144,18 @@ def test_ghost_gram_matches_reference(backend, dtype, shape, layout):
 # ------------------------------------------------------------------------------ ghost_norm
 # T(I+O) <= I·O: from the T×T tiles; T(I+O) > I·O: one Q_i at a time (both paths covered).
 # (2, 65, 140, 140): T > 64 from the tiles; (70, 2, 9, 8): samples packed 32 per tile, 3 tiles.
-NORM_SHAPES = [(1, 1, 1, 1), (7, 1, 13, 5), (5, 3, 17, 11), (3, 41, 5, 6), (2, 67, 70, 9),
-               (2, 7, 65, 66), (2, 65, 140, 140), (70, 2, 9, 8), (0, 3, 4, 5), (3, 0, 4, 5)]
+NORM_SHAPES = [
+    (1, 1, 1, 1),
+    (7, 1, 13, 5),
+    (5, 3, 17, 11),
+    (3, 41, 5, 6),
+    (2, 67, 70, 9),
+    (2, 7, 65, 66),
+    (2, 65, 140, 140),
+    (70, 2, 9, 8),
+    (0, 3, 4, 5),
+    (3, 0, 4, 5),
+]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -138,8 +178,9 @@ def test_norm_is_the_diagonal_of_the_gram(backend):
     for B, T, I, O in [(4, 1, 6, 5), (3, 9, 12, 10), (2, 30, 3, 4)]:
         A = torch.randn(B, T, I, dtype=torch.float64, generator=gen).to(backend.device)
         D = torch.randn(B, T, O, dtype=torch.float64, generator=gen).to(backend.device)
-        torch.testing.assert_close(backend.op("ghost_norm")(A, D),
-                                   torch.diagonal(backend.op("ghost_gram")(A, D, A, D)), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(
+            backend.op("ghost_norm")(A, D), torch.diagonal(backend.op("ghost_gram")(A, D, A, D)), rtol=1e-12, atol=1e-12
+        )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -151,16 +192,27 @@ def test_half_precision_inputs_accumulate_in_float32(backend, dtype):
     A64, D64, G64 = A.double().cpu(), D.double().cpu(), G.double().cpu()
     got = backend.op("ghost_dot")(A, D, G)
     assert got.dtype == dtype
-    assert_within_bound(got, reference.ghost_dot(A64, D64, G64),
-                        reference.ghost_dot(A64.abs(), D64.abs(), G64.abs()), 33 + 17 + 3, dtype)
+    assert_within_bound(
+        got,
+        reference.ghost_dot(A64, D64, G64),
+        reference.ghost_dot(A64.abs(), D64.abs(), G64.abs()),
+        33 + 17 + 3,
+        dtype,
+    )
     got = backend.op("ghost_gram")(A, D, A[:4], D[:4])
     assert got.dtype == dtype
-    assert_within_bound(got, reference.ghost_gram(A64, D64, A64[:4], D64[:4]),
-                        reference.ghost_gram(A64.abs(), D64.abs(), A64[:4].abs(), D64[:4].abs()), 33 + 17 + 9, dtype)
+    assert_within_bound(
+        got,
+        reference.ghost_gram(A64, D64, A64[:4], D64[:4]),
+        reference.ghost_gram(A64.abs(), D64.abs(), A64[:4].abs(), D64[:4].abs()),
+        33 + 17 + 9,
+        dtype,
+    )
     got = backend.op("ghost_norm")(A, D)
     assert got.dtype == dtype
-    assert_within_bound(got, reference.ghost_norm(A64, D64), reference.ghost_norm(A64.abs(), D64.abs()),
-                        33 + 17 + 9, dtype)
+    assert_within_bound(
+        got, reference.ghost_norm(A64, D64), reference.ghost_norm(A64.abs(), D64.abs()), 33 + 17 + 9, dtype
+    )
 
 
 def test_results_do_not_depend_on_the_thread_count():
@@ -214,18 +266,24 @@ def test_clip_update_duplicates_are_summed_before_the_clip(backend):
 def test_clip_update_strided_alpha_mixed_s_dtype_and_empty(backend):
     base = torch.full((10,), 0.5, dtype=torch.float32, device=backend.device)
     alpha = base[::2]  # (5,), stride 2
-    backend.op("clip_update_")(alpha, torch.tensor([0, 4], device=backend.device),
-                               torch.tensor([0.25, -1.0], dtype=torch.float64, device=backend.device), 1.0)
+    backend.op("clip_update_")(
+        alpha,
+        torch.tensor([0, 4], device=backend.device),
+        torch.tensor([0.25, -1.0], dtype=torch.float64, device=backend.device),
+        1.0,
+    )
     assert base.cpu().tolist() == [0.75, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.5]
-    backend.op("clip_update_")(alpha, torch.empty(0, dtype=torch.int64, device=backend.device),
-                               torch.empty(0, device=backend.device), 1.0)
+    backend.op("clip_update_")(
+        alpha, torch.empty(0, dtype=torch.int64, device=backend.device), torch.empty(0, device=backend.device), 1.0
+    )
     assert base.cpu().tolist() == [0.75, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.0, 0.5]
 
 
 def test_clip_update_nan_propagates(backend):
     alpha = torch.full((2,), 0.5, device=backend.device)
-    backend.op("clip_update_")(alpha, torch.tensor([1], device=backend.device),
-                               torch.tensor([float("nan")], device=backend.device), 1.0)
+    backend.op("clip_update_")(
+        alpha, torch.tensor([1], device=backend.device), torch.tensor([float("nan")], device=backend.device), 1.0
+    )
     assert alpha[0].item() == 0.5 and torch.isnan(alpha[1])
 
 

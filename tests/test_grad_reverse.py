@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import tlkernels
+from conftest import assert_close
 from tlkernels import reference
 from tlkernels.ops import BACKEND_NAMESPACES
-
-from conftest import assert_close
 
 SHAPES = [(0,), (1,), (3,), (31,), (257,), (1031,), (4099,), (7, 13, 3), (2, 1, 65, 5)]
 LAYOUTS = ["contiguous", "transposed", "strided", "offset"]
@@ -58,10 +57,11 @@ def test_bitwise_equal_to_same_dtype_reference(backend, dtype):
     task = torch.randn(10007, dtype=dtype, generator=gen).to(backend.device)
     adv = torch.randn(10007, dtype=dtype, generator=gen).to(backend.device)
     lam = 0.3
-    assert torch.equal(backend.op("grad_reverse_backward")(adv, lam, None),
-                       reference.grad_reverse_backward(adv, lam))
-    assert torch.equal(backend.op("grad_reverse_branch_backward")(task, adv, lam, None),
-                       reference.grad_reverse_branch_backward(task, adv, lam))
+    assert torch.equal(backend.op("grad_reverse_backward")(adv, lam, None), reference.grad_reverse_backward(adv, lam))
+    assert torch.equal(
+        backend.op("grad_reverse_branch_backward")(task, adv, lam, None),
+        reference.grad_reverse_branch_backward(task, adv, lam),
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -202,8 +202,7 @@ def test_gradcheck_of_the_backward_ops(namespace):
     assert torch.autograd.gradcheck(lambda t: ops.grad_reverse_backward(t, 0.7, lam_t), (g,))
     assert torch.autograd.gradgradcheck(lambda t: ops.grad_reverse_backward(t, 0.7, None) ** 2, (g,))
     assert torch.autograd.gradcheck(lambda a, b: ops.grad_reverse_branch_backward(a, b, 0.7, None), (g, h))
-    assert torch.autograd.gradgradcheck(
-        lambda a, b: ops.grad_reverse_branch_backward(a, b, 0.7, lam_t) ** 2, (g, h))
+    assert torch.autograd.gradgradcheck(lambda a, b: ops.grad_reverse_branch_backward(a, b, 0.7, lam_t) ** 2, (g, h))
 
 
 def test_double_backward_matches_plain_autograd():
@@ -215,7 +214,7 @@ def test_double_backward_matches_plain_autograd():
         (gx,) = torch.autograd.grad((layer(x, 0.5) ** 3).sum(), x, create_graph=True)
         (ggx,) = torch.autograd.grad(gx.sum(), x)
         results.append((gx.detach(), ggx))
-    torch.testing.assert_close(results[0][0], -0.5 * 3 * x0 ** 2)
+    torch.testing.assert_close(results[0][0], -0.5 * 3 * x0**2)
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
 
 

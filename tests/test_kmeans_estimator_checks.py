@@ -13,6 +13,7 @@ import warnings
 
 from sklearn.cluster import KMeans as SKLearnKMeans
 from sklearn.utils.estimator_checks import check_estimator, parametrize_with_checks
+
 from tlkernels.cluster import KMeans
 
 # k-means++ draws with sample weights are not the draws on repeated or removed rows, so the
@@ -30,9 +31,7 @@ SKLEARN_KMEANS_ALSO_FAILS = {
 }
 
 
-@parametrize_with_checks(
-    [KMeans()], expected_failed_checks=lambda estimator: SKLEARN_KMEANS_ALSO_FAILS
-)
+@parametrize_with_checks([KMeans()], expected_failed_checks=lambda estimator: SKLEARN_KMEANS_ALSO_FAILS)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 

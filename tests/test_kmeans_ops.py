@@ -7,10 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import TOLERANCES, assert_close
 from tlkernels import reference
 from tlkernels.ops import BACKEND_NAMESPACES
-
-from conftest import TOLERANCES, assert_close
 
 # (N, D, K): ones, primes, non-multiples of every tile size, a K above the 8/4-lane SIMD width
 SIZES = [(1, 1, 1), (7, 3, 2), (31, 5, 17), (97, 13, 37), (300, 2, 5), (129, 70, 9), (0, 4, 3), (53, 37, 1)]
@@ -30,8 +29,12 @@ def _check_assignment(labels, dist2, X, C, dtype):
     else:
         tol = TOLERANCES[dtype]
         Xp, Cp, _ = reference._as_problems(X.double().cpu(), C.double().cpu())
-        chosen = (Xp - torch.gather(Cp, 1, labels.reshape(Cp.shape[0], -1, 1).expand(-1, -1, Cp.shape[2]))
-                  ).square().sum(-1).reshape(ref_d2.shape)
+        chosen = (
+            (Xp - torch.gather(Cp, 1, labels.reshape(Cp.shape[0], -1, 1).expand(-1, -1, Cp.shape[2])))
+            .square()
+            .sum(-1)
+            .reshape(ref_d2.shape)
+        )
         assert torch.all(chosen <= ref_d2 + tol["atol"] + tol["rtol"] * ref_d2.abs())
         assert (labels != ref_labels).float().mean() < 0.01 or labels.numel() < 100
 
@@ -49,21 +52,22 @@ def test_assign_matches_reference(backend, dtype, size):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("layout", ["batched", "shared_x", "runs_per_x", "shared_c", "expanded_x",
-                                    "transposed", "strided"])
+@pytest.mark.parametrize(
+    "layout", ["batched", "shared_x", "runs_per_x", "shared_c", "expanded_x", "transposed", "strided"]
+)
 def test_assign_layouts(backend, dtype, layout):
     gen = torch.Generator().manual_seed(7)
     N, D, K = 61, 11, 6
     r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).to(backend.device)  # noqa: E731
     if layout == "batched":
         X, C = r(3, N, D), r(3, K, D)
-    elif layout == "shared_x":        # one data set, 4 problems
+    elif layout == "shared_x":  # one data set, 4 problems
         X, C = r(N, D), r(4, K, D)
-    elif layout == "runs_per_x":      # 2 data sets, 3 problems each
+    elif layout == "runs_per_x":  # 2 data sets, 3 problems each
         X, C = r(2, N, D), r(6, K, D)
     elif layout == "shared_c":
         X, C = r(3, N, D), r(K, D)
-    elif layout == "expanded_x":      # stride-0 expansion: read once, never copied
+    elif layout == "expanded_x":  # stride-0 expansion: read once, never copied
         X, C = r(N, D).expand(5, N, D), r(5, K, D)
     elif layout == "transposed":
         X, C = r(D, N).t(), r(2, D, K).transpose(1, 2)
@@ -77,8 +81,11 @@ def test_ties_go_to_the_lowest_index(backend):
     for dtype in (torch.float32, torch.float64):
         X = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 3.0], [5.0, 5.0]], dtype=dtype, device=backend.device)
         # duplicated centroids and a point (0, 0) equidistant from (1, 0) and (-1, 0)
-        C = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 3.0]] + [[9.0, 9.0]] * 12,
-                         dtype=dtype, device=backend.device)
+        C = torch.tensor(
+            [[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 3.0], [0.0, 3.0]] + [[9.0, 9.0]] * 12,
+            dtype=dtype,
+            device=backend.device,
+        )
         labels, dist2 = backend.op("kmeans_assign")(X, C)
         assert labels.tolist() == [0, 0, 3, 3]
         assert dist2.tolist() == [1.0, 0.0, 0.0, 29.0]
@@ -132,8 +139,10 @@ def test_update_matches_reference(backend, dtype, size):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("layout", ["batched", "runs_per_x", "weights_per_x", "weights_per_problem",
-                                    "shared_labels", "int32_labels", "strided"])
+@pytest.mark.parametrize(
+    "layout",
+    ["batched", "runs_per_x", "weights_per_x", "weights_per_problem", "shared_labels", "int32_labels", "strided"],
+)
 def test_update_layouts(backend, dtype, layout):
     gen = torch.Generator().manual_seed(11)
     N, D, K = 53, 7, 5
@@ -161,8 +170,10 @@ def test_update_layouts(backend, dtype, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("layout", ["plain", "batched", "runs_per_x", "weights", "weights_per_problem",
-                                    "shared_c_weights_per_problem", "empty"])
+@pytest.mark.parametrize(
+    "layout",
+    ["plain", "batched", "runs_per_x", "weights", "weights_per_problem", "shared_c_weights_per_problem", "empty"],
+)
 def test_step_is_assign_then_update(backend, dtype, layout):
     """kmeans_step (fused on the CPU) == kmeans_assign followed by kmeans_update of its labels."""
     gen = torch.Generator().manual_seed(13)
@@ -195,8 +206,11 @@ def test_step_is_assign_then_update(backend, dtype, layout):
 
 def test_outputs_are_deterministic_for_any_thread_count(backend):
     gen = torch.Generator().manual_seed(5)
-    X = torch.randn(20011, 19, generator=gen).to(backend.device) if backend.name != "emu" else \
-        torch.randn(1031, 19, generator=gen)
+    X = (
+        torch.randn(20011, 19, generator=gen).to(backend.device)
+        if backend.name != "emu"
+        else torch.randn(1031, 19, generator=gen)
+    )
     C = torch.randn(3, 23, 19, generator=gen).to(X.device)
     threads = torch.get_num_threads()
     try:
@@ -317,7 +331,14 @@ def test_torch_compile_fullgraph():
 
 
 # ---------------------------------------------------------------- CPU SIMD levels of the epilogue
-SIMD_LEVELS = ["scalar", "avx2", "avx512", "avx512_direct", "avx512_wide", "avx512_amx"]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
+SIMD_LEVELS = [
+    "scalar",
+    "avx2",
+    "avx512",
+    "avx512_direct",
+    "avx512_wide",
+    "avx512_amx",
+]  # capped at what the CPU runs (tlkernels reads TLK_KMEANS_SIMD per call)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -331,9 +352,26 @@ def test_cpu_simd_levels_agree(monkeypatch, level, dtype):
     through assign and the fused step, with shared and batched centroids and with one X shared by
     several problems (K = 1 with several problems on one X: the k-means++ candidates)."""
     gen = torch.Generator().manual_seed(21)
-    for N, D, K in [(1, 1, 1), (15, 3, 2), (17, 16, 16), (33, 5, 17), (250, 17, 65), (70, 33, 7), (300, 16, 64),
-                    (45, 40, 48), (129, 2, 33), (53, 37, 1), (40, 16, 1), (100, 32, 130), (37, 70, 80),
-                    (16, 1, 97), (70, 9, 300), (20, 4, 512), (18, 3, 513), (40, 24, 176)]:
+    for N, D, K in [
+        (1, 1, 1),
+        (15, 3, 2),
+        (17, 16, 16),
+        (33, 5, 17),
+        (250, 17, 65),
+        (70, 33, 7),
+        (300, 16, 64),
+        (45, 40, 48),
+        (129, 2, 33),
+        (53, 37, 1),
+        (40, 16, 1),
+        (100, 32, 130),
+        (37, 70, 80),
+        (16, 1, 97),
+        (70, 9, 300),
+        (20, 4, 512),
+        (18, 3, 513),
+        (40, 24, 176),
+    ]:
         X = torch.randn(2, N, D, generator=gen, dtype=torch.float64).to(dtype)
         C = torch.randn(2, K, D, generator=gen, dtype=torch.float64).to(dtype)
         monkeypatch.setenv("TLK_KMEANS_SIMD", "scalar")
@@ -374,5 +412,8 @@ def test_cpu_simd_levels_break_ties_and_band_hits_exactly(monkeypatch, level):
 
 def test_cpu_simd_level_must_be_known(monkeypatch):
     monkeypatch.setenv("TLK_KMEANS_SIMD", "sse9")
-    with pytest.raises(ValueError, match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct', 'avx512_wide' or 'avx512_amx'"):
+    with pytest.raises(
+        ValueError,
+        match="TLK_KMEANS_SIMD must be 'scalar', 'avx2', 'avx512', 'avx512_direct', 'avx512_wide' or 'avx512_amx'",
+    ):
         torch.ops.tlkernels.kmeans_assign(torch.randn(4, 2), torch.randn(2, 2))

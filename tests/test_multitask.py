@@ -8,8 +8,14 @@ import torch
 from torch import nn
 
 from tlkernels.data import load_digits
-from tlkernels.multitask import (ContextConcatNet, ContextualClassifier, HardSharingNet, MultiTaskClassifier,
-                                 SoftSharingPenalty, WeightPredictingNet)
+from tlkernels.multitask import (
+    ContextConcatNet,
+    ContextualClassifier,
+    HardSharingNet,
+    MultiTaskClassifier,
+    SoftSharingPenalty,
+    WeightPredictingNet,
+)
 
 INF = float("inf")
 
@@ -121,7 +127,9 @@ def test_lambda_mu_zero_equals_separate_training(digits):
 
 def test_multitask_learns_and_scores_per_task(digits):
     X, y, Y = digits
-    est = MultiTaskClassifier("hard", hidden=(64,), epochs=30, random_state=0).fit(X[:200], {t: v[:200] for t, v in Y.items()})
+    est = MultiTaskClassifier("hard", hidden=(64,), epochs=30, random_state=0).fit(
+        X[:200], {t: v[:200] for t, v in Y.items()}
+    )
     s = est.score(X[200:], {t: v[200:] for t, v in Y.items()})
     assert set(s) == set(Y) and s["identity"] > 0.7 and s["parity"] > 0.7
     assert est.n_classes_ == {"identity": 10, "parity": 2, "ge5": 2}
@@ -209,8 +217,10 @@ def test_contextual_classifier_uses_the_context():
     mu = (torch.arange(600) % 2).float()
     yy = torch.where(mu > 0, 9 - y, y)
     kw = dict(hidden=(64, 32), epochs=40, lr=3e-3, random_state=0)
-    acc = {m: ContextualClassifier(m, **kw).fit(X[:400], yy[:400], mu[:400]).score(X[400:], yy[400:], mu[400:])
-           for m in ("pooled", "concat", "weights")}
+    acc = {
+        m: ContextualClassifier(m, **kw).fit(X[:400], yy[:400], mu[:400]).score(X[400:], yy[400:], mu[400:])
+        for m in ("pooled", "concat", "weights")
+    }
     assert acc["pooled"] < 0.6 and acc["concat"] > acc["pooled"] + 0.1 and acc["weights"] > 0.75
 
 

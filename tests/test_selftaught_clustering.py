@@ -30,14 +30,25 @@ def _dhillon_step_changes(X, r, c, k, l):
     B = _blocks(P, r, c, k, l)
     bx, bz = B.sum(1), B.sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        qz = (B / bx[:, None])[:, c] * (pz / bz[c])[None]                   # q(z | x~) (k, M)
+        qz = (B / bx[:, None])[:, c] * (pz / bz[c])[None]  # q(z | x~) (k, M)
         pzx = P / px[:, None]
-        row_cost = np.array([[np.sum(np.where(pzx[i] > 0, pzx[i] * (np.log(pzx[i]) - np.log(qz[j])), 0.0))
-                              for j in range(k)] for i in range(len(r))])
-        qx = (px / bx[r])[:, None] * (B / bz[None])[r]                     # q(x | z~) (N, l)
+        row_cost = np.array(
+            [
+                [np.sum(np.where(pzx[i] > 0, pzx[i] * (np.log(pzx[i]) - np.log(qz[j])), 0.0)) for j in range(k)]
+                for i in range(len(r))
+            ]
+        )
+        qx = (px / bx[r])[:, None] * (B / bz[None])[r]  # q(x | z~) (N, l)
         pxz = P / pz[None]
-        col_cost = np.array([[pz[z] * np.sum(np.where(pxz[:, z] > 0, pxz[:, z] * (np.log(pxz[:, z]) - np.log(qx[:, j])), 0))
-                              for j in range(l)] for z in range(len(c))])
+        col_cost = np.array(
+            [
+                [
+                    pz[z] * np.sum(np.where(pxz[:, z] > 0, pxz[:, z] * (np.log(pxz[:, z]) - np.log(qx[:, j])), 0))
+                    for j in range(l)
+                ]
+                for z in range(len(c))
+            ]
+        )
     row_cost = np.nan_to_num(row_cost, nan=np.inf)
     col_cost = np.nan_to_num(col_cost, nan=np.inf)
     rows = sum(row_cost[i, r[i]] > row_cost[i].min() + 1e-10 for i in range(len(r)))
@@ -96,15 +107,28 @@ def test_images_are_flattened_and_tensors_accepted():
     assert set(s.labels_) <= {0, 1} and set(s.feature_labels_) <= {0, 1, 2}
 
 
-@pytest.mark.parametrize("kwargs, X, Xa, match", [
-    ({"n_clusters": 0, "n_feature_clusters": 2}, np.ones((5, 4)), None, "n_clusters"),
-    ({"n_clusters": 2, "n_feature_clusters": 9}, np.ones((5, 4)), None, "n_feature_clusters"),
-    ({"n_clusters": 2, "n_feature_clusters": 2, "lam": -1.0}, np.ones((5, 4)), None, "lam"),
-    ({"n_clusters": 2, "n_feature_clusters": 2}, -np.ones((5, 4)), None, "X_target must be non-negative"),
-    ({"n_clusters": 2, "n_feature_clusters": 2}, np.ones((5, 4)), np.ones((5, 3)), "X_aux must have the 4 features"),
-    ({"n_clusters": 2, "n_feature_clusters": 2, "n_aux_clusters": 9}, np.ones((5, 4)), np.ones((5, 4)), "n_aux_clusters"),
-    ({"n_clusters": 2, "n_feature_clusters": 2}, np.full((5, 4), np.nan), None, "X_target must be finite"),
-])
+@pytest.mark.parametrize(
+    "kwargs, X, Xa, match",
+    [
+        ({"n_clusters": 0, "n_feature_clusters": 2}, np.ones((5, 4)), None, "n_clusters"),
+        ({"n_clusters": 2, "n_feature_clusters": 9}, np.ones((5, 4)), None, "n_feature_clusters"),
+        ({"n_clusters": 2, "n_feature_clusters": 2, "lam": -1.0}, np.ones((5, 4)), None, "lam"),
+        ({"n_clusters": 2, "n_feature_clusters": 2}, -np.ones((5, 4)), None, "X_target must be non-negative"),
+        (
+            {"n_clusters": 2, "n_feature_clusters": 2},
+            np.ones((5, 4)),
+            np.ones((5, 3)),
+            "X_aux must have the 4 features",
+        ),
+        (
+            {"n_clusters": 2, "n_feature_clusters": 2, "n_aux_clusters": 9},
+            np.ones((5, 4)),
+            np.ones((5, 4)),
+            "n_aux_clusters",
+        ),
+        ({"n_clusters": 2, "n_feature_clusters": 2}, np.full((5, 4), np.nan), None, "X_target must be finite"),
+    ],
+)
 def test_errors_name_the_argument(kwargs, X, Xa, match):
     with pytest.raises(ValueError, match=match):
         SelfTaughtClustering(**kwargs).fit(X, Xa)

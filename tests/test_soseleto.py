@@ -142,8 +142,9 @@ def test_finds_the_flipped_labels_of_the_synthetic_set():
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
     head = nn.Linear(64, 2)
-    m = Soseleto(backbone, head, head, 500, lr=0.1, lr_alpha=0.05, batch_size=32, target_batch_size=25,
-                 random_state=0, epochs=25).fit(src, tgt)
+    m = Soseleto(
+        backbone, head, head, 500, lr=0.1, lr_alpha=0.05, batch_size=32, target_batch_size=25, random_state=0, epochs=25
+    ).fit(src, tgt)
     auroc = roc_auc_score((~src.flipped).numpy(), m.alpha_.numpy())
     assert auroc > 0.85, auroc
     assert m.score(tgt.X, tgt.y) > 0.8
@@ -163,18 +164,30 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="n_source=10"):
         m.fit((torch.randn(9, 2), torch.zeros(9, dtype=torch.long)), (torch.randn(3, 2), torch.zeros(3)))
     with pytest.raises(ValueError, match="NaN"):
-        m.fit((torch.full((10, 2), float("nan")), torch.zeros(10, dtype=torch.long)),
-              (torch.randn(3, 2), torch.zeros(3)))
+        m.fit(
+            (torch.full((10, 2), float("nan")), torch.zeros(10, dtype=torch.long)), (torch.randn(3, 2), torch.zeros(3))
+        )
 
 
 def _dist_worker(rank: int, world: int, port: int, shards, target, out: dict) -> None:
     import torch.distributed as dist
+
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         b, h, _ = tiny(seed=11)
         xs, ys = shards[rank]
-        m = Soseleto(b, h, h, len(xs), batch_size=len(xs), target_batch_size=len(target[0]), lr_alpha=0.2,
-                     distributed=True, random_state=0, epochs=4)
+        m = Soseleto(
+            b,
+            h,
+            h,
+            len(xs),
+            batch_size=len(xs),
+            target_batch_size=len(target[0]),
+            lr_alpha=0.2,
+            distributed=True,
+            random_state=0,
+            epochs=4,
+        )
         m.fit((xs, ys), target)
         out[rank] = (m.alpha_.clone(), [p.detach().clone() for p in m.source_net.parameters()])
     finally:
@@ -185,6 +198,7 @@ def test_two_gloo_processes_match_one_process():
     """Each rank holds half the source; with whole-shard batches the 2-process run equals the
     1-process run on the concatenated source (up to float summation order)."""
     import socket
+
     import torch.multiprocessing as mp
 
     src, tgt = make_noisy_2d(n_source=40, n_target=12, random_state=4)

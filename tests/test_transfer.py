@@ -10,10 +10,23 @@ import torch
 from torch import nn
 
 from tlkernels.data import class_split, load_digits, stratified_split
-from tlkernels.transfer import (Autoencoder, FeatureProbe, FineTune, Flextune, L2SPLoss, LayerTransfer,
-                                OutputConstraintLoss, ProgressiveNet, RotationPretrainer, SelfTaught,
-                                finetune_tradeoff, param_layers, rotate4, rotation_accuracy, sweep_layer_transfer,
-                                transfer_layers)
+from tlkernels.transfer import (
+    Autoencoder,
+    FeatureProbe,
+    FineTune,
+    Flextune,
+    L2SPLoss,
+    LayerTransfer,
+    OutputConstraintLoss,
+    ProgressiveNet,
+    RotationPretrainer,
+    SelfTaught,
+    finetune_tradeoff,
+    rotate4,
+    rotation_accuracy,
+    sweep_layer_transfer,
+    transfer_layers,
+)
 
 
 def mlp(n_out=5, hidden=(32, 16)):
@@ -93,8 +106,9 @@ def test_finetune_weights_and_history(digits):
     ft = FineTune(digits["source"], 1e-3, 3, n_classes=5, random_state=0).fit(tr.X, tr.y, w, X_val=va.X, y_val=va.y)
     assert [h["epoch"] for h in ft.history_] == [0, 1, 2, 3]
     assert all(0 <= h["val_accuracy"] <= 1 for h in ft.history_)
-    res = finetune_tradeoff(digits["source"], tr.X, tr.y, va.X, va.y, lrs=(1e-3,), epochs=2, n_classes=5,
-                            head_epochs=2, random_state=0)
+    res = finetune_tradeoff(
+        digits["source"], tr.X, tr.y, va.X, va.y, lrs=(1e-3,), epochs=2, n_classes=5, head_epochs=2, random_state=0
+    )
     assert len(res["curves"][1e-3]) == 3
 
 
@@ -111,12 +125,14 @@ def test_finetune_bad_input_names_argument(digits):
 def test_flextune_changes_exactly_one_layer(digits):
     src = digits["source"]
     before = snapshot(src)
-    fx = Flextune(src, lr=1e-2, epochs=5, random_state=0).fit(digits["tr"].X, digits["tr"].y,
-                                                              X_val=digits["va"].X, y_val=digits["va"].y)
+    fx = Flextune(src, lr=1e-2, epochs=5, random_state=0).fit(
+        digits["tr"].X, digits["tr"].y, X_val=digits["va"].X, y_val=digits["va"].y
+    )
     assert set(fx.scores_) == {"1", "3", "5"}
     assert changed_layers(before, fx.model_) == {fx.layer_}
-    fx = Flextune(src, layers=["1", "3"], n_classes=5, lr=1e-2, epochs=3, head_epochs=3,
-                  random_state=0).fit(digits["tr"].X, digits["tr"].y)  # validation carved from the data
+    fx = Flextune(src, layers=["1", "3"], n_classes=5, lr=1e-2, epochs=3, head_epochs=3, random_state=0).fit(
+        digits["tr"].X, digits["tr"].y
+    )  # validation carved from the data
     assert changed_layers(before, fx.model_) - {"5"} == {fx.layer_}
     with pytest.raises(ValueError, match="layers"):
         Flextune(src, layers=["7"])
@@ -131,8 +147,17 @@ def test_layer_transfer_copies_and_freezes(digits):
     lt = LayerTransfer(src, 1, "last", lr=1e-2, epochs=3, random_state=0).fit(digits["tr"].X, digits["tr"].y)
     assert lt.copied_ == ["5"] and torch.equal(lt.model_[5].weight, src[5].weight)
     assert not torch.equal(lt.model_[1].weight, src[1].weight)
-    sw = sweep_layer_transfer(src, digits["tr"].X, digits["tr"].y, digits["va"].X, digits["va"].y, ks=(0, 1),
-                              freezes=(True,), epochs=2, random_state=0)
+    sw = sweep_layer_transfer(
+        src,
+        digits["tr"].X,
+        digits["tr"].y,
+        digits["va"].X,
+        digits["va"].y,
+        ks=(0, 1),
+        freezes=(True,),
+        epochs=2,
+        random_state=0,
+    )
     assert [(r["k"], r["where"]) for r in sw["rows"]] == [(0, "first"), (1, "first"), (1, "last")]
     with pytest.raises(ValueError, match="k=4"):
         LayerTransfer(src, 4)
@@ -184,7 +209,8 @@ def test_output_constraint_loss():
     with pytest.raises(ValueError, match="new_logits"):
         loss(x, torch.zeros(7, 3))
     ft = FineTune(src, 1e-2, 2, n_classes=5, output_constraint=1.0, random_state=0).fit(
-        torch.rand(20, 1, 8, 8), torch.arange(20) % 5)
+        torch.rand(20, 1, 8, 8), torch.arange(20) % 5
+    )
     assert ft.predict(x).shape == (7,)
 
 
@@ -245,8 +271,9 @@ def test_self_taught(digits):
     st = SelfTaught(32, random_state=0).fit(digits["tr"].X, digits["tr"].y, X_unlabeled=digits["src"].X)
     assert st.components_.shape == (32, 64)
     assert st.score(digits["te"].X, digits["te"].y) > 0.5
-    st2 = SelfTaught(16, "autoencoder", epochs=5, random_state=0).fit(digits["tr"].X, digits["tr"].y,
-                                                                      X_unlabeled=digits["src"].X)
+    st2 = SelfTaught(16, "autoencoder", epochs=5, random_state=0).fit(
+        digits["tr"].X, digits["tr"].y, X_unlabeled=digits["src"].X
+    )
     assert st2.transform(digits["te"].X).shape == (200, 16)
     with pytest.raises(ValueError, match="X_unlabeled"):
         SelfTaught(8).fit(digits["tr"].X, digits["tr"].y)

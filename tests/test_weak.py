@@ -22,6 +22,7 @@ def _blobs(n, seed, sep=4.0):
 
 # ---------------------------------------------------------------- self-training
 
+
 def test_perfect_initial_model_is_a_fixed_point():
     X, y = _blobs(400, 0, sep=12.0)  # separable by a wide margin: the labelled-only model is perfect
     Xl, yl, Xu, yu = X[:20], y[:20], X[20:], y[20:]
@@ -61,8 +62,9 @@ def test_self_training_improves_on_two_clusters():
 
 def test_max_new_per_round_and_confidence_weights():
     X, y = _blobs(300, 4)
-    st = SelfTraining(LogisticRegression(), threshold=0.6, max_rounds=3, max_new_per_round=25,
-                      weight_by_confidence=True).fit(X[:10], y[:10], X[10:])
+    st = SelfTraining(
+        LogisticRegression(), threshold=0.6, max_rounds=3, max_new_per_round=25, weight_by_confidence=True
+    ).fit(X[:10], y[:10], X[10:])
     counts = [h["n_pseudo"] for h in st.history_]
     assert counts[:4] == [0, 25, 50, 75]
     # the kept examples are the most confident ones of the round that chose them
@@ -78,8 +80,9 @@ def test_self_training_with_finetune_and_tensors():
     Xt, yt = torch.tensor(X, dtype=torch.float32), torch.tensor(y)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 16), nn.ReLU(), nn.Linear(16, 2))
-    st = SelfTraining(FineTune(net, lr=1e-2, epochs=15, batch_size=16), threshold=0.9, max_rounds=2,
-                      random_state=0).fit(Xt[:10], yt[:10], Xt[10:], y_unlabeled_true=yt[10:])
+    st = SelfTraining(
+        FineTune(net, lr=1e-2, epochs=15, batch_size=16), threshold=0.9, max_rounds=2, random_state=0
+    ).fit(Xt[:10], yt[:10], Xt[10:], y_unlabeled_true=yt[10:])
     assert st.history_[1]["n_pseudo"] > 0 and st.history_[1]["pseudo_accuracy"] > 0.9
     assert st.score(Xt, yt) > 0.9
     assert st.predict_proba(Xt).shape == (200, 2)
@@ -107,6 +110,7 @@ def test_self_training_errors_name_arguments():
 
 # ---------------------------------------------------------------- subwindow search
 
+
 def _brute(s, hmin=1, wmin=1):
     H, W = s.shape
     best = -np.inf
@@ -124,7 +128,7 @@ def test_exhaustive_matches_brute_force():
         s = r.normal(size=(6, 7)) - 0.3
         box, info = localize(s, "exhaustive", return_info=True)
         assert np.isclose(info["score"], _brute(s))
-        assert np.isclose(s[box[0]:box[2], box[1]:box[3]].sum(), info["score"])
+        assert np.isclose(s[box[0] : box[2], box[1] : box[3]].sum(), info["score"])
         assert info["n_evaluated"] == (6 * 7 // 2) * (7 * 8 // 2)
 
 
@@ -142,12 +146,12 @@ def test_branch_and_bound_equals_exhaustive(kind):
             s = r.integers(-3, 3, (H, W)).astype(float)  # many ties
         elif kind == "blob":
             s = s - 1.0
-            s[H // 4: H // 2 + 1, W // 3: W // 2 + 1] += 3.0
+            s[H // 4 : H // 2 + 1, W // 3 : W // 2 + 1] += 3.0
         for mn, mx in ((1, None), ((min(2, H), min(3, W)), (max(min(2, H), H - 1), W))):
             be, ie = localize(s, "exhaustive", mn, mx, return_info=True)
             bb, ib = localize(s, "branch_and_bound", mn, mx, return_info=True)
             assert np.isclose(ie["score"], ib["score"]), (seed, be, bb)
-            assert np.isclose(s[bb[0]:bb[2], bb[1]:bb[3]].sum(), ib["score"])
+            assert np.isclose(s[bb[0] : bb[2], bb[1] : bb[3]].sum(), ib["score"])
             h, w = bb[2] - bb[0], bb[3] - bb[1]
             mnh, mnw = (mn, mn) if isinstance(mn, int) else mn
             assert h >= mnh and w >= mnw
@@ -186,8 +190,9 @@ def test_iou_known_values():
     assert iou([0, 0, 2, 4], [0, 2, 2, 6]) == pytest.approx(4 / 12)
     assert iou([0, 0, 2, 2], [2, 2, 4, 4]) == 0.0  # touching corners, exclusive ends
     assert iou([0, 0, 4, 4], [1, 1, 3, 3]) == pytest.approx(4 / 16)  # nested
-    np.testing.assert_allclose(iou(np.array([[0, 0, 2, 2], [0, 0, 1, 1]]), np.array([[1, 1, 3, 3], [0, 0, 1, 1]])),
-                               [1 / 7, 1.0])
+    np.testing.assert_allclose(
+        iou(np.array([[0, 0, 2, 2], [0, 0, 1, 1]]), np.array([[1, 1, 3, 3], [0, 0, 1, 1]])), [1 / 7, 1.0]
+    )
 
 
 def test_localization_errors_name_arguments():
@@ -207,6 +212,7 @@ def test_localization_errors_name_arguments():
 
 
 # ---------------------------------------------------------------- canvas digits and the localiser
+
 
 def test_canvas_digits_boxes_hold_the_digit():
     X, y, b = make_canvas_digits(60, canvas=20, random_state=0, n_distractors=0, noise=0.0)
@@ -260,7 +266,10 @@ def test_experiment_smoke():
     assert set(st) >= {"labelled_only", "self_training", "oracle"}
     assert st["self_training"]["threshold"] in ex.THRESHOLDS
     assert st["oracle"]["test_accuracy"] > st["labelled_only"]["test_accuracy"]
-    assert loc["weak_window"]["same_score"] and loc["weak_window"]["ess_boxes_mean"] < loc["weak_window"]["exhaustive_boxes"]
+    assert (
+        loc["weak_window"]["same_score"]
+        and loc["weak_window"]["ess_boxes_mean"] < loc["weak_window"]["exhaustive_boxes"]
+    )
     t = ex.table(r)
     assert "Self-training" in t and "Centered fixed box" in t and "ESS" in t
     import json

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from tlkernels.zeroshot import (ATTRIBUTE_NAMES, DAP, DIGIT_ATTRIBUTES, BilinearCompatibility, ConSE,
-                                EmbeddingZeroShot, ZeroShotHingeLoss, encode_classes)
+from tlkernels.zeroshot import (
+    ATTRIBUTE_NAMES,
+    DAP,
+    DIGIT_ATTRIBUTES,
+    BilinearCompatibility,
+    ConSE,
+    EmbeddingZeroShot,
+    ZeroShotHingeLoss,
+    encode_classes,
+)
 
 torch.set_num_threads(1)
 SEEN, UNSEEN = np.arange(7), np.array([7, 8, 9])
@@ -37,8 +45,19 @@ def _class_coded(classes, per_class=20, seed=0):
 def _linear_problem(seed=0, n=80):
     """8 classes with distinct 6-bit attribute rows; X (N, 20) = attributes @ W + noise."""
     rng = np.random.default_rng(seed)
-    S = np.array([[1, 0, 0, 1, 0, 1], [0, 1, 0, 0, 1, 1], [1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 1, 0],
-                  [1, 0, 1, 0, 1, 1], [0, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 1], [0, 0, 0, 1, 1, 1]], dtype=bool)
+    S = np.array(
+        [
+            [1, 0, 0, 1, 0, 1],
+            [0, 1, 0, 0, 1, 1],
+            [1, 1, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 0],
+            [1, 0, 1, 0, 1, 1],
+            [0, 1, 1, 1, 0, 0],
+            [1, 1, 1, 0, 0, 1],
+            [0, 0, 0, 1, 1, 1],
+        ],
+        dtype=bool,
+    )
     W = rng.standard_normal((6, 20))
     y = np.repeat(np.arange(8), n)
     X = (2 * S[y] - 1.0) @ W + 0.5 * rng.standard_normal((len(y), 20))
@@ -120,8 +139,9 @@ def test_hinge_loss_zero_when_margins_hold_and_hand_values():
     torch.testing.assert_close(loss(s, t), torch.tensor(1.55))
     # max over wrong classes (the slide's form), margin 0.5: row 0: 1.0, row 1: 0.5 - 0.3 + 0.2 = 0.4
     torch.testing.assert_close(ZeroShotHingeLoss(0.5, "max", "none")(s, t), torch.tensor([1.0, 0.4]))
-    torch.testing.assert_close(ZeroShotHingeLoss(1.0)(s, t, weight=torch.tensor([1.0, 3.0])),
-                               torch.tensor((1.5 + 3 * 1.6) / 4))
+    torch.testing.assert_close(
+        ZeroShotHingeLoss(1.0)(s, t, weight=torch.tensor([1.0, 3.0])), torch.tensor((1.5 + 3 * 1.6) / 4)
+    )
     # gradient of row 0: only class 1 violates strictly (class 2 sits at the kink, margin exactly 1)
     s0 = s.clone().requires_grad_(True)
     ZeroShotHingeLoss(1.0, reduction="sum")(s0[:1], t[:1]).backward()
@@ -160,8 +180,10 @@ def test_conse_T1_one_hot_maps_to_nearest_unseen_embedding():
     E = DIGIT_ATTRIBUTES / np.linalg.norm(DIGIT_ATTRIBUTES, axis=1, keepdims=True)
     expect = UNSEEN[(E[SEEN] @ E[UNSEEN].T).argmax(1)]
     np.testing.assert_array_equal(con.predict(X), expect)
-    np.testing.assert_allclose(con.embed(X), DIGIT_ATTRIBUTES[SEEN] / np.linalg.norm(DIGIT_ATTRIBUTES[SEEN], axis=1,
-                                                                                      keepdims=True))
+    np.testing.assert_allclose(
+        con.embed(X), DIGIT_ATTRIBUTES[SEEN] / np.linalg.norm(DIGIT_ATTRIBUTES[SEEN], axis=1, keepdims=True)
+    )
+
     # T = 2: the embedding is the probability-weighted mean of the two top classes
     class _Two:
         classes_ = SEEN
@@ -221,8 +243,12 @@ def test_experiment_smoke_tiny_grids(tmp_path):
 
     from tlkernels.experiments import zeroshot as ex
 
-    grids = {"dap": [{"C": 1.0, "prior": "empirical"}], "embedding": [{"margin": 1.0, "weight_decay": 1e-4}],
-             "conse": [{"C": 1.0, "T": 2, "signed": False}], "fewshot": [{"C": 1.0}]}
+    grids = {
+        "dap": [{"C": 1.0, "prior": "empirical"}],
+        "embedding": [{"margin": 1.0, "weight_decay": 1e-4}],
+        "conse": [{"C": 1.0, "T": 2, "signed": False}],
+        "fewshot": [{"C": 1.0}],
+    }
     res = ex.run(seeds=(0,), methods=["dap", "embedding", "conse", "fewshot_1"], epochs=1, grids=grids)
     json.dumps(res)
     assert ex.GRIDS["dap"] != grids["dap"]  # the override does not leak into later runs

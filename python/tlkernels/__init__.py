@@ -6,11 +6,11 @@ tensors by the SIMT emulator). ``tlkernels.ops`` wraps them with typed Python fu
 autograd; ``tlkernels.reference`` holds the plain-PyTorch reference of every op.
 """
 
-from ._version import __version__
 from . import ops, reference
+from ._version import __version__
 from .build import build_info, self_check
-from .ops import grad_reverse, grad_reverse_branch
 from .nn import GradientReversal, dann_lambda
+from .ops import grad_reverse, grad_reverse_branch
 
 __all__ = [
     "__version__",
@@ -31,6 +31,7 @@ def __getattr__(name):
     # k-means (tlkernels.cluster) is imported on first use: it imports scikit-learn's base classes.
     if name in ("KMeans", "batched_kmeans", "cluster"):
         import importlib
+
         cluster = importlib.import_module(".cluster", __name__)
         return cluster if name == "cluster" else getattr(cluster, name)
     raise AttributeError(f"module 'tlkernels' has no attribute {name!r}")

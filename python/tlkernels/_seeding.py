@@ -23,18 +23,10 @@ def as_seed(random_state, default: int | None = None) -> int:
     if isinstance(random_state, np.random.Generator):
         return int(random_state.integers(2**63 - 1))
     if random_state is None:
-        return (
-            int(default)
-            if default is not None
-            else int(np.random.default_rng().integers(2**63 - 1))
-        )
-    if isinstance(random_state, numbers.Integral) and not isinstance(
-        random_state, bool
-    ):
+        return int(default) if default is not None else int(np.random.default_rng().integers(2**63 - 1))
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         return int(random_state)
-    raise ValueError(
-        f"random_state must be None, an int or a numpy.random.Generator, got {random_state!r}"
-    )
+    raise ValueError(f"random_state must be None, an int or a numpy.random.Generator, got {random_state!r}")
 
 
 def torch_generator(random_state, default: int | None = None) -> torch.Generator:
@@ -47,19 +39,11 @@ def torch_generator(random_state, default: int | None = None) -> torch.Generator
     if isinstance(random_state, np.random.Generator):
         seed = int(random_state.integers(2**63 - 1))
     elif random_state is None:
-        seed = (
-            int(default)
-            if default is not None
-            else int(np.random.default_rng().integers(2**63 - 1))
-        )
-    elif isinstance(random_state, numbers.Integral) and not isinstance(
-        random_state, bool
-    ):
+        seed = int(default) if default is not None else int(np.random.default_rng().integers(2**63 - 1))
+    elif isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
         seed = int(random_state)
     else:
-        raise ValueError(
-            f"random_state must be None, an int or a numpy.random.Generator, got {random_state!r}"
-        )
+        raise ValueError(f"random_state must be None, an int or a numpy.random.Generator, got {random_state!r}")
     return torch.Generator().manual_seed(seed)
 
 

@@ -83,9 +83,7 @@ def check_n_features(estimator, X, *, reset: bool, name: str | None = None) -> N
     except ValueError as e:
         n_in = getattr(estimator, "n_features_in_", None)
         cls = name or type(estimator).__name__
-        raise ValueError(
-            f"X has {X.shape[1]} features, but {cls} was fitted with {n_in} features: {e}"
-        ) from e
+        raise ValueError(f"X has {X.shape[1]} features, but {cls} was fitted with {n_in} features: {e}") from e
 
 
 def check_X(estimator, X, *, reset: bool, accept_sparse=("csr", "csc")):
@@ -152,11 +150,19 @@ def as_tensor(X, name: str = "X", *, min_ndim: int = 1, dtype=None, finite: bool
             X = X.float()
     else:
         try:
-            A = check_array(X, accept_sparse=False, dtype=[np.float32, np.float64], ensure_2d=min_ndim >= 2,
-                            allow_nd=True, ensure_all_finite=finite, input_name=name)
+            A = check_array(
+                X,
+                accept_sparse=False,
+                dtype=[np.float32, np.float64],
+                ensure_2d=min_ndim >= 2,
+                allow_nd=True,
+                ensure_all_finite=finite,
+                input_name=name,
+            )
         except ValueError as e:
-            raise ValueError(f"{name} must be a non-empty array of finite real numbers with examples along "
-                             f"dim 0: {e}") from e
+            raise ValueError(
+                f"{name} must be a non-empty array of finite real numbers with examples along dim 0: {e}"
+            ) from e
         X = torch.as_tensor(A, dtype=dtype if dtype is not None else torch.float32)
     if X.dim() < min_ndim or X.shape[0] == 0:
         raise ValueError(f"{name} must be non-empty with examples along dim 0, got shape {tuple(X.shape)}")
@@ -180,8 +186,11 @@ def as_labels(y, n: int, name: str = "y", x_name: str = "X"):
 
         from sklearn.exceptions import DataConversionWarning
 
-        warnings.warn(f"A column-vector {name} was passed when a 1d array was expected: shape ({n},) is used",
-                      DataConversionWarning, stacklevel=3)
+        warnings.warn(
+            f"A column-vector {name} was passed when a 1d array was expected: shape ({n},) is used",
+            DataConversionWarning,
+            stacklevel=3,
+        )
         a = a.ravel()
         t = None if t is None else t.reshape(-1)
     if a.ndim != 1 or a.shape[0] != n:

@@ -10,9 +10,7 @@ from torch import nn
 __all__ = ["digits_cnn"]
 
 
-def digits_cnn(
-    in_channels: int = 3, widths=(32, 64, 128), groups: int = 8
-) -> nn.Sequential:
+def digits_cnn(in_channels: int = 3, widths=(32, 64, 128), groups: int = 8) -> nn.Sequential:
     """A small CNN: Conv 5x5 (widths[0]) - GroupNorm - ReLU - MaxPool 2, Conv 5x5 (widths[1]) -
     GroupNorm - ReLU - MaxPool 2, Conv 3x3 (widths[2]) - GroupNorm - ReLU, global average pool.
 

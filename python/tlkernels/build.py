@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -51,6 +51,7 @@ def _check(name: str):
     def deco(fn):
         _CHECKS.append((name, fn))
         return fn
+
     return deco
 
 
@@ -144,6 +145,14 @@ def self_check(tol: float = 1e-10) -> list[dict]:
                 msg = ""
             except Exception as e:  # reported, not raised: info should show every backend
                 err, ok, msg = float("nan"), False, f"{type(e).__name__}: {e}"
-            rows.append({"op": name, "backend": backend, "max_abs_error": err, "ok": ok,
-                         "seconds": time.perf_counter() - t0, "error": msg})
+            rows.append(
+                {
+                    "op": name,
+                    "backend": backend,
+                    "max_abs_error": err,
+                    "ok": ok,
+                    "seconds": time.perf_counter() - t0,
+                    "error": msg,
+                }
+            )
     return rows

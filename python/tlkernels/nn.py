@@ -12,8 +12,15 @@ from .ops import grad_reverse, grad_reverse_branch
 __all__ = ["dann_lambda", "GradientReversal", "mlp"]
 
 
-def mlp(d_in: int, hidden=(), d_out: int | None = None, *, activation=nn.ReLU, flatten: bool = False,
-        final_activation: bool = False) -> nn.Sequential:
+def mlp(
+    d_in: int,
+    hidden=(),
+    d_out: int | None = None,
+    *,
+    activation=nn.ReLU,
+    flatten: bool = False,
+    final_activation: bool = False,
+) -> nn.Sequential:
     """The multi-layer perceptron of the library: [Flatten] - (Linear, activation) per width of
     ``hidden`` - [Linear(hidden[-1], d_out)] [- activation when final_activation].
 

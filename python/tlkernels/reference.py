@@ -122,6 +122,8 @@ def kmeans_update(X: Tensor, labels: Tensor, K: int, weights: Tensor | None = No
     if not batched:
         sums, counts = sums[0], counts[0]
     return sums, counts
+
+
 class _FunctionalModel:
     """Calls `model` with substituted parameters (torch.func.functional_call)."""
 
@@ -148,6 +150,8 @@ def model_per_sample_grads(model: torch.nn.Module, loss_fn, batch) -> dict[str, 
         return loss_fn(_FunctionalModel(model, {**p, **frozen}, buffers), b1)[0]
 
     return torch.func.vmap(torch.func.grad(one), in_dims=(None, 0))(params, batch)
+
+
 def model_per_sample_grads_loop(model: torch.nn.Module, loss_fn, batch) -> dict[str, Tensor]:
     """Per-sample gradients by a loop of autograd backwards over one batched forward: for each i,
     the gradient of l_i. Works for any model (no vmap), including ones that mix samples, where it

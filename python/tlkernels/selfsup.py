@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["N_ROTATIONS", "rotate4", "rotate_batch", "rotation_loss", "rotation_accuracy", "train_rotation",
-           "SmallCNN"]
+__all__ = ["N_ROTATIONS", "rotate4", "rotate_batch", "rotation_loss", "rotation_accuracy", "train_rotation", "SmallCNN"]
 
 N_ROTATIONS = 4
 
@@ -37,7 +36,9 @@ def rotate4(X: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     or (N, C, H, W), labels when labels are given. Rotation is counter-clockwise (torch.rot90).
     """
     if not isinstance(X, Tensor) or X.dim() != 4 or X.shape[-1] != X.shape[-2]:
-        raise ValueError(f"X must be square images (N, C, H, W), got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}")
+        raise ValueError(
+            f"X must be square images (N, C, H, W), got {tuple(X.shape) if isinstance(X, Tensor) else type(X).__name__}"
+        )
     if labels is None:
         return rotate_batch(X)
     labels = torch.as_tensor(labels, dtype=torch.long)
@@ -68,7 +69,7 @@ def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 512) -
     model.eval()
     correct = total = 0
     for i in range(0, X.shape[0], batch_size):
-        Xr, yr = rotate_batch(X[i:i + batch_size])
+        Xr, yr = rotate_batch(X[i : i + batch_size])
         logits = model(Xr.to(device))
         if logits.dim() != 2 or logits.shape[1] != 4:
             raise ValueError(f"model must output (N, 4) rotation logits, got {tuple(logits.shape)}")
@@ -77,10 +78,22 @@ def rotation_accuracy(model: nn.Module, X, device=None, batch_size: int = 512) -
     return correct / max(total, 1)
 
 
-def train_rotation(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 0.05, batch_size: int = 64,
-                   seed: int = 0, verbose: bool = False, *, optimizer: str = "sgd", weight_decay: float = 5e-4,
-                   sample_weight: Tensor | None = None, sampling: str = "images",
-                   generator: torch.Generator | None = None, device=None) -> nn.Module:
+def train_rotation(
+    model: nn.Module,
+    X: Tensor,
+    epochs: int = 10,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    seed: int = 0,
+    verbose: bool = False,
+    *,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    sample_weight: Tensor | None = None,
+    sampling: str = "images",
+    generator: torch.Generator | None = None,
+    device=None,
+) -> nn.Module:
     """Trains `model` (4 outputs) on rotation prediction over X (N, C, H, W); returns it.
 
     optimizer: 'sgd' (momentum 0.9, the default) or 'adam'; weight_decay of either.
@@ -91,16 +104,40 @@ def train_rotation(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 0.
     the batches go ('copies'; default the model's device). ``rotation_history`` gives the
     per-epoch losses as well.
     """
-    rotation_history(model, X, epochs, lr, batch_size, seed, verbose, optimizer=optimizer,
-                     weight_decay=weight_decay, sample_weight=sample_weight, sampling=sampling,
-                     generator=generator, device=device)
+    rotation_history(
+        model,
+        X,
+        epochs,
+        lr,
+        batch_size,
+        seed,
+        verbose,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        sample_weight=sample_weight,
+        sampling=sampling,
+        generator=generator,
+        device=device,
+    )
     return model
 
 
-def rotation_history(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 0.05, batch_size: int = 64,
-                     seed: int = 0, verbose: bool = False, *, optimizer: str = "sgd", weight_decay: float = 5e-4,
-                     sample_weight: Tensor | None = None, sampling: str = "images",
-                     generator: torch.Generator | None = None, device=None) -> list[dict]:
+def rotation_history(
+    model: nn.Module,
+    X: Tensor,
+    epochs: int = 10,
+    lr: float = 0.05,
+    batch_size: int = 64,
+    seed: int = 0,
+    verbose: bool = False,
+    *,
+    optimizer: str = "sgd",
+    weight_decay: float = 5e-4,
+    sample_weight: Tensor | None = None,
+    sampling: str = "images",
+    generator: torch.Generator | None = None,
+    device=None,
+) -> list[dict]:
     """``train_rotation`` returning the per-epoch history [{epoch, loss}] ('copies'; [] for
     'images', whose loop keeps no history)."""
     if sampling not in ("images", "copies"):
@@ -115,9 +152,20 @@ def rotation_history(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 
         wr = None if sample_weight is None else sample_weight.repeat(N_ROTATIONS)
         if device is None:
             device = next(iter(model.parameters()), torch.empty(0)).device
-        return train_loop(model, [{"params": model.parameters(), "lr": lr, "weight_decay": weight_decay}], Xr, yr,
-                          epochs=epochs, batch_size=batch_size, optimizer=optimizer, gen=gen, device=device,
-                          sample_weight=wr, verbose=verbose, desc="rotation")
+        return train_loop(
+            model,
+            [{"params": model.parameters(), "lr": lr, "weight_decay": weight_decay}],
+            Xr,
+            yr,
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            gen=gen,
+            device=device,
+            sample_weight=wr,
+            verbose=verbose,
+            desc="rotation",
+        )
     if sample_weight is not None:
         raise ValueError("sample_weight needs sampling='copies'")
     if optimizer == "sgd":
@@ -128,12 +176,13 @@ def rotation_history(model: nn.Module, X: Tensor, epochs: int = 10, lr: float = 
     steps = range(epochs)
     if verbose:
         from tqdm.auto import tqdm
+
         steps = tqdm(steps, desc="rotation pretraining", unit="epoch")
     for _ in steps:
         perm = torch.randperm(X.shape[0], generator=gen)
         for i in range(0, X.shape[0], batch_size):
             opt.zero_grad(set_to_none=True)
-            rotation_loss(model, X[perm[i:i + batch_size]]).backward()
+            rotation_loss(model, X[perm[i : i + batch_size]]).backward()
             opt.step()
     return []
 
@@ -144,12 +193,21 @@ class SmallCNN(nn.Module):
 
     def __init__(self, in_channels: int = 1, width: int = 16, feature_dim: int = 32, n_outputs: int = 4):
         super().__init__()
-        self.config = {"arch": "small_cnn", "in_channels": in_channels, "width": width,
-                       "feature_dim": feature_dim, "n_outputs": n_outputs}
+        self.config = {
+            "arch": "small_cnn",
+            "in_channels": in_channels,
+            "width": width,
+            "feature_dim": feature_dim,
+            "n_outputs": n_outputs,
+        }
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(width, feature_dim, 3, padding=1), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, feature_dim, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
         self.head = nn.Linear(feature_dim, n_outputs)
 
     def features(self, x: Tensor) -> Tensor:

@@ -57,8 +57,14 @@ class DomainAdversarialLoss(nn.Module):
         lam_max, gamma: the schedule lam(p) = lam_max (2 / (1 + exp(-gamma p)) - 1).
     """
 
-    def __init__(self, domain_head_: nn.Module | None = None, feature_dim: int | None = None, lam_max: float = 1.0,
-                 gamma: float = 10.0, hidden: int = 100):
+    def __init__(
+        self,
+        domain_head_: nn.Module | None = None,
+        feature_dim: int | None = None,
+        lam_max: float = 1.0,
+        gamma: float = 10.0,
+        hidden: int = 100,
+    ):
         super().__init__()
         if domain_head_ is None:
             if feature_dim is None:
@@ -68,12 +74,14 @@ class DomainAdversarialLoss(nn.Module):
         self.lam_max, self.gamma = float(lam_max), float(gamma)
         self.last_accuracy = float("nan")
 
-    def forward(self, features: Tensor, domain: Tensor, progress: float | Tensor,
-                weight: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, features: Tensor, domain: Tensor, progress: float | Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         domain = torch.as_tensor(domain, device=features.device)
         if features.dim() < 2 or domain.shape != features.shape[:1]:
-            raise ValueError(f"features must be (N, F) and domain (N,), got {tuple(features.shape)} and "
-                             f"{tuple(domain.shape)}")
+            raise ValueError(
+                f"features must be (N, F) and domain (N,), got {tuple(features.shape)} and {tuple(domain.shape)}"
+            )
         lam = dann_lambda(progress, self.lam_max, self.gamma)
         f_task, f_adv = grad_reverse_branch(features, lam)
         logits = self.head(f_adv).reshape(features.shape[0])
@@ -142,13 +150,29 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
     ``n_classes_``, ``n_epochs_``.
     """
 
-    def __init__(self, feature_extractor: nn.Module | None = None, n_classes: int | None = None,
-                 feature_dim: int | None = None,
-                 lam_max: float = 1.0, gamma: float = 10.0, *, classifier: nn.Module | None = None,
-                 domain_head: nn.Module | None = None, domain_hidden: int = 100, lr: float = 1e-3,
-                 optimizer: str = "adam", weight_decay: float = 0.0, batch_size: int = 64, lr_anneal: bool = True,
-                 grad_clip: float | None = None, snapshot_epochs=None, epochs: int = 30, device=None,
-                 random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        feature_extractor: nn.Module | None = None,
+        n_classes: int | None = None,
+        feature_dim: int | None = None,
+        lam_max: float = 1.0,
+        gamma: float = 10.0,
+        *,
+        classifier: nn.Module | None = None,
+        domain_head: nn.Module | None = None,
+        domain_hidden: int = 100,
+        lr: float = 1e-3,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        batch_size: int = 64,
+        lr_anneal: bool = True,
+        grad_clip: float | None = None,
+        snapshot_epochs=None,
+        epochs: int = 30,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if n_classes is not None and n_classes < 2:
             raise ValueError(f"n_classes must be None or >= 2, got {n_classes}")
         if not math.isfinite(lam_max) or lam_max < 0:
@@ -186,10 +210,14 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
     def _build(self, feature_dim: int, extractor: nn.Module, n_classes: int) -> None:
         torch.manual_seed(as_seed(self.random_state, default=0))  # the default heads' initialisation
         extractor = copy.deepcopy(extractor)
-        classifier = copy.deepcopy(self.classifier) if self.classifier is not None else nn.Linear(
-            feature_dim, n_classes)
-        head = copy.deepcopy(self.domain_head) if self.domain_head is not None else domain_head(
-            feature_dim, self.domain_hidden)
+        classifier = (
+            copy.deepcopy(self.classifier) if self.classifier is not None else nn.Linear(feature_dim, n_classes)
+        )
+        head = (
+            copy.deepcopy(self.domain_head)
+            if self.domain_head is not None
+            else domain_head(feature_dim, self.domain_hidden)
+        )
         adversary = DomainAdversarialLoss(head, lam_max=float(self.lam_max), gamma=float(self.gamma))
         self.model_ = _Model(extractor, classifier, adversary).to(self._device())
         self.feature_dim_, self.n_classes_ = feature_dim, n_classes
@@ -243,6 +271,7 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         bar = None
         if self.verbose:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=total, desc="DANN", unit="step")
         tperm, tpos, step = torch.randperm(nt, generator=gen), 0, 0
         domain = torch.cat([torch.zeros(min(b, n)), torch.ones(min(b, nt))]).to(device)
@@ -251,21 +280,24 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
             perm = torch.randperm(n, generator=gen)
             sums = np.zeros(3)
             for i in range(0, n, b):
-                idx = perm[i:i + b]
+                idx = perm[i : i + b]
                 if tpos + len(idx) > nt:
                     tperm, tpos = torch.randperm(nt, generator=gen), 0
-                tidx = tperm[tpos:tpos + min(len(idx), nt)]
+                tidx = tperm[tpos : tpos + min(len(idx), nt)]
                 tpos += len(tidx)
                 p = step / total
                 lr = self.lr / (1 + 10 * p) ** 0.75 if self.lr_anneal else self.lr
                 for g in opt.param_groups:
                     g["lr"] = lr
                 f = m.extractor(torch.cat([Xs[idx], Xt[tidx]]))
-                dom = domain if len(idx) == b and len(tidx) == min(b, nt) else torch.cat(
-                    [torch.zeros(len(idx)), torch.ones(len(tidx))]).to(device)
+                dom = (
+                    domain
+                    if len(idx) == b and len(tidx) == min(b, nt)
+                    else torch.cat([torch.zeros(len(idx)), torch.ones(len(tidx))]).to(device)
+                )
                 bw = None if w is None else torch.cat([w[idx], torch.ones(len(tidx), device=device)])
                 f_task, d_loss = m.adversary(f, dom, p, bw)
-                ce = F.cross_entropy(m.classifier(f_task[:len(idx)]), ys[idx], reduction="none")
+                ce = F.cross_entropy(m.classifier(f_task[: len(idx)]), ys[idx], reduction="none")
                 c_loss = ce.mean() if w is None else (w[idx] * ce).sum() / len(idx)
                 opt.zero_grad(set_to_none=True)
                 (c_loss + d_loss).backward()
@@ -277,12 +309,19 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
                 if bar is not None:
                     bar.update(1)
             k = math.ceil(n / b)
-            rec = dict(epoch=epoch, class_loss=sums[0] / k, domain_loss=sums[1] / k, domain_acc=sums[2] / k,
-                       lam=float(dann_lambda(step / total, self.lam_max, self.gamma)), lr=lr)
+            rec = dict(
+                epoch=epoch,
+                class_loss=sums[0] / k,
+                domain_loss=sums[1] / k,
+                domain_acc=sums[2] / k,
+                lam=float(dann_lambda(step / total, self.lam_max, self.gamma)),
+                lr=lr,
+            )
             self.history_.append(rec)
             if bar is not None:
-                bar.set_postfix(cls=f"{rec['class_loss']:.3f}", dom_acc=f"{rec['domain_acc']:.2f}",
-                                lam=f"{rec['lam']:.2f}")
+                bar.set_postfix(
+                    cls=f"{rec['class_loss']:.3f}", dom_acc=f"{rec['domain_acc']:.2f}", lam=f"{rec['lam']:.2f}"
+                )
             if epoch in snapshot_epochs:
                 self.snapshots_[epoch] = copy.deepcopy(m.state_dict())
         if bar is not None:
@@ -306,7 +345,7 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         """X (N, *) -> logits (N, C) on the model's device."""
         X = self._validate_X(X, reset=False).to(self._device())
         self.model_.eval()
-        return torch.cat([self.model_(X[i:i + 1024]) for i in range(0, X.shape[0], 1024)])
+        return torch.cat([self.model_(X[i : i + 1024]) for i in range(0, X.shape[0], 1024)])
 
     def _features(self, X) -> Tensor:
         self._check_fitted()
@@ -331,9 +370,14 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
     # -- persistence --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         self._check_fitted()
-        return {"model": self.model_.state_dict(), "feature_dim": self.feature_dim_, "history": self.history_,
-                "n_epochs": self.n_epochs_, "n_classes": self.n_classes_,
-                "n_features": getattr(self, "n_features_in_", None)}
+        return {
+            "model": self.model_.state_dict(),
+            "feature_dim": self.feature_dim_,
+            "history": self.history_,
+            "n_epochs": self.n_epochs_,
+            "n_classes": self.n_classes_,
+            "n_features": getattr(self, "n_features_in_", None),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores a fitted DANN from ``state_dict()`` (the constructor's modules give the

@@ -123,8 +123,9 @@ def proxy_a_distance(Xs, Xt, classifier=None, test_fraction: float = 0.5, random
     return 2.0 * (1.0 - 2.0 * eps)
 
 
-def _linear_pair_search(A: Tensor, B: Tensor, objective, restarts: int, steps: int, lr: float,
-                        gen: torch.Generator, init=None) -> float:
+def _linear_pair_search(
+    A: Tensor, B: Tensor, objective, restarts: int, steps: int, lr: float, gen: torch.Generator, init=None
+) -> float:
     """Maximises a hard objective of two linear scorers (w_g, b_g), (w_h, b_h) over A (N, D),
     B (M, D) by Adam on its sigmoid relaxation, from `restarts` random starts (plus `init`);
     returns the best hard value seen."""
@@ -158,8 +159,9 @@ def _scores(X: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return X @ w[0, :-1] + w[0, -1], X @ w[1, :-1] + w[1, -1]
 
 
-def linear_discrepancy(Xs, Xt, restarts: int = 4, steps: int = 200, lr: float = 0.05, temperature: float = 0.1,
-                       random_state=0) -> float:
+def linear_discrepancy(
+    Xs, Xt, restarts: int = 4, steps: int = 200, lr: float = 0.05, temperature: float = 0.1, random_state=0
+) -> float:
     """The discrepancy distance of Lampert 2019 for binary linear hypotheses,
 
         disc(S, S') = max_{g, h in H} | mean_S 1[g != h] - mean_S' 1[g != h] |,
@@ -202,8 +204,9 @@ def linear_discrepancy(Xs, Xt, restarts: int = 4, steps: int = 200, lr: float = 
         return _linear_pair_search(Xs, Xt, objective, restarts, steps, lr, gen, init=[w0])
 
 
-def labeled_discrepancy(Xa, ya, Xb, yb, n_classes: int | None = None, restarts: int = 2, steps: int = 200,
-                        lr: float = 0.05, random_state=0) -> float:
+def labeled_discrepancy(
+    Xa, ya, Xb, yb, n_classes: int | None = None, restarts: int = 2, steps: int = 200, lr: float = 0.05, random_state=0
+) -> float:
     """Label-aware discrepancy for linear (softmax) hypotheses, the quantity of Konstantinov &
     Lampert (2019) and Pentina & Lampert (2017):
 
@@ -217,8 +220,9 @@ def labeled_discrepancy(Xa, ya, Xb, yb, n_classes: int | None = None, restarts: 
     Xa, Xb = _flat(Xa, "Xa", torch.float64).cpu(), _flat(Xb, "Xb", torch.float64).cpu()
     ya, yb = torch.as_tensor(ya).long().cpu(), torch.as_tensor(yb).long().cpu()
     if ya.shape != (Xa.shape[0],) or yb.shape != (Xb.shape[0],):
-        raise ValueError(f"ya must have shape ({Xa.shape[0]},) and yb ({Xb.shape[0]},), got {tuple(ya.shape)}, "
-                         f"{tuple(yb.shape)}")
+        raise ValueError(
+            f"ya must have shape ({Xa.shape[0]},) and yb ({Xb.shape[0]},), got {tuple(ya.shape)}, {tuple(yb.shape)}"
+        )
     Xa, Xb = _standardize(Xa, Xb)
     c = int(n_classes or int(max(ya.max(), yb.max())) + 1)
     gen = torch.Generator().manual_seed(int(random_state))

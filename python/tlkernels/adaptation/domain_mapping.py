@@ -79,8 +79,7 @@ class CycleConsistencyLoss(nn.Module):
             raise ValueError(f"{name} must have the shape of its input {tuple(a.shape)}, got {tuple(b.shape)}")
         return (a - b).abs().reshape(a.shape[0], -1).mean(1)
 
-    def forward(self, x: Tensor, x_cycled: Tensor, y: Tensor | None = None,
-                y_cycled: Tensor | None = None):
+    def forward(self, x: Tensor, x_cycled: Tensor, y: Tensor | None = None, y_cycled: Tensor | None = None):
         px = self._per(x_cycled, x, "x_cycled")
         if (y is None) != (y_cycled is None):
             raise ValueError("y and y_cycled must be given together")
@@ -105,16 +104,20 @@ class LSGANLoss(nn.Module):
 
     def forward(self, scores: Tensor, real: bool) -> Tensor:
         s = scores.reshape(scores.shape[0], -1).mean(1)
-        return _reduce((s - 1.0) ** 2 if real else s ** 2, self.reduction)
+        return _reduce((s - 1.0) ** 2 if real else s**2, self.reduction)
 
 
 def conv_generator(channels: int = 1, hidden: int = 16) -> nn.Module:
     """Image -> image of the same shape (N, C, H, W) in [0, 1]: three 3x3 / 3x3 / 1x1 convolutions
     (receptive field 5x5, so a digit's identity is hard to rewrite) and a sigmoid."""
     return nn.Sequential(
-        nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(hidden, channels, 1), nn.Sigmoid())
+        nn.Conv2d(channels, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, hidden, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(hidden, channels, 1),
+        nn.Sigmoid(),
+    )
 
 
 def mlp_discriminator(n_inputs: int = 64, hidden: int = 64) -> nn.Module:
@@ -147,10 +150,19 @@ class CycleGAN(TorchTransformerMixin, TorchEstimator):
     adv_F, adv_G, cycle, identity). transform(X_source) = F(X), inverse_transform(X_target) = G(X).
     """
 
-    def __init__(self, make_generator: Callable[[], nn.Module] | None = None,
-                 make_discriminator: Callable[[], nn.Module] | None = None, cycle_weight: float = 10.0,
-                 identity_weight: float = 0.0, lr: float = 2e-4, epochs: int = 50, batch_size: int = 64,
-                 device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        make_generator: Callable[[], nn.Module] | None = None,
+        make_discriminator: Callable[[], nn.Module] | None = None,
+        cycle_weight: float = 10.0,
+        identity_weight: float = 0.0,
+        lr: float = 2e-4,
+        epochs: int = 50,
+        batch_size: int = 64,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         self.make_generator = make_generator
         self.make_discriminator = make_discriminator
         self.cycle_weight = cycle_weight
@@ -184,8 +196,9 @@ class CycleGAN(TorchTransformerMixin, TorchEstimator):
         Xs = self._images(X_source, "X_source")
         Xt = self._images(X_target, "X_target")
         if Xs.shape[1:] != Xt.shape[1:]:
-            raise ValueError(f"X_target must have the image shape {tuple(Xs.shape[1:])} of X_source, "
-                             f"got {tuple(Xt.shape[1:])}")
+            raise ValueError(
+                f"X_target must have the image shape {tuple(Xs.shape[1:])} of X_source, got {tuple(Xt.shape[1:])}"
+            )
         w = as_weights(sample_weight, Xs.shape[0])
         gen = torch_generator(self.random_state)
         dev = torch.device(self.device) if self.device is not None else torch.device("cpu")
@@ -197,8 +210,9 @@ class CycleGAN(TorchTransformerMixin, TorchEstimator):
         self.D_target_, self.D_source_ = mk_d().to(dev), mk_d().to(dev)
         betas = (0.5, 0.999)
         opt_g = torch.optim.Adam(list(self.F_.parameters()) + list(self.G_.parameters()), lr=self.lr, betas=betas)
-        opt_d = torch.optim.Adam(list(self.D_target_.parameters()) + list(self.D_source_.parameters()),
-                                 lr=self.lr, betas=betas)
+        opt_d = torch.optim.Adam(
+            list(self.D_target_.parameters()) + list(self.D_source_.parameters()), lr=self.lr, betas=betas
+        )
         gan, cyc = LSGANLoss("none"), CycleConsistencyLoss("none")
         ns, nt, B = Xs.shape[0], Xt.shape[0], self.batch_size
         steps = math.ceil(max(ns, nt) / B)
@@ -215,7 +229,7 @@ class CycleGAN(TorchTransformerMixin, TorchEstimator):
             pt = torch.cat([torch.randperm(nt, generator=gen) for _ in range(math.ceil(steps * B / nt))])
             acc = dict(loss_G=0.0, loss_D=0.0, adv_F=0.0, adv_G=0.0, cycle=0.0, identity=0.0)
             for k in range(steps):
-                i_s, i_t = ps[k * B:(k + 1) * B], pt[k * B:(k + 1) * B]
+                i_s, i_t = ps[k * B : (k + 1) * B], pt[k * B : (k + 1) * B]
                 s, t = Xs[i_s].to(dev), Xt[i_t].to(dev)
                 # generators
                 fs, gt = self.F_(s), self.G_(t)
@@ -234,13 +248,23 @@ class CycleGAN(TorchTransformerMixin, TorchEstimator):
                 opt_g.step()
                 # discriminators on the detached fakes
                 fs, gt = fs.detach(), gt.detach()
-                loss_d = 0.5 * (gan(self.D_target_(t), True).mean() + wmean(gan(self.D_target_(fs), False), i_s)
-                                + wmean(gan(self.D_source_(s), True), i_s) + gan(self.D_source_(gt), False).mean())
+                loss_d = 0.5 * (
+                    gan(self.D_target_(t), True).mean()
+                    + wmean(gan(self.D_target_(fs), False), i_s)
+                    + wmean(gan(self.D_source_(s), True), i_s)
+                    + gan(self.D_source_(gt), False).mean()
+                )
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-                for key, v in (("loss_G", loss_g), ("loss_D", loss_d), ("adv_F", adv_f), ("adv_G", adv_g),
-                               ("cycle", l_cyc), ("identity", l_id)):
+                for key, v in (
+                    ("loss_G", loss_g),
+                    ("loss_D", loss_d),
+                    ("adv_F", adv_f),
+                    ("adv_G", adv_g),
+                    ("cycle", l_cyc),
+                    ("identity", l_id),
+                ):
                     acc[key] += float(v.detach()) / steps
             self.history_.append({"epoch": epoch + 1, **acc})
         for m in (self.F_, self.G_, self.D_target_, self.D_source_):
@@ -274,9 +298,18 @@ class MappedSourceClassifier(ClassifierMixin, _SkClassifier, TorchEstimator):
     Attributes: ``mapper_`` (the fitted CycleGAN), ``model_``, ``history_``, ``classes_``.
     """
 
-    def __init__(self, mapper: CycleGAN | None = None, model: nn.Module | None = None, lr: float = 1e-3, epochs: int = 30,
-                 batch_size: int = 64, prefit: bool = False, device=None, random_state=None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        mapper: CycleGAN | None = None,
+        model: nn.Module | None = None,
+        lr: float = 1e-3,
+        epochs: int = 30,
+        batch_size: int = 64,
+        prefit: bool = False,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         self.mapper = mapper
         self.model = model
         self.lr = lr
@@ -314,9 +347,20 @@ class MappedSourceClassifier(ClassifierMixin, _SkClassifier, TorchEstimator):
             model = mlp(Xs[0].numel(), (64,), max(int(ys.max()) + 1, 2), flatten=True)
         self.model_ = copy.deepcopy(model).to(dev)
         groups = [{"params": list(self.model_.parameters()), "lr": self.lr}]
-        self.history_ = train_loop(self.model_, groups, mapped, ys, epochs=self.epochs,
-                                   batch_size=self.batch_size, optimizer="adam", gen=gen, device=dev,
-                                   sample_weight=w, verbose=self.verbose, desc="classifier")
+        self.history_ = train_loop(
+            self.model_,
+            groups,
+            mapped,
+            ys,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer="adam",
+            gen=gen,
+            device=dev,
+            sample_weight=w,
+            verbose=self.verbose,
+            desc="classifier",
+        )
         self.classes_ = np.arange(int(predict_logits(self.model_, mapped[:1], dev).shape[1]))
         return self
 

@@ -121,8 +121,7 @@ class UntrustedSources(ClassifierMixin, BaseEstimator):
         Xt, yt = target
         parts = [(X, y) for X, y in sources] + ([(Xt, yt)] if self.include_target else [])
         n_classes = int(max(int(torch.as_tensor(y).max()) for _, y in parts)) + 1
-        d = [labeled_discrepancy(X, y, Xt, yt, n_classes=n_classes, random_state=self.random_state)
-             for X, y in sources]
+        d = [labeled_discrepancy(X, y, Xt, yt, n_classes=n_classes, random_state=self.random_state) for X, y in sources]
         if self.include_target:
             d.append(0.0)
         m = [len(y) for _, y in parts]
@@ -215,8 +214,11 @@ class MultiTaskUnlabeled(BaseEstimator):
         T = len(tasks)
         if any(not 0 <= i < T for i in labels):
             raise ValueError(f"labels keys must be task indices in [0, {T})")
-        self.discrepancies_ = (np.asarray(discrepancies, dtype=np.float64) if discrepancies is not None
-                               else pairwise_discrepancies(tasks, self.discrepancy, self.random_state))
+        self.discrepancies_ = (
+            np.asarray(discrepancies, dtype=np.float64)
+            if discrepancies is not None
+            else pairwise_discrepancies(tasks, self.discrepancy, self.random_state)
+        )
         L = sorted(labels)
         self.labeled_ = L
         m = [len(labels[i]) for i in L]

@@ -12,7 +12,8 @@ No target label is ever read.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,8 +32,9 @@ def _split_source(Xs, ys, val_fraction: float, random_state):
     return tr, va
 
 
-def reverse_validation(make_model: Callable[[], Any], Xs, ys, Xt, val_fraction: float = 0.2, random_state=0,
-                       details: bool = False):
+def reverse_validation(
+    make_model: Callable[[], Any], Xs, ys, Xt, val_fraction: float = 0.2, random_state=0, details: bool = False
+):
     """The reverse-validation score of the DA method ``make_model()`` (higher is better).
 
     make_model: returns an unfitted estimator with ``fit(Xs, ys, Xt)`` and ``predict(X)``.
@@ -44,16 +46,21 @@ def reverse_validation(make_model: Callable[[], Any], Xs, ys, Xt, val_fraction: 
     """
     tr, va = _split_source(Xs, ys, val_fraction, random_state)
     Xt = torch.as_tensor(Xt)
-    forward = make_model().fit(tr.X, tr.y, Xt)                                  # a
-    pseudo = torch.as_tensor(forward.predict(Xt)).long().cpu()                 # b
+    forward = make_model().fit(tr.X, tr.y, Xt)  # a
+    pseudo = torch.as_tensor(forward.predict(Xt)).long().cpu()  # b
     Xs_all = torch.cat([tr.X, va.X])
-    reverse = make_model().fit(Xt, pseudo, Xs_all)                               # c, d
-    score = float((torch.as_tensor(reverse.predict(va.X)).cpu() == va.y).float().mean())   # e
+    reverse = make_model().fit(Xt, pseudo, Xs_all)  # c, d
+    score = float((torch.as_tensor(reverse.predict(va.X)).cpu() == va.y).float().mean())  # e
     if not details:
         return score
     src_acc = float((torch.as_tensor(forward.predict(va.X)).cpu() == va.y).float().mean())
-    return dict(score=score, source_accuracy=src_acc,
-                pseudo_label_counts=np.bincount(pseudo.numpy()).tolist(), forward=forward, reverse=reverse)
+    return dict(
+        score=score,
+        source_accuracy=src_acc,
+        pseudo_label_counts=np.bincount(pseudo.numpy()).tolist(),
+        forward=forward,
+        reverse=reverse,
+    )
 
 
 def _reverse_scores_over_epochs(make_model, epochs: Sequence[int], tr, va, Xt) -> tuple[list, list]:
@@ -74,9 +81,17 @@ def _reverse_scores_over_epochs(make_model, epochs: Sequence[int], tr, va, Xt) -
     return scores, src
 
 
-def select_by_reverse_validation(make_model: Callable[..., Any], settings: Sequence[dict], Xs, ys, Xt,
-                                 epochs: Sequence[int] | None = None, val_fraction: float = 0.2, random_state=0,
-                                 verbose: bool = False) -> dict:
+def select_by_reverse_validation(
+    make_model: Callable[..., Any],
+    settings: Sequence[dict],
+    Xs,
+    ys,
+    Xt,
+    epochs: Sequence[int] | None = None,
+    val_fraction: float = 0.2,
+    random_state=0,
+    verbose: bool = False,
+) -> dict:
     """Scores every setting by ``reverse_validation(lambda: make_model(**setting), ...)``.
 
     settings: list of keyword dicts (e.g. ``[{'lam_max': 0.0}, {'lam_max': 0.3}, ...]``; include
@@ -97,6 +112,7 @@ def select_by_reverse_validation(make_model: Callable[..., Any], settings: Seque
     it = settings
     if verbose:
         from tqdm.auto import tqdm
+
         it = tqdm(settings, desc="reverse validation", unit="setting")
     for s in it:
         if epochs:

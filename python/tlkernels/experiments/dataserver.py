@@ -61,7 +61,7 @@ def image_patches(n: int, size: int = 8, seed: int = 0) -> torch.Tensor:
         step = int(rng.integers(1, 4))  # patches at several scales
         r = int(rng.integers(0, im.shape[0] - size * step))
         c = int(rng.integers(0, im.shape[1] - size * step))
-        out[k, 0] = im[r:r + size * step:step, c:c + size * step:step]
+        out[k, 0] = im[r : r + size * step : step, c : c + size * step : step]
     return torch.from_numpy(out)
 
 
@@ -71,8 +71,9 @@ def smooth_noise(n: int, seed: int = 0) -> torch.Tensor:
     return F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False)
 
 
-def build_offline_store(root: str, seed: int = 0, k: int = 8, expert_epochs: int = 3, verbose: bool = False,
-                        overwrite: bool = False):
+def build_offline_store(
+    root: str, seed: int = 0, k: int = 8, expert_epochs: int = 3, verbose: bool = False, overwrite: bool = False
+):
     """Writes the experiment's store (partitioned, with experts) and returns (store, client data):
     client = (target train Dataset (20 per class, labels 0-4 for digits 5-9), test Dataset).
     A non-empty `root` is refused (FileExistsError) unless overwrite=True."""
@@ -82,12 +83,16 @@ def build_offline_store(root: str, seed: int = 0, k: int = 8, expert_epochs: int
     low = class_split(digits, range(5))
     high = class_split(digits, range(5, 10))
     test, target, pool = stratified_split(high, [350, 100, None], random_state=seed)
-    store = Store.create(root, {
-        "digits_0_4": (low.X, low.y),
-        "digits_5_9_pool": (pool.X, None),
-        "photo_patches": (image_patches(1500, seed=seed), None),
-        "smooth_noise": (smooth_noise(1000, seed=seed), None),
-    }, overwrite=overwrite)
+    store = Store.create(
+        root,
+        {
+            "digits_0_4": (low.X, low.y),
+            "digits_5_9_pool": (pool.X, None),
+            "photo_patches": (image_patches(1500, seed=seed), None),
+            "smooth_noise": (smooth_noise(1000, seed=seed), None),
+        },
+        overwrite=overwrite,
+    )
     partition_store(store, k, seed=seed, epochs=3, verbose=verbose)
     train_experts(store, epochs=expert_epochs, seed=seed, verbose=verbose)
     return store, target, test
@@ -150,8 +155,9 @@ def _ngiam(store: Store, target: Dataset, budget: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(store.size, size=budget, replace=False, p=w / w.sum()))
 
 
-def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 8, store_dir: str | None = None,
-                              verbose: bool = False) -> dict:
+def run_dataserver_experiment(
+    seed: int = 0, pretrain_epochs: int = 4, k: int = 8, store_dir: str | None = None, verbose: bool = False
+) -> dict:
     """The table's row values for one seed: accuracy per method, selection precision, seconds."""
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,6 +185,7 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
         # the paper's domain-confusion check (Fig. 3): proxy A-distance between every partition
         # and the target images, against that expert's score
         from ..adaptation import proxy_a_distance
+
         parts = store.partitions
         pad = []
         for i in range(k):
@@ -195,8 +202,17 @@ def run_dataserver_experiment(seed: int = 0, pretrain_epochs: int = 4, k: int = 
                 precision[name] = float(relevant[sel].mean())
             if verbose:
                 print(f"  {name:11s} accuracy {acc[name]:.3f}", flush=True)
-        return {"experiment": "dataserver", "seed": seed, "k": k, "store_size": n, "accuracy": acc,
-                "selection_precision": precision, "expert_scores": scores.tolist(),
-                "expert_probe_scores": probe_scores.tolist(), "proxy_a_distance": pad,
-                "pad_score_correlation": corr, "chosen": chosen,
-                "seconds": time.perf_counter() - t0}
+        return {
+            "experiment": "dataserver",
+            "seed": seed,
+            "k": k,
+            "store_size": n,
+            "accuracy": acc,
+            "selection_precision": precision,
+            "expert_scores": scores.tolist(),
+            "expert_probe_scores": probe_scores.tolist(),
+            "proxy_a_distance": pad,
+            "pad_score_correlation": corr,
+            "chosen": chosen,
+            "seconds": time.perf_counter() - t0,
+        }

@@ -74,9 +74,7 @@ def svhn_mnist_task(
     if n_val is None:
         n_val = max(len(target_digits), n_target // 4)
     if not 0 < n_val < n_target:
-        raise ValueError(
-            f"n_val must be in [1, n_target - 1] = [1, {n_target - 1}], got {n_val}"
-        )
+        raise ValueError(f"n_val must be in [1, n_target - 1] = [1, {n_target - 1}], got {n_val}")
     src, meta = make_syndigits(n_source, source_digits, source_style, source_seed, cache_dir=cache_dir,
                                return_meta=True)  # fmt: skip
     source = class_split(src, source_digits)
@@ -84,9 +82,7 @@ def svhn_mnist_task(
     if n_test + n_target > len(mn):
         raise ValueError(f"n_test + n_target = {n_test + n_target} exceeds the {len(mn)} MNIST images of "
                          f"digits {target_digits}")  # fmt: skip
-    test, labelled, _ = stratified_split(
-        mn, [n_test, n_target, None], random_state=seed
-    )
+    test, labelled, _ = stratified_split(mn, [n_test, n_target, None], random_state=seed)
     val, train = stratified_split(labelled, [n_val, None], random_state=seed + 1)
     return DigitTask(_standardized(source), meta["font"], src.y.clone(), _standardized(train), _standardized(val),
                      _standardized(test), len(source_digits), len(target_digits))  # fmt: skip

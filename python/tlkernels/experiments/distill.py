@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..commands.common import add_common_args, seeds_of, write_outputs
 from ..data import load_digits, stratified_split
 from ..transfer import FineTune
 from ..transfer.distill import Distill, distillation_targets
-from ..commands.common import add_common_args, seeds_of, write_outputs
 
 __all__ = ["ROWS", "LABELS", "make_mlp", "run", "table", "plot", "add_parser"]
 
@@ -54,7 +54,9 @@ def _curve(history, key):
 
 def _seed_run(seed: int, o: dict) -> dict:
     digits = load_digits()
-    tr, va, te, pool = stratified_split(digits, [o["n_labelled"], o["n_val"], o["n_test"], o["n_pool"]], random_state=seed)
+    tr, va, te, pool = stratified_split(
+        digits, [o["n_labelled"], o["n_val"], o["n_test"], o["n_pool"]], random_state=seed
+    )
     bs, lr, ep = o["batch_size"], o["lr"], o["epochs"]
     out: dict = {"seed": seed, "rows": {}}
 
@@ -69,11 +71,16 @@ def _seed_run(seed: int, o: dict) -> dict:
         torch.manual_seed(1000 * seed + k + 1)
         members.append(fit_labels(make_mlp(o["member_hidden"]), tr.X, tr.y, o["teacher_epochs"], 1e-3, seed + k + 1))
     ens_pred = distillation_targets(members, te.X).argmax(1)
-    out["rows"]["teacher"] = {"test_accuracy": teacher.score(te.X, te.y), "val_accuracy": teacher.score(va.X, va.y),
-                              "seconds": time.time() - t0}
-    out["rows"]["ensemble"] = {"test_accuracy": float((ens_pred == te.y).float().mean()),
-                               "val_accuracy": float((distillation_targets(members, va.X).argmax(1) == va.y).float().mean()),
-                               "seconds": 0.0}
+    out["rows"]["teacher"] = {
+        "test_accuracy": teacher.score(te.X, te.y),
+        "val_accuracy": teacher.score(va.X, va.y),
+        "seconds": time.time() - t0,
+    }
+    out["rows"]["ensemble"] = {
+        "test_accuracy": float((ens_pred == te.y).float().mean()),
+        "val_accuracy": float((distillation_targets(members, va.X).argmax(1) == va.y).float().mean()),
+        "seconds": 0.0,
+    }
     torch.manual_seed(seed + 12345)
     student = make_mlp(o["student_hidden"])  # one initialisation shared by every student row
 
@@ -82,39 +89,78 @@ def _seed_run(seed: int, o: dict) -> dict:
 
     t0 = time.time()
     est = fit_labels(student, tr.X, tr.y, ep, lr, seed)
-    out["rows"]["labels"] = {"test_accuracy": est.score(te.X, te.y), "val_accuracy": est.score(va.X, va.y),
-                             "curve": _curve(est.history_, "val_accuracy"), "steps_per_epoch": steps_per_epoch(len(tr)),
-                             "seconds": time.time() - t0}
+    out["rows"]["labels"] = {
+        "test_accuracy": est.score(te.X, te.y),
+        "val_accuracy": est.score(va.X, va.y),
+        "curve": _curve(est.history_, "val_accuracy"),
+        "steps_per_epoch": steps_per_epoch(len(tr)),
+        "seconds": time.time() - t0,
+    }
     # control: the teacher's arg-max labels on the pool (the T -> 0 limit of distillation)
     t0 = time.time()
     Xp = torch.cat([tr.X, pool.X])
     yp = torch.cat([tr.y, torch.as_tensor(teacher.predict(pool.X))])
     est = fit_labels(student, Xp, yp, ep, lr, seed)
-    out["rows"]["hard_pool"] = {"test_accuracy": est.score(te.X, te.y), "val_accuracy": est.score(va.X, va.y),
-                                "curve": _curve(est.history_, "val_accuracy"), "steps_per_epoch": steps_per_epoch(len(Xp)),
-                                "seconds": time.time() - t0}
-    for row, teach, use_pool in (("kd_teacher", teacher, False), ("kd_teacher_pool", teacher, True),
-                                 ("kd_ensemble", members, False), ("kd_ensemble_pool", members, True)):
+    out["rows"]["hard_pool"] = {
+        "test_accuracy": est.score(te.X, te.y),
+        "val_accuracy": est.score(va.X, va.y),
+        "curve": _curve(est.history_, "val_accuracy"),
+        "steps_per_epoch": steps_per_epoch(len(Xp)),
+        "seconds": time.time() - t0,
+    }
+    for row, teach, use_pool in (
+        ("kd_teacher", teacher, False),
+        ("kd_teacher_pool", teacher, True),
+        ("kd_ensemble", members, False),
+        ("kd_ensemble_pool", members, True),
+    ):
         t0 = time.time()
         cands = []
         for T in o["temperatures"]:
-            d = Distill(student, teach, temperature=T, hard_weight=o["hard_weight"], lr=lr, epochs=ep, batch_size=bs,
-                        random_state=seed)
+            d = Distill(
+                student,
+                teach,
+                temperature=T,
+                hard_weight=o["hard_weight"],
+                lr=lr,
+                epochs=ep,
+                batch_size=bs,
+                random_state=seed,
+            )
             d.fit(tr.X, tr.y, X_unlabeled=pool.X if use_pool else None, eval_set=(te.X, te.y))
             cands.append((d.score(va.X, va.y), T, d))
         val, T, d = max(cands, key=lambda c: c[0])  # first T on ties
-        out["rows"][row] = {"test_accuracy": d.score(te.X, te.y), "val_accuracy": val, "temperature": T,
-                            "val_by_temperature": {str(t): c for c, t, _ in cands},
-                            "curve_by_temperature": {str(t): _curve(e.history_, "eval_accuracy") for _, t, e in cands},
-                            "curve": _curve(d.history_, "eval_accuracy"), "steps_per_epoch": steps_per_epoch(d.n_train_),
-                            "seconds": time.time() - t0}
+        out["rows"][row] = {
+            "test_accuracy": d.score(te.X, te.y),
+            "val_accuracy": val,
+            "temperature": T,
+            "val_by_temperature": {str(t): c for c, t, _ in cands},
+            "curve_by_temperature": {str(t): _curve(e.history_, "eval_accuracy") for _, t, e in cands},
+            "curve": _curve(d.history_, "eval_accuracy"),
+            "steps_per_epoch": steps_per_epoch(d.n_train_),
+            "seconds": time.time() - t0,
+        }
     out["sizes"] = {"labelled": len(tr), "val": len(va), "test": len(te), "pool": len(pool)}
     return out
 
 
-DEFAULTS = dict(n_labelled=150, n_val=200, n_test=400, n_pool=None, epochs=60, lr=3e-3, batch_size=32, temperatures=(1, 2, 4, 8),
-                hard_weight=0.0, teacher_hidden=(256, 256), member_hidden=(128,), student_hidden=(16,),
-                teacher_epochs=100, n_ensemble=5, checkpoints=(5, 10))
+DEFAULTS = dict(
+    n_labelled=150,
+    n_val=200,
+    n_test=400,
+    n_pool=None,
+    epochs=60,
+    lr=3e-3,
+    batch_size=32,
+    temperatures=(1, 2, 4, 8),
+    hard_weight=0.0,
+    teacher_hidden=(256, 256),
+    member_hidden=(128,),
+    student_hidden=(16,),
+    teacher_epochs=100,
+    n_ensemble=5,
+    checkpoints=(5, 10),
+)
 
 
 def run(seeds=(0, 1, 2), verbose: bool = False, **options) -> dict:
@@ -132,8 +178,7 @@ def run(seeds=(0, 1, 2), verbose: bool = False, **options) -> dict:
     t0 = time.time()
     per_seed = [_seed_run(int(s), o) for s in tqdm(list(seeds), desc="distill", disable=not verbose)]
     settings = {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}
-    return {"settings": settings, "seeds": [int(s) for s in seeds], "per_seed": per_seed,
-            "seconds": time.time() - t0}
+    return {"settings": settings, "seeds": [int(s) for s in seeds], "per_seed": per_seed, "seconds": time.time() - t0}
 
 
 def _ms(v) -> str:
@@ -154,10 +199,11 @@ def table(result: dict) -> str:
             continue
         rows = [p["rows"][r] for p in ps]
         same_steps = "curve" in rows[0] and not r.endswith("pool")  # pool epochs are ~8x longer
-        cells = [_ms([x["curve"][c] for x in rows]) if same_steps and c < len(rows[0]["curve"]) else "-"
-                 for c in cps]
+        cells = [_ms([x["curve"][c] for x in rows]) if same_steps and c < len(rows[0]["curve"]) else "-" for c in cps]
         temps = ", ".join(f"{x['temperature']:g}" for x in rows) if "temperature" in rows[0] else "-"
-        out.append(f"| {LABELS[r]} | {_ms([x['test_accuracy'] for x in rows])} | " + " | ".join(cells) + f" | {temps} |")
+        out.append(
+            f"| {LABELS[r]} | {_ms([x['test_accuracy'] for x in rows])} | " + " | ".join(cells) + f" | {temps} |"
+        )
     return "\n".join(out)
 
 
@@ -191,8 +237,10 @@ def _cmd(args) -> int:
     seeds = seeds_of(args)
     opts = {"n_labelled": args.n_labelled, "epochs": args.epochs}
     result = run(seeds, verbose=not args.quiet, **opts)
-    print(f"digits, {args.n_labelled} labelled; test accuracy (%) mean ± std over seeds {seeds} "
-          f"({result['seconds']:.0f} s)")
+    print(
+        f"digits, {args.n_labelled} labelled; test accuracy (%) mean ± std over seeds {seeds} "
+        f"({result['seconds']:.0f} s)"
+    )
     print(table(result))
     return write_outputs(args, result, plot)
 
@@ -200,7 +248,7 @@ def _cmd(args) -> int:
 def add_parser(subparsers) -> None:
     """Registers the `distill` subcommand."""
     p = subparsers.add_parser("distill", help="knowledge distillation on digits: teacher / ensemble -> small student")
-    add_common_args(p, plot_help='test accuracy vs optimiser steps (PNG)')
+    add_common_args(p, plot_help="test accuracy vs optimiser steps (PNG)")
     p.add_argument("--n-labelled", type=int, default=DEFAULTS["n_labelled"], help="labelled training examples")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="student epochs")
     p.set_defaults(func=_cmd)

@@ -31,21 +31,40 @@ import time
 import numpy as np
 import torch
 
+from ..commands.common import add_common_args, seeds_of
 from ..data import load_digits, shift_images
 from ..multitask import ContextualClassifier, MultiTaskClassifier
-from ..commands.common import add_common_args, seeds_of
 
-__all__ = ["TASKS", "MT_METHODS", "DG_METHODS", "digit_tasks", "run", "run_multitask", "run_domaingen", "table",
-           "table_multitask", "table_domaingen", "plot_domaingen", "add_parser"]
+__all__ = [
+    "TASKS",
+    "MT_METHODS",
+    "DG_METHODS",
+    "digit_tasks",
+    "run",
+    "run_multitask",
+    "run_domaingen",
+    "table",
+    "table_multitask",
+    "table_domaingen",
+    "plot_domaingen",
+    "add_parser",
+]
 
 LOOP_DIGITS = (0, 6, 8, 9)
 TASKS = ("identity", "parity", "ge5", "loop")
-MT_METHODS = {"separate": "Separate networks", "hard": "Hard sharing", "soft": "Soft sharing (lam, mu on val)",
-              "hard_unrelated": "Hard sharing + unrelated task"}
-DG_METHODS = {"pooled": "Pooled (context ignored)", "concat": "Concat f(x, mu)",
-              "weights": "Weight-predicting phi(x)^T beta(mu)",
-              "weights_const": "Weight-predicting, mu = 0 always (architecture only)",
-              "oracle": "Oracle (trained on test angles)"}
+MT_METHODS = {
+    "separate": "Separate networks",
+    "hard": "Hard sharing",
+    "soft": "Soft sharing (lam, mu on val)",
+    "hard_unrelated": "Hard sharing + unrelated task",
+}
+DG_METHODS = {
+    "pooled": "Pooled (context ignored)",
+    "concat": "Concat f(x, mu)",
+    "weights": "Weight-predicting phi(x)^T beta(mu)",
+    "weights_const": "Weight-predicting, mu = 0 always (architecture only)",
+    "oracle": "Oracle (trained on test angles)",
+}
 TRAIN_ANGLES = (-60, -40, -20, 0, 20, 40, 60)
 ANGLE_GROUPS = {"seen": TRAIN_ANGLES, "interpolation": (-50, -30, -10, 10, 30, 50), "extrapolation": (-75, 75)}
 SOFT_GRID = [(lam, mu) for lam in (1e-3, 1e-2, 1e-1, 1.0) for mu in (0.0, 1e-2)]
@@ -55,8 +74,12 @@ BATCH = 32
 
 def digit_tasks(y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Digit labels (N,) -> {identity, parity, ge5, loop} labels (N,)."""
-    return {"identity": y.clone(), "parity": y % 2, "ge5": (y >= 5).long(),
-            "loop": torch.isin(y, torch.tensor(LOOP_DIGITS)).long()}
+    return {
+        "identity": y.clone(),
+        "parity": y % 2,
+        "ge5": (y >= 5).long(),
+        "loop": torch.isin(y, torch.tensor(LOOP_DIGITS)).long(),
+    }
 
 
 # -- multitask ---------------------------------------------------------------------------------
@@ -69,16 +92,16 @@ def _mt_split(seed: int, n_labels: int, n_unrelated: int, images: str):
     sizes = {t: int(n_labels[t] if isinstance(n_labels, dict) else n_labels) for t in TASKS}
     owned, start = {}, 0
     for t in TASKS:
-        owned[t] = perm[start:start + sizes[t]]
+        owned[t] = perm[start : start + sizes[t]]
         start += sizes[t] if images == "disjoint" else 0
     if images == "same":  # the unrelated task labels the same images first, then more
         start = 0
-    owned["unrelated"] = perm[start:start + n_unrelated]
+    owned["unrelated"] = perm[start : start + n_unrelated]
     start = max(start + n_unrelated, max(sizes.values()) if images == "same" else start)
     test = perm[start:]
 
     def rows_of(part):
-        parts = [o[: (3 * len(o)) // 4] if part == "train" else o[(3 * len(o)) // 4:] for o in owned.values()]
+        parts = [o[: (3 * len(o)) // 4] if part == "train" else o[(3 * len(o)) // 4 :] for o in owned.values()]
         return np.array(list(dict.fromkeys(np.concatenate(parts).tolist())), dtype=np.int64)
 
     train_rows = rows_of("train")
@@ -106,12 +129,20 @@ def _mt_split(seed: int, n_labels: int, n_unrelated: int, images: str):
 def _mt_fit(mode, X, Y, seed, steps, **kw):
     """Every row trains for the same number of optimiser steps (the unrelated task adds rows)."""
     epochs = max(1, math.ceil(steps / math.ceil(X.shape[0] / BATCH)))
-    return MultiTaskClassifier(mode, HIDDEN, lr=1e-3, epochs=epochs, batch_size=BATCH, random_state=seed,
-                               **kw).fit(X, Y)
+    return MultiTaskClassifier(mode, HIDDEN, lr=1e-3, epochs=epochs, batch_size=BATCH, random_state=seed, **kw).fit(
+        X, Y
+    )
 
 
-def run_multitask(seeds=(0, 1, 2), verbose: bool = False, n_labels: int = 40, n_unrelated: int = 300,
-                  steps: int = 400, images: str = "disjoint", soft_grid=None) -> dict:
+def run_multitask(
+    seeds=(0, 1, 2),
+    verbose: bool = False,
+    n_labels: int = 40,
+    n_unrelated: int = 300,
+    steps: int = 400,
+    images: str = "disjoint",
+    soft_grid=None,
+) -> dict:
     """The multitask table. Returns {"experiment": "multitask", "rows": [{method, seed, test {task: acc},
     val (mean of the four tasks), params, seconds}], settings...}."""
     from tqdm.auto import tqdm
@@ -132,8 +163,16 @@ def run_multitask(seeds=(0, 1, 2), verbose: bool = False, n_labels: int = 40, n_
 
         def record(method, est, val, params, t0):
             test = est.score(X[te], {t: test_labels[t] for t in est.tasks_})
-            rows.append({"method": method, "seed": seed, "test": test, "val": val, "params": params,
-                         "seconds": time.time() - t0})
+            rows.append(
+                {
+                    "method": method,
+                    "seed": seed,
+                    "test": test,
+                    "val": val,
+                    "params": params,
+                    "seconds": time.time() - t0,
+                }
+            )
             bar.update(1)
 
         for mode in ("separate", "hard"):
@@ -146,24 +185,41 @@ def run_multitask(seeds=(0, 1, 2), verbose: bool = False, n_labels: int = 40, n_
             est = _mt_fit("soft", Xtr4, Ytr4, seed, steps, lam=lam, mu=mu)
             cands.append((val_mean(est), (lam, mu), est))
         best = max(cands, key=lambda c: c[0])
-        record("soft", best[2], best[0], {"lam": best[1][0], "mu": best[1][1],
-                                         "grid_val": {f"{lam:g},{mu:g}": v for v, (lam, mu), _ in cands}}, t0)
+        record(
+            "soft",
+            best[2],
+            best[0],
+            {"lam": best[1][0], "mu": best[1][1], "grid_val": {f"{lam:g},{mu:g}": v for v, (lam, mu), _ in cands}},
+            t0,
+        )
         t0 = time.time()
         Yall = task_labels((*TASKS, "unrelated"), tr, "train")
         est = _mt_fit("hard", X[tr], Yall, seed, steps)
         record("hard_unrelated", est, val_mean(est), {}, t0)
     bar.close()
-    return {"experiment": "multitask", "rows": rows, "methods": list(MT_METHODS), "tasks": list(TASKS),
-            "seeds": list(seeds), "n_labels_per_task": n_labels if isinstance(n_labels, dict) else int(n_labels),
-            "n_unrelated": n_unrelated, "steps": steps, "batch_size": BATCH, "hidden": list(HIDDEN),
-            "soft_grid": [list(g) for g in soft_grid], "images": images}
+    return {
+        "experiment": "multitask",
+        "rows": rows,
+        "methods": list(MT_METHODS),
+        "tasks": list(TASKS),
+        "seeds": list(seeds),
+        "n_labels_per_task": n_labels if isinstance(n_labels, dict) else int(n_labels),
+        "n_unrelated": n_unrelated,
+        "steps": steps,
+        "batch_size": BATCH,
+        "hidden": list(HIDDEN),
+        "soft_grid": [list(g) for g in soft_grid],
+        "images": images,
+    }
 
 
 def table_multitask(result: dict) -> str:
     """Markdown: per-task test accuracy (%), mean ± std over seeds, and the mean over the four tasks."""
     tasks = result["tasks"]
-    out = ["| method | " + " | ".join(tasks) + " | mean (4 tasks) | unrelated task |",
-           "|---|" + "---|" * (len(tasks) + 2)]
+    out = [
+        "| method | " + " | ".join(tasks) + " | mean (4 tasks) | unrelated task |",
+        "|---|" + "---|" * (len(tasks) + 2),
+    ]
     for m in result["methods"]:
         rs = [r for r in result["rows"] if r["method"] == m]
         if not rs:
@@ -197,8 +253,13 @@ def _rotate_each(X: torch.Tensor, angles: np.ndarray) -> torch.Tensor:
     return out
 
 
-def run_domaingen(seeds=(0, 1, 2), verbose: bool = False, epochs: int = 60, context: str = "linear",
-                  plot_angles=tuple(range(-90, 91, 5))) -> dict:
+def run_domaingen(
+    seeds=(0, 1, 2),
+    verbose: bool = False,
+    epochs: int = 60,
+    context: str = "linear",
+    plot_angles=tuple(range(-90, 91, 5)),
+) -> dict:
     """The domaingen table. Returns {"experiment": "domaingen", "rows": [{method, seed, accuracy
     {angle: acc}, groups {group: mean acc}, seconds}], settings...}."""
     from tqdm.auto import tqdm
@@ -226,18 +287,29 @@ def run_domaingen(seeds=(0, 1, 2), verbose: bool = False, epochs: int = 60, cont
             X_, ang = (Xor, ang_or) if method == "oracle" else (Xtr, ang_tr)
             # weights_const: the same network with a constant context (separates architecture from context)
             enc = (lambda a: 0 * _encode(a, context)) if method == "weights_const" else (lambda a: _encode(a, context))
-            est = ContextualClassifier(model, HIDDEN, lr=1e-3, epochs=epochs, batch_size=64,
-                                       random_state=seed).fit(X_, ytr, enc(ang))
+            est = ContextualClassifier(model, HIDDEN, lr=1e-3, epochs=epochs, batch_size=64, random_state=seed).fit(
+                X_, ytr, enc(ang)
+            )
             acc = {int(a): est.score(Xte[a], d.y[te], enc(np.full(len(te), a))) for a in eval_angles}
             groups = {g: float(np.mean([acc[a] for a in angs])) for g, angs in ANGLE_GROUPS.items()}
-            rows.append({"method": method, "seed": seed, "accuracy": acc, "groups": groups,
-                         "seconds": time.time() - t0})
+            rows.append(
+                {"method": method, "seed": seed, "accuracy": acc, "groups": groups, "seconds": time.time() - t0}
+            )
             bar.update(1)
     bar.close()
-    return {"experiment": "domaingen", "rows": rows, "methods": list(DG_METHODS), "seeds": list(seeds),
-            "train_angles": list(TRAIN_ANGLES), "angle_groups": {g: list(v) for g, v in ANGLE_GROUPS.items()},
-            "eval_angles": eval_angles, "context": context, "epochs": epochs, "hidden": list(HIDDEN),
-            "train_fraction": 0.6}
+    return {
+        "experiment": "domaingen",
+        "rows": rows,
+        "methods": list(DG_METHODS),
+        "seeds": list(seeds),
+        "train_angles": list(TRAIN_ANGLES),
+        "angle_groups": {g: list(v) for g, v in ANGLE_GROUPS.items()},
+        "eval_angles": eval_angles,
+        "context": context,
+        "epochs": epochs,
+        "hidden": list(HIDDEN),
+        "train_fraction": 0.6,
+    }
 
 
 def table_domaingen(result: dict) -> str:
@@ -263,8 +335,10 @@ def plot_domaingen(result: dict, path: str) -> None:
     fig, ax = subplots(figsize=(7, 4))
     for m in result["methods"]:
         rs = [r for r in result["rows"] if r["method"] == m]
-        v = np.array([[r["accuracy"][a] if a in r["accuracy"] else r["accuracy"][str(a)] for a in angles]
-                      for r in rs]) * 100
+        v = (
+            np.array([[r["accuracy"][a] if a in r["accuracy"] else r["accuracy"][str(a)] for a in angles] for r in rs])
+            * 100
+        )
         ax.plot(angles, v.mean(0), marker=".", label=DG_METHODS[m])
         ax.fill_between(angles, v.mean(0) - v.std(0), v.mean(0) + v.std(0), alpha=0.15)
     lo, hi = min(result["train_angles"]), max(result["train_angles"])
@@ -273,7 +347,9 @@ def plot_domaingen(result: dict, path: str) -> None:
         ax.axvline(a, color="grey", lw=0.5, ls=":")
     ax.set_xlabel("rotation angle theta (degrees); dotted: training angles")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Digits rotated by theta, context mu = {'theta/90' if result['context'] == 'linear' else '(cos, sin)'}")
+    ax.set_title(
+        f"Digits rotated by theta, context mu = {'theta/90' if result['context'] == 'linear' else '(cos, sin)'}"
+    )
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -301,20 +377,31 @@ def _cmd(args) -> int:
     seeds = tuple(seeds_of(args))
     t0 = time.time()
     if args.command == "multitask":
-        result = run_multitask(seeds, not args.quiet, n_labels=args.n_labels, n_unrelated=args.n_unrelated,
-                               steps=args.steps, images=args.images)
+        result = run_multitask(
+            seeds,
+            not args.quiet,
+            n_labels=args.n_labels,
+            n_unrelated=args.n_unrelated,
+            steps=args.steps,
+            images=args.images,
+        )
         n_tr = (3 * args.n_labels) // 4
-        print(f"digits multi-task, {n_tr} training + {args.n_labels - n_tr} validation labels per task "
-              f"({args.images} images), unrelated task on {args.n_unrelated} images, {args.steps} steps; "
-              f"test accuracy (%) mean ± std over seeds {list(seeds)}")
+        print(
+            f"digits multi-task, {n_tr} training + {args.n_labels - n_tr} validation labels per task "
+            f"({args.images} images), unrelated task on {args.n_unrelated} images, {args.steps} steps; "
+            f"test accuracy (%) mean ± std over seeds {list(seeds)}"
+        )
     else:
         result = run_domaingen(seeds, not args.quiet, epochs=args.epochs, context=args.context)
         print(f"digits rotated by theta, context {args.context}; test accuracy (%) mean ± std over seeds {list(seeds)}")
     result["seconds"] = time.time() - t0
     print(table(result))
     if args.command == "multitask":
-        chosen = [f"seed {r['seed']}: lam={r['params']['lam']:g}, mu={r['params']['mu']:g}"
-                  for r in result["rows"] if r["method"] == "soft"]
+        chosen = [
+            f"seed {r['seed']}: lam={r['params']['lam']:g}, mu={r['params']['mu']:g}"
+            for r in result["rows"]
+            if r["method"] == "soft"
+        ]
         print("soft sharing chose " + "; ".join(chosen))
     print(f"({result['seconds']:.0f} s)")
     if args.plot and args.command == "domaingen":
@@ -326,20 +413,30 @@ def _cmd(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Registers the `multitask` and `domaingen` subcommands."""
-    for name, helptext in (("multitask", "multi-task digits: separate / hard / soft sharing / + unrelated task"),
-                           ("domaingen", "domain generalisation: rotated digits with the angle as task context")):
+    for name, helptext in (
+        ("multitask", "multi-task digits: separate / hard / soft sharing / + unrelated task"),
+        ("domaingen", "domain generalisation: rotated digits with the angle as task context"),
+    ):
         p = subparsers.add_parser(name, help=helptext)
         add_common_args(p, plot_help="accuracy against angle (PNG)" if name == "domaingen" else None)
         if name == "multitask":
             p.add_argument("--steps", type=int, default=400, help="optimiser steps of every network")
             p.add_argument("--n-labels", type=int, default=40, help="labelled images per task (3/4 train, 1/4 val)")
             p.add_argument("--n-unrelated", type=int, default=300, help="labelled images of the unrelated task")
-            p.add_argument("--images", choices=["disjoint", "same"], default="disjoint",
-                           help="each task labelled on its own images, or all on the same images")
+            p.add_argument(
+                "--images",
+                choices=["disjoint", "same"],
+                default="disjoint",
+                help="each task labelled on its own images, or all on the same images",
+            )
         else:
             p.add_argument("--epochs", type=int, default=60)
-            p.add_argument("--context", choices=["linear", "trig"], default="linear",
-                           help="mu = theta/90 (linear) or (cos theta, sin theta) (trig)")
+            p.add_argument(
+                "--context",
+                choices=["linear", "trig"],
+                default="linear",
+                help="mu = theta/90 (linear) or (cos theta, sin theta) (trig)",
+            )
         if name == "multitask":
             p.set_defaults(plot=None)
         p.set_defaults(func=_cmd)

@@ -27,14 +27,27 @@ import time
 import numpy as np
 import torch
 
-from ..data import class_split, load_digits, shift_images, stratified_split
 from ..commands.common import add_common_args, seeds_of
+from ..data import class_split, load_digits, shift_images, stratified_split
 
-__all__ = ["make_shared_feature_problem", "run_stc", "run_mapping", "run", "table", "table_stc",
-           "table_mapping", "plot_mapping", "add_parser"]
+__all__ = [
+    "make_shared_feature_problem",
+    "run_stc",
+    "run_mapping",
+    "run",
+    "table",
+    "table_stc",
+    "table_mapping",
+    "plot_mapping",
+    "add_parser",
+]
 
-STC_LABELS = {"kmeans": "k-means (target pixels)", "pca_kmeans": "k-means on aux-fitted PCA(16)",
-              "coclustering": "Co-clustering target only (STC, λ = 0)", "stc": "Self-taught clustering (λ = 1)"}
+STC_LABELS = {
+    "kmeans": "k-means (target pixels)",
+    "pca_kmeans": "k-means on aux-fitted PCA(16)",
+    "coclustering": "Co-clustering target only (STC, λ = 0)",
+    "stc": "Self-taught clustering (λ = 1)",
+}
 MAP_LABELS = {"source_only": "Source only", "mapped": "CycleGAN-mapped source", "oracle": "Target oracle"}
 SHIFTS = {"inversion": 1.0, "rotation": 30.0}
 
@@ -42,8 +55,16 @@ SHIFTS = {"inversion": 1.0, "rotation": 30.0}
 # ---------------------------------------------------------------------------------------------
 # stc
 # ---------------------------------------------------------------------------------------------
-def make_shared_feature_problem(seed: int, n_groups: int = 6, words_per_group: int = 10, n_per_class: int = 8,
-                                target_draws: int = 6, n_aux: int = 300, aux_draws: int = 30, noise: float = 0.1):
+def make_shared_feature_problem(
+    seed: int,
+    n_groups: int = 6,
+    words_per_group: int = 10,
+    n_per_class: int = 8,
+    target_draws: int = 6,
+    n_aux: int = 300,
+    aux_draws: int = 30,
+    noise: float = 0.1,
+):
     """Word counts with hidden feature groups. Target class c (n_groups // 2 classes) draws its
     words from groups 2c and 2c+1 (weight 1, others `noise`), only `target_draws` words per
     instance, so two same-class target instances rarely share a word; auxiliary instances draw
@@ -59,8 +80,9 @@ def make_shared_feature_problem(seed: int, n_groups: int = 6, words_per_group: i
 
     K = n_groups // 2
     yt = np.repeat(np.arange(K), n_per_class)
-    Xt = np.stack([sample(np.where(np.isin(np.arange(n_groups), [2 * c, 2 * c + 1]), 1.0, noise), target_draws)
-                   for c in yt])
+    Xt = np.stack(
+        [sample(np.where(np.isin(np.arange(n_groups), [2 * c, 2 * c + 1]), 1.0, noise), target_draws) for c in yt]
+    )
     ga = rng.integers(n_groups, size=n_aux)
     Xa = np.stack([sample(np.where(np.arange(n_groups) == g, 1.0, noise / 3), aux_draws) for g in ga])
     return Xt.astype(np.float64), yt, Xa.astype(np.float64), group
@@ -100,10 +122,21 @@ def run_stc(seeds=(0, 1, 2), n_per_class=(10, 20), n_feature_clusters: int = 16,
         rows.append({"problem": "synthetic word groups", "seed": seed, "nmi": res, "seconds": time.time() - t0})
         if verbose:
             print(f"stc seed {seed} done")
-    return {"experiment": "stc", "rows": rows, "seeds": list(seeds), "n_per_class": list(n_per_class),
-            "settings": {"target_classes": [0, 1, 2, 3, 4], "aux_classes": [5, 6, 7, 8, 9],
-                         "n_feature_clusters": n_feature_clusters, "lam": 1.0, "n_aux_clusters": 5, "pca": 16,
-                         "synthetic": {"n_clusters": 3, "n_feature_clusters": 6, "n_aux_clusters": 6, "pca": 5}}}
+    return {
+        "experiment": "stc",
+        "rows": rows,
+        "seeds": list(seeds),
+        "n_per_class": list(n_per_class),
+        "settings": {
+            "target_classes": [0, 1, 2, 3, 4],
+            "aux_classes": [5, 6, 7, 8, 9],
+            "n_feature_clusters": n_feature_clusters,
+            "lam": 1.0,
+            "n_aux_clusters": 5,
+            "pca": 16,
+            "synthetic": {"n_clusters": 3, "n_feature_clusters": 6, "n_aux_clusters": 6, "pca": 5},
+        },
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,9 +166,16 @@ def _mapping_setting(seed, shift):
     return src, tr, te
 
 
-def run_mapping(seeds=(0, 1, 2), shifts=("inversion", "rotation"), epochs: int = 30, cycle_weight: float = 10.0,
-                lr: float = 2e-3, classifier_epochs: int = 30, verbose: bool = False,
-                keep_mappers: bool = False) -> dict:
+def run_mapping(
+    seeds=(0, 1, 2),
+    shifts=("inversion", "rotation"),
+    epochs: int = 30,
+    cycle_weight: float = 10.0,
+    lr: float = 2e-3,
+    classifier_epochs: int = 30,
+    verbose: bool = False,
+    keep_mappers: bool = False,
+) -> dict:
     """Target test accuracy per seed and shift: source only, CycleGAN-mapped source, oracle."""
     from ..adaptation.domain_mapping import CycleGAN, MappedSourceClassifier
 
@@ -148,24 +188,46 @@ def run_mapping(seeds=(0, 1, 2), shifts=("inversion", "rotation"), epochs: int =
             t0 = time.time()
             src, tr, te = _mapping_setting(seed, shift)
             acc = {"source_only": _fit_clf(src.X, src.y, seed, classifier_epochs).score(te.X, te.y)}
-            cg = CycleGAN(cycle_weight=cycle_weight, lr=lr, epochs=epochs, batch_size=64, random_state=seed,
-                          verbose=verbose).fit(src.X, tr.X)
-            clf = MappedSourceClassifier(cg, _classifier(seed), lr=1e-3, epochs=classifier_epochs, prefit=True,
-                                         random_state=seed).fit(src.X, src.y)
+            cg = CycleGAN(
+                cycle_weight=cycle_weight, lr=lr, epochs=epochs, batch_size=64, random_state=seed, verbose=verbose
+            ).fit(src.X, tr.X)
+            clf = MappedSourceClassifier(
+                cg, _classifier(seed), lr=1e-3, epochs=classifier_epochs, prefit=True, random_state=seed
+            ).fit(src.X, src.y)
             acc["mapped"] = clf.score(te.X, te.y)
             acc["oracle"] = _fit_clf(tr.X, tr.y, seed, classifier_epochs).score(te.X, te.y)
             h = cg.history_[-1]
-            rows.append({"shift": shift, "seed": seed, "accuracy": acc, "seconds": time.time() - t0,
-                         "final_losses": {k: v for k, v in h.items() if k != "epoch"}})
+            rows.append(
+                {
+                    "shift": shift,
+                    "seed": seed,
+                    "accuracy": acc,
+                    "seconds": time.time() - t0,
+                    "final_losses": {k: v for k, v in h.items() if k != "epoch"},
+                }
+            )
             if keep_mappers and seed == seeds[0]:
                 mappers[shift] = (cg, src.X[:10], tr.X[:10])
             if verbose:
                 print(f"mapping {shift} seed {seed}: {acc}")
-    out = {"experiment": "mapping", "rows": rows, "seeds": list(seeds), "shifts": list(shifts),
-           "settings": {"shift_amounts": {s: SHIFTS[s] for s in shifts}, "cyclegan_epochs": epochs,
-                        "cycle_weight": cycle_weight, "identity_weight": 0.0, "lr": lr, "batch_size": 64,
-                        "classifier": f"MLP 64-128-64-10, Adam 1e-3, {classifier_epochs} epochs", "n_source": 900,
-                        "n_target_unlabeled": 600, "selection": "fixed a priori, no target labels"}}
+    out = {
+        "experiment": "mapping",
+        "rows": rows,
+        "seeds": list(seeds),
+        "shifts": list(shifts),
+        "settings": {
+            "shift_amounts": {s: SHIFTS[s] for s in shifts},
+            "cyclegan_epochs": epochs,
+            "cycle_weight": cycle_weight,
+            "identity_weight": 0.0,
+            "lr": lr,
+            "batch_size": 64,
+            "classifier": f"MLP 64-128-64-10, Adam 1e-3, {classifier_epochs} epochs",
+            "n_source": 900,
+            "n_target_unlabeled": 600,
+            "selection": "fixed a priori, no target labels",
+        },
+    }
     if keep_mappers:
         out["_mappers"] = mappers
     return out
@@ -245,8 +307,7 @@ def _cmd(args) -> int:
     if args.experiment == "stc":
         result = run_stc(seeds=seeds, verbose=not args.quiet)
     else:
-        result = run_mapping(seeds=seeds, epochs=args.epochs, verbose=not args.quiet,
-                             keep_mappers=bool(args.plot))
+        result = run_mapping(seeds=seeds, epochs=args.epochs, verbose=not args.quiet, keep_mappers=bool(args.plot))
         mappers = result.pop("_mappers", None)
         if args.plot and mappers:
             plot_mapping(mappers, args.plot)
@@ -259,11 +320,15 @@ def _cmd(args) -> int:
 
 def add_parser(subparsers) -> None:
     """Registers the ``stc`` and ``mapping`` subcommands."""
-    p = subparsers.add_parser("stc", help="self-taught clustering on digits 0-4 with digits 5-9 as auxiliary data (NMI)")
+    p = subparsers.add_parser(
+        "stc", help="self-taught clustering on digits 0-4 with digits 5-9 as auxiliary data (NMI)"
+    )
     add_common_args(p)
     p.set_defaults(func=_cmd, experiment="stc", plot=None)
 
-    p = subparsers.add_parser("mapping", help="CycleGAN domain mapping on shifted digits: source-only / mapped / oracle")
+    p = subparsers.add_parser(
+        "mapping", help="CycleGAN domain mapping on shifted digits: source-only / mapped / oracle"
+    )
     add_common_args(p, plot_help="PNG of source images and their mapped versions")
     p.add_argument("--epochs", type=int, default=30, help="CycleGAN epochs")
     p.set_defaults(func=_cmd, experiment="mapping")

@@ -17,17 +17,35 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Dataset, class_split, load_digits, stratified_split
-from ..transfer import (Autoencoder, FeatureProbe, FineTune, Flextune, LayerTransfer, ProgressiveNet,
-                        RotationPretrainer, SelfTaught, finetune_tradeoff, plot_tradeoff, sweep_layer_transfer)
+from ..data import class_split, load_digits, stratified_split
+from ..transfer import (
+    Autoencoder,
+    FeatureProbe,
+    FineTune,
+    Flextune,
+    LayerTransfer,
+    ProgressiveNet,
+    RotationPretrainer,
+    SelfTaught,
+    finetune_tradeoff,
+    plot_tradeoff,
+    sweep_layer_transfer,
+)
 
 __all__ = ["METHODS", "LABELS", "make_mlp", "run", "run_tradeoff"]
 
 LABELS = {
-    "scratch": "From scratch", "probe_logistic": "Feature probe (logistic)", "probe_knn": "Feature probe (k-NN)",
-    "finetune": "Fine-tune (all layers)", "flextune": "Flextune (best layer)", "layer_transfer": "Layer transfer (best k)",
-    "l2sp": "L2-SP fine-tune", "output_constraint": "Output-constrained (LwF KL)", "progressive": "Progressive net",
-    "rotation_probe": "Rotation-pretrained probe", "autoencoder_probe": "Denoising-autoencoder probe",
+    "scratch": "From scratch",
+    "probe_logistic": "Feature probe (logistic)",
+    "probe_knn": "Feature probe (k-NN)",
+    "finetune": "Fine-tune (all layers)",
+    "flextune": "Flextune (best layer)",
+    "layer_transfer": "Layer transfer (best k)",
+    "l2sp": "L2-SP fine-tune",
+    "output_constraint": "Output-constrained (LwF KL)",
+    "progressive": "Progressive net",
+    "rotation_probe": "Rotation-pretrained probe",
+    "autoencoder_probe": "Denoising-autoencoder probe",
     "self_taught": "Self-taught (sparse coding)",
 }
 METHODS = list(LABELS)
@@ -61,8 +79,11 @@ class _Setting:
         tr, va, te = stratified_split(target, [5 * n_per_class, 5 * n_per_class, None], random_state=seed)
         self.tr, self.va, self.te, self.seed = tr, va, te, seed
         torch.manual_seed(seed)
-        self.source_model = FineTune(make_mlp(), 1e-3, source_epochs, batch_size=64,
-                                     random_state=seed).fit(self.source.X, self.source.y).model_
+        self.source_model = (
+            FineTune(make_mlp(), 1e-3, source_epochs, batch_size=64, random_state=seed)
+            .fit(self.source.X, self.source.y)
+            .model_
+        )
         self.epochs = _epochs(len(tr))
 
     def body(self):
@@ -98,15 +119,17 @@ def _m_finetune(s, lrs=LRS, **kw):
 def _m_flextune(s):
     cands = []
     for lr in (1e-3, 3e-3):
-        est = Flextune(s.source_model, n_classes=5, lr=lr, epochs=s.epochs, head_epochs=s.epochs, head_lr=1e-2,
-                       random_state=s.seed).fit(s.tr.X, s.tr.y, X_val=s.va.X, y_val=s.va.y)
+        est = Flextune(
+            s.source_model, n_classes=5, lr=lr, epochs=s.epochs, head_epochs=s.epochs, head_lr=1e-2, random_state=s.seed
+        ).fit(s.tr.X, s.tr.y, X_val=s.va.X, y_val=s.va.y)
         cands.append(({"lr": lr, "layer": est.layer_}, est, est.scores_[est.layer_]))
     return _best(cands)
 
 
 def _m_layer_transfer(s):
-    sw = sweep_layer_transfer(s.source_model, s.tr.X, s.tr.y, s.va.X, s.va.y, ks=(1, 2, 3), lr=1e-3,
-                              epochs=s.epochs, random_state=s.seed)
+    sw = sweep_layer_transfer(
+        s.source_model, s.tr.X, s.tr.y, s.va.X, s.va.y, ks=(1, 2, 3), lr=1e-3, epochs=s.epochs, random_state=s.seed
+    )
     b = sw["best"]
     return ({"k": b["k"], "where": b["where"], "freeze": b["freeze"]}, sw["model"], b["val_accuracy"])
 
@@ -149,15 +172,18 @@ def _m_autoencoder(s):
     key = ("ae", s.seed)
     if key not in _PRETRAINED:
         enc = make_mlp()[:-1]
-        _PRETRAINED[key] = Autoencoder(enc, noise="mask", noise_level=0.2, epochs=60,
-                                       random_state=s.seed).fit(_unlabeled(s))
+        _PRETRAINED[key] = Autoencoder(enc, noise="mask", noise_level=0.2, epochs=60, random_state=s.seed).fit(
+            _unlabeled(s)
+        )
     return _probe(s, _PRETRAINED[key].encoder_, "logistic")
 
 
 def _m_self_taught(s):
     key = ("st", s.seed)
     if key not in _PRETRAINED:
-        _PRETRAINED[key] = SelfTaught(128, "sparse_coding", alpha=0.5, random_state=s.seed).fit_representation(_unlabeled(s))
+        _PRETRAINED[key] = SelfTaught(128, "sparse_coding", alpha=0.5, random_state=s.seed).fit_representation(
+            _unlabeled(s)
+        )
     rep = _PRETRAINED[key]
     cands = []
     for C in (0.01, 0.1, 1.0, 10.0):
@@ -181,9 +207,15 @@ _RUN = {
     "scratch": _m_scratch,
     "probe_logistic": lambda s: _probe(s, s.source_model, "logistic", layer="4"),
     "probe_knn": lambda s: _probe(s, s.source_model, "knn", layer="4"),
-    "finetune": _m_finetune, "flextune": _m_flextune, "layer_transfer": _m_layer_transfer, "l2sp": _m_l2sp,
-    "output_constraint": _m_output, "progressive": _m_progressive, "rotation_probe": _m_rotation,
-    "autoencoder_probe": _m_autoencoder, "self_taught": _m_self_taught,
+    "finetune": _m_finetune,
+    "flextune": _m_flextune,
+    "layer_transfer": _m_layer_transfer,
+    "l2sp": _m_l2sp,
+    "output_constraint": _m_output,
+    "progressive": _m_progressive,
+    "rotation_probe": _m_rotation,
+    "autoencoder_probe": _m_autoencoder,
+    "self_taught": _m_self_taught,
 }
 
 
@@ -209,19 +241,37 @@ def run(methods=None, n_per_class=(5, 20), seeds=(0, 1, 2), verbose: bool = True
         for m in methods:
             t0 = time.time()
             params, est, val = _RUN[m](s)
-            rows.append({"method": m, "n_per_class": n, "seed": seed, "test_accuracy": est.score(s.te.X, s.te.y),
-                         "val_accuracy": val, "params": params, "seconds": time.time() - t0})
+            rows.append(
+                {
+                    "method": m,
+                    "n_per_class": n,
+                    "seed": seed,
+                    "test_accuracy": est.score(s.te.X, s.te.y),
+                    "val_accuracy": val,
+                    "params": params,
+                    "seconds": time.time() - t0,
+                }
+            )
             bar.update(1)
     bar.close()
-    return {"rows": rows, "methods": methods, "n_per_class": list(n_per_class), "seeds": list(seeds),
-            "steps": STEPS}
+    return {"rows": rows, "methods": methods, "n_per_class": list(n_per_class), "seeds": list(seeds), "steps": STEPS}
 
 
 def run_tradeoff(seed: int = 0, n_per_class: int = 20, epochs: int = 150, plot: str | None = None) -> dict:
     """Validation accuracy along fine-tuning for several learning rates (epoch 0: the probe)."""
     s = _Setting(seed, n_per_class)
-    res = finetune_tradeoff(s.source_model, s.tr.X, s.tr.y, s.va.X, s.va.y, lrs=(1e-4, 1e-3, 1e-2),
-                            epochs=epochs, n_classes=5, head_epochs=s.epochs, random_state=seed)
+    res = finetune_tradeoff(
+        s.source_model,
+        s.tr.X,
+        s.tr.y,
+        s.va.X,
+        s.va.y,
+        lrs=(1e-4, 1e-3, 1e-2),
+        epochs=epochs,
+        n_classes=5,
+        head_epochs=s.epochs,
+        random_state=seed,
+    )
     if plot:
         plot_tradeoff(res, plot, title=f"Fine-tuning digits 0-4 -> 5-9, {n_per_class} labelled/class (seed {seed})")
     return res

@@ -28,16 +28,20 @@ import warnings
 import numpy as np
 import torch
 
+from ..commands.common import add_common_args, seeds_of, write_outputs
 from ..data import Dataset, class_split, load_digits, stratified_split
 from ..zeroshot import DAP, DIGIT_ATTRIBUTES, ConSE, EmbeddingZeroShot
-from ..commands.common import add_common_args, seeds_of, write_outputs
 
 __all__ = ["run", "table", "plot", "add_parser", "LABELS"]
 
 SEEN, UNSEEN = tuple(range(7)), (7, 8, 9)
 SHOTS = (1, 2, 5)
-LABELS = {"chance": "Chance", "dap": "DAP (attribute classifiers)", "embedding": "Bilinear embedding + hinge",
-          "conse": "ConSE"}
+LABELS = {
+    "chance": "Chance",
+    "dap": "DAP (attribute classifiers)",
+    "embedding": "Bilinear embedding + hinge",
+    "conse": "ConSE",
+}
 LABELS.update({f"fewshot_{k}": f"Few-shot logistic, k = {k} / unseen class" for k in SHOTS})
 GRIDS = {
     "dap": [{"C": C, "prior": p} for C in (0.01, 0.1, 1.0, 10.0) for p in ("empirical", "uniform")],
@@ -86,8 +90,9 @@ def _make(method: str, p: dict, seed: int, epochs: int):
     if method == "dap":
         return DAP(C=p["C"], prior=p["prior"], random_state=seed)
     if method == "embedding":
-        return EmbeddingZeroShot(margin=p["margin"], weight_decay=p["weight_decay"], lr=1e-2, epochs=epochs,
-                                 random_state=seed)
+        return EmbeddingZeroShot(
+            margin=p["margin"], weight_decay=p["weight_decay"], lr=1e-2, epochs=epochs, random_state=seed
+        )
     raise ValueError(method)
 
 
@@ -135,8 +140,19 @@ def _gzsl(pred_seen: np.ndarray, pred_unseen: np.ndarray, s: _Setting) -> dict:
 
 
 def _run_seed(s: _Setting, methods, epochs: int) -> list[dict]:
-    rows = [{"method": "chance", "seed": s.seed, "unseen_accuracy": 1 / len(UNSEEN), "gzsl_unseen": 0.1,
-             "gzsl_seen": 0.1, "gzsl_h": 0.1, "params": {}, "val_accuracy": None, "seconds": 0.0}]
+    rows = [
+        {
+            "method": "chance",
+            "seed": s.seed,
+            "unseen_accuracy": 1 / len(UNSEEN),
+            "gzsl_unseen": 0.1,
+            "gzsl_seen": 0.1,
+            "gzsl_h": 0.1,
+            "params": {},
+            "val_accuracy": None,
+            "seconds": 0.0,
+        }
+    ]
     everything = np.arange(10)
     for m in methods:
         t0 = time.time()
@@ -156,8 +172,17 @@ def _run_seed(s: _Setting, methods, epochs: int) -> list[dict]:
             est.fit(s.Xtr, s.ytr, DIGIT_ATTRIBUTES)
             acc = est.score(s.Xte, s.yte)  # default candidates = the unseen classes 7, 8, 9
             g = _gzsl(est.predict(s.Xse, everything), est.predict(s.Xte, everything), s)
-        rows.append({"method": m, "seed": s.seed, "unseen_accuracy": float(acc), **g, "params": p,
-                     "val_accuracy": val, "seconds": time.time() - t0})
+        rows.append(
+            {
+                "method": m,
+                "seed": s.seed,
+                "unseen_accuracy": float(acc),
+                **g,
+                "params": p,
+                "val_accuracy": val,
+                "seconds": time.time() - t0,
+            }
+        )
     return rows
 
 
@@ -191,11 +216,22 @@ def run(seeds=(0, 1, 2), verbose: bool = False, methods=None, epochs: int = 30, 
     finally:
         GRIDS.clear()
         GRIDS.update(saved)
-    return {"rows": rows, "methods": ["chance"] + methods, "seeds": [int(s) for s in seeds],
-            "settings": {"seen": list(SEEN), "unseen": list(UNSEEN), "features": "64 raw pixels",
-                         "seen_train_fraction": 0.7, "fewshot_pool_per_class": 5, "embedding_epochs": epochs,
-                         "validation": "3 folds of 2 pseudo-unseen seen classes", "grids": grids},
-            "seconds": time.time() - t0}
+    return {
+        "rows": rows,
+        "methods": ["chance"] + methods,
+        "seeds": [int(s) for s in seeds],
+        "settings": {
+            "seen": list(SEEN),
+            "unseen": list(UNSEEN),
+            "features": "64 raw pixels",
+            "seen_train_fraction": 0.7,
+            "fewshot_pool_per_class": 5,
+            "embedding_epochs": epochs,
+            "validation": "3 folds of 2 pseudo-unseen seen classes",
+            "grids": grids,
+        },
+        "seconds": time.time() - t0,
+    }
 
 
 def _cell(rows, key):
@@ -208,8 +244,11 @@ def table(result: dict) -> str:
     out = ["| method | unseen 3-way (7/8/9) | GZSL unseen | GZSL seen | GZSL H |", "|---|---|---|---|---|"]
     for m in result["methods"]:
         rows = [r for r in result["rows"] if r["method"] == m]
-        out.append(f"| {LABELS[m]} | " + " | ".join(_cell(rows, k) for k in
-                                                     ("unseen_accuracy", "gzsl_unseen", "gzsl_seen", "gzsl_h")) + " |")
+        out.append(
+            f"| {LABELS[m]} | "
+            + " | ".join(_cell(rows, k) for k in ("unseen_accuracy", "gzsl_unseen", "gzsl_seen", "gzsl_h"))
+            + " |"
+        )
     return "\n".join(out)
 
 
@@ -242,8 +281,7 @@ def plot(result: dict, path: str) -> None:
 def _cmd(args) -> int:
     seeds = seeds_of(args)
     result = run(seeds=seeds, verbose=not args.quiet, epochs=args.epochs)
-    print(f"digits: seen 0-6 -> unseen 7-9, accuracy (%) mean ± std over seeds {seeds}; "
-          f"{result['seconds']:.0f} s")
+    print(f"digits: seen 0-6 -> unseen 7-9, accuracy (%) mean ± std over seeds {seeds}; {result['seconds']:.0f} s")
     print(table(result))
     return write_outputs(args, result, plot)
 
@@ -251,6 +289,6 @@ def _cmd(args) -> int:
 def add_parser(subparsers) -> None:
     """Registers ``tlkernels zeroshot``."""
     p = subparsers.add_parser("zeroshot", help="zero-shot digits 0-6 -> 7-9: DAP, bilinear hinge, ConSE, few-shot")
-    add_common_args(p, plot_help='zero-shot accuracy against few-shot (PNG)')
+    add_common_args(p, plot_help="zero-shot accuracy against few-shot (PNG)")
     p.add_argument("--epochs", type=int, default=30, help="epochs of the bilinear embedding")
     p.set_defaults(func=_cmd)

@@ -32,7 +32,9 @@ def as_task_labels(Y, n: int, arg: str = "Y", tasks=None) -> dict[str, Tensor]:
     else:
         A = Y if isinstance(Y, Tensor) else torch.as_tensor(np.asarray(Y))
         if A.dim() != 2:
-            raise ValueError(f"{arg} must be a dict {{task: (N,) labels}} or an (N, T) array, got shape {tuple(A.shape)}")
+            raise ValueError(
+                f"{arg} must be a dict {{task: (N,) labels}} or an (N, T) array, got shape {tuple(A.shape)}"
+            )
         names = list(tasks) if tasks is not None else [f"task{j}" for j in range(A.shape[1])]
         if len(names) != A.shape[1]:
             raise ValueError(f"{arg} has {A.shape[1]} columns but the model has tasks {names}")
@@ -55,6 +57,7 @@ def as_task_labels(Y, n: int, arg: str = "Y", tasks=None) -> dict[str, Tensor]:
 
 def _task_weights(sample_weight, labels: dict[str, Tensor], n: int) -> dict[str, Tensor]:
     """None | (N,) array (shared by all tasks) | {task: (N,)} -> {task: FloatTensor (N,)}."""
+
     def conv(w, arg):
         w = torch.as_tensor(np.asarray(w) if not isinstance(w, Tensor) else w, dtype=torch.float32).flatten()
         if w.shape[0] != n:
@@ -69,8 +72,9 @@ def _task_weights(sample_weight, labels: dict[str, Tensor], n: int) -> dict[str,
         unknown = set(sample_weight) - set(labels)
         if unknown:
             raise ValueError(f"sample_weight names unknown tasks {sorted(unknown)}; tasks are {list(labels)}")
-        return {t: conv(sample_weight[t], f"sample_weight[{t!r}]") if t in sample_weight else torch.ones(n)
-                for t in labels}
+        return {
+            t: conv(sample_weight[t], f"sample_weight[{t!r}]") if t in sample_weight else torch.ones(n) for t in labels
+        }
     w = conv(sample_weight, "sample_weight")
     return {t: w for t in labels}
 
@@ -118,10 +122,24 @@ class MultiTaskClassifier(TorchEstimator):
 
     MODES = ("separate", "hard", "soft")
 
-    def __init__(self, mode: str = "hard", hidden=(128, 64), *, trunk: nn.Module | None = None, lam: float = 0.0,
-                 mu: float = 0.0, task_weights: dict | None = None, lr: float = 1e-3, epochs: int = 100,
-                 batch_size: int = 64, optimizer: str = "adam", weight_decay: float = 0.0, device=None,
-                 random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        mode: str = "hard",
+        hidden=(128, 64),
+        *,
+        trunk: nn.Module | None = None,
+        lam: float = 0.0,
+        mu: float = 0.0,
+        task_weights: dict | None = None,
+        lr: float = 1e-3,
+        epochs: int = 100,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
         if trunk is not None and not isinstance(trunk, nn.Module):
@@ -221,8 +239,9 @@ class MultiTaskClassifier(TorchEstimator):
         inf = float("inf")
         penalty = None
         if soft:
-            penalty = SoftSharingPenalty(0.0 if self.lam == inf else self.lam, 0.0 if self.mu == inf else self.mu,
-                                         mismatched="skip")
+            penalty = SoftSharingPenalty(
+                0.0 if self.lam == inf else self.lam, 0.0 if self.mu == inf else self.mu, mismatched="skip"
+            )
         params = list(model.parameters())
         if self.optimizer == "adam":
             opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
@@ -238,7 +257,7 @@ class MultiTaskClassifier(TorchEstimator):
             sums = {t: 0.0 for t in self.tasks_}
             tot, pen_tot, steps = 0.0, 0.0, 0
             for i in range(0, n, int(self.batch_size)):
-                idx = perm[i:i + int(self.batch_size)]
+                idx = perm[i : i + int(self.batch_size)]
                 xb = X[idx].to(device)
                 yb, wb = Ymat[idx].to(device), Wmat[idx].to(device)
                 feats = model.trunk(xb) if self.mode == "hard" else None
@@ -247,8 +266,7 @@ class MultiTaskClassifier(TorchEstimator):
                     m = (yb[:, j] >= 0) & (wb[:, j] > 0)
                     if not m.any():
                         continue
-                    logits = (model.heads[t](feats[m]) if feats is not None
-                              else model.heads[t](model.trunks[t](xb[m])))
+                    logits = model.heads[t](feats[m]) if feats is not None else model.heads[t](model.trunks[t](xb[m]))
                     per = F.cross_entropy(logits, yb[m, j], reduction="none")
                     w = wb[m, j]
                     lt = (w * per).sum() / w.sum()
@@ -289,7 +307,7 @@ class MultiTaskClassifier(TorchEstimator):
         out = {t: [] for t in self.tasks_}
         with torch.no_grad():
             for i in range(0, X.shape[0], 512):
-                for t, v in self.model_(X[i:i + 512].to(self._device())).items():
+                for t, v in self.model_(X[i : i + 512].to(self._device())).items():
                     out[t].append(v.cpu())
         return {t: torch.cat(v) for t, v in out.items()}
 
@@ -323,4 +341,3 @@ class MultiTaskClassifier(TorchEstimator):
             hit = (pred[t][m] == y.numpy()[m]).astype(np.float64)
             out[t] = float((w * hit).sum() / w.sum()) if w.sum() > 0 else float("nan")
         return out
-

@@ -19,7 +19,13 @@ from ..transfer._common import (
     train_loop,
 )
 
-__all__ = ["ContextConcatNet", "ContextualClassifier", "WeightPredictingNet", "as_context", "mlp"]  # mlp: tlkernels.nn.mlp
+__all__ = [
+    "ContextConcatNet",
+    "ContextualClassifier",
+    "WeightPredictingNet",
+    "as_context",
+    "mlp",
+]  # mlp: tlkernels.nn.mlp
 
 
 def as_context(context, n: int, dim: int | None = None, arg: str = "context") -> Tensor:
@@ -91,7 +97,7 @@ class WeightPredictingNet(nn.Module):
     def weights(self, context: Tensor) -> tuple[Tensor, Tensor]:
         out = self.hyper(context)
         C, D = self.n_classes, self.feature_dim
-        return out[:, :C * D].view(-1, C, D), out[:, C * D:]
+        return out[:, : C * D].view(-1, C, D), out[:, C * D :]
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         phi = self.features(x)
@@ -130,9 +136,22 @@ class ContextualClassifier(ClassifierMixin, TorchEstimator):
 
     MODELS = ("concat", "weights", "pooled")
 
-    def __init__(self, model: str = "concat", hidden=(128, 64), *, hyper_hidden=(32,), at: str = "input",
-                 lr: float = 1e-3, epochs: int = 50, batch_size: int = 64, optimizer: str = "adam",
-                 weight_decay: float = 0.0, device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        model: str = "concat",
+        hidden=(128, 64),
+        *,
+        hyper_hidden=(32,),
+        at: str = "input",
+        lr: float = 1e-3,
+        epochs: int = 50,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if model not in self.MODELS:
             raise ValueError(f"model must be one of {self.MODELS}, got {model!r}")
         if not hidden or any(int(h) < 1 for h in hidden):
@@ -186,9 +205,21 @@ class ContextualClassifier(ClassifierMixin, TorchEstimator):
             return F.cross_entropy(m(Xd[ib], Cd[ib]), yb, reduction="none")
 
         groups = [{"params": list(net.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}]
-        self.history_ = train_loop(net, groups, torch.arange(n), y, epochs=self.epochs, batch_size=self.batch_size,
-                                   optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
-                                   loss_fn=loss_fn, verbose=self.verbose, desc=f"context ({self.model})")
+        self.history_ = train_loop(
+            net,
+            groups,
+            torch.arange(n),
+            y,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            gen=gen,
+            device=device,
+            sample_weight=w,
+            loss_fn=loss_fn,
+            verbose=self.verbose,
+            desc=f"context ({self.model})",
+        )
         net.eval()
         self.model_ = net
         self.classes_ = np.arange(self.n_classes_)
@@ -202,7 +233,7 @@ class ContextualClassifier(ClassifierMixin, TorchEstimator):
         out = []
         with torch.no_grad():
             for i in range(0, X.shape[0], 512):
-                out.append(self.model_(X[i:i + 512].to(dev), ctx[i:i + 512].to(dev)).cpu())
+                out.append(self.model_(X[i : i + 512].to(dev), ctx[i : i + 512].to(dev)).cpu())
         return torch.cat(out)
 
     def decision_function(self, X, context=None):

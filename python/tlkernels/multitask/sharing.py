@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["HardSharingNet", "PerTaskNets", "SoftSharingPenalty", "pairwise_sq_distance", "check_task_name"]
+__all__ = ["HardSharingNet", "PerTaskNets", "SoftSharingPenalty", "check_task_name", "pairwise_sq_distance"]
 
 
 def check_task_name(name, arg: str = "task") -> str:
@@ -68,8 +68,10 @@ class PerTaskNets(nn.Module):
         self.trunks = _module_dict(trunks, "trunks")
         self.heads = _module_dict(heads, "heads")
         if list(self.trunks) != list(self.heads):
-            raise ValueError(f"trunks and heads must name the same tasks in the same order, got "
-                             f"{list(self.trunks)} and {list(self.heads)}")
+            raise ValueError(
+                f"trunks and heads must name the same tasks in the same order, got "
+                f"{list(self.trunks)} and {list(self.heads)}"
+            )
 
     @property
     def tasks(self) -> list[str]:
@@ -110,16 +112,20 @@ def pairwise_sq_distance(mods, arg: str = "modules", mismatched: str = "error") 
     names = list(params[0])
     for k, p in enumerate(params[1:], 1):
         if set(p) != set(names):
-            raise ValueError(f"{arg}: module {k} has parameters {sorted(p)}, module 0 has {sorted(names)}; "
-                             "soft sharing pairs parameters by name, so the architectures must match")
+            raise ValueError(
+                f"{arg}: module {k} has parameters {sorted(p)}, module 0 has {sorted(names)}; "
+                "soft sharing pairs parameters by name, so the architectures must match"
+            )
     total = None
     for n in names:
         groups: dict[tuple, list[Tensor]] = {}
         for p in params:
             groups.setdefault(tuple(p[n].shape), []).append(p[n])
         if len(groups) > 1 and mismatched == "error":
-            raise ValueError(f"{arg}: parameter {n!r} has different shapes across tasks {list(groups)}; "
-                             "pass mismatched='skip' to compare only tasks of equal shape")
+            raise ValueError(
+                f"{arg}: parameter {n!r} has different shapes across tasks {list(groups)}; "
+                "pass mismatched='skip' to compare only tasks of equal shape"
+            )
         for g in groups.values():
             if len(g) < 2:
                 continue

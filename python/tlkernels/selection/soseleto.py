@@ -57,12 +57,16 @@ def _as_xy(data, name: str) -> tuple[Tensor, Tensor]:
         raise ValueError(f"{name}: y must be (N,) class labels, got shape {tuple(y.shape)}")
     if y.is_complex() or (y.is_floating_point() and not bool((y == y.round()).all())):
         bad = y[y != y.round()][:1].tolist() if y.is_floating_point() else []
-        raise ValueError(f"{name}: labels must be integers, got dtype {y.dtype}"
-                         + (f" with the non-integer value {bad[0]}" if bad else ""))
+        raise ValueError(
+            f"{name}: labels must be integers, got dtype {y.dtype}"
+            + (f" with the non-integer value {bad[0]}" if bad else "")
+        )
     y = y.long()
     if y.numel() and int(y.min()) < 0:
-        raise ValueError(f"{name}: labels must be class indices >= 0, got {int(y.min())} (an ignore index such "
-                         "as -100 is not supported: drop those examples)")
+        raise ValueError(
+            f"{name}: labels must be class indices >= 0, got {int(y.min())} (an ignore index such "
+            "as -100 is not supported: drop those examples)"
+        )
     if X.shape[0] != y.shape[0]:
         raise ValueError(f"{name}: X has {X.shape[0]} examples but y has {y.shape[0]}")
     if X.shape[0] == 0:
@@ -118,11 +122,30 @@ class Soseleto(ClassifierMixin, TorchEstimator):
     it has an ``out_features``).
     """
 
-    def __init__(self, backbone: nn.Module, source_head: nn.Module, target_head: nn.Module, n_source: int, *,
-                 groups=None, alpha_init: float = 1.0, lr: float = 0.05, lr_alpha: float = 0.05,
-                 alpha_step: str = "normalized", optimizer: str = "sgd", weight_decay: float = 0.0,
-                 schedule: str | None = None, max_steps: int | None = None, batch_size: int = 64, target_batch_size: int = 32,
-                 epochs: int = 10, device=None, random_state=None, verbose: bool = False, distributed: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        source_head: nn.Module,
+        target_head: nn.Module,
+        n_source: int,
+        *,
+        groups=None,
+        alpha_init: float = 1.0,
+        lr: float = 0.05,
+        lr_alpha: float = 0.05,
+        alpha_step: str = "normalized",
+        optimizer: str = "sgd",
+        weight_decay: float = 0.0,
+        schedule: str | None = None,
+        max_steps: int | None = None,
+        batch_size: int = 64,
+        target_batch_size: int = 32,
+        epochs: int = 10,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+        distributed: bool = False,
+    ):
         if alpha_step not in ("normalized", "raw"):
             raise ValueError(f"alpha_step must be 'normalized' or 'raw', got {alpha_step!r}")
         if optimizer not in ("sgd", "adam"):
@@ -135,14 +158,19 @@ class Soseleto(ClassifierMixin, TorchEstimator):
             raise ValueError(f"n_source must be a positive int, got {n_source!r}")
         if not 0.0 <= alpha_init <= 1.0:
             raise ValueError(f"alpha_init must be in [0, 1], got {alpha_init}")
-        for name, v in (("lr", lr), ("lr_alpha", lr_alpha), ("batch_size", batch_size),
-                        ("target_batch_size", target_batch_size)):
+        for name, v in (
+            ("lr", lr),
+            ("lr_alpha", lr_alpha),
+            ("batch_size", batch_size),
+            ("target_batch_size", target_batch_size),
+        ):
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be positive, got {v}")
         if isinstance(epochs, bool) or not (isinstance(epochs, int) and epochs > 0):
             raise ValueError(f"epochs must be a positive int, got {epochs!r}")
         if distributed:
             import torch.distributed as dist
+
             if not (dist.is_available() and dist.is_initialized()):
                 raise RuntimeError("distributed=True needs torch.distributed initialised (init_process_group)")
         if groups is not None:
@@ -165,6 +193,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         self._dist, self._world = False, 1
         if self.distributed:
             import torch.distributed as dist
+
             self._dist, self._world = True, dist.get_world_size()
         self._shared = self.source_head is self.target_head
         self._source_net = _Net(self.backbone, self.source_head).to(device)
@@ -180,8 +209,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         self._theta = {n: p for n, p in self.backbone.named_parameters(prefix="backbone") if p.requires_grad}
         if self._shared:
             self._theta.update((n, p) for n, p in self.source_head.named_parameters(prefix="head") if p.requires_grad)
-        self._target_head_params = [] if self._shared else [p for p in self.target_head.parameters()
-                                                             if p.requires_grad]
+        self._target_head_params = [] if self._shared else [p for p in self.target_head.parameters() if p.requires_grad]
         self._source_params = list(self._source_net.parameters())
         self._opt_source = self._make_opt(self._source_params)
         self._opt_target = None if self._shared else self._make_opt(list(self.target_head.parameters()))
@@ -240,6 +268,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         bar = None
         if self.verbose:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=epochs * steps_per_epoch, desc="SOSELETO", unit="step")
         for _ in range(epochs):
             ls, lt, n = 0.0, 0.0, 0
@@ -250,12 +279,19 @@ class Soseleto(ClassifierMixin, TorchEstimator):
                 ls, lt, n = ls + src_loss, lt + tgt_loss, n + 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(source=f"{src_loss:.3f}", target=f"{tgt_loss:.3f}",
-                                    alpha=f"{self.alpha_.mean().item():.2f}")
+                    bar.set_postfix(
+                        source=f"{src_loss:.3f}", target=f"{tgt_loss:.3f}", alpha=f"{self.alpha_.mean().item():.2f}"
+                    )
                 if self._perm is None:  # epoch finished
                     break
-            self.history_.append({"step": self.step_, "source_loss": ls / n, "target_loss": lt / n,
-                                  "alpha_mean": self.alpha_.mean().item()})
+            self.history_.append(
+                {
+                    "step": self.step_,
+                    "source_loss": ls / n,
+                    "target_loss": lt / n,
+                    "alpha_mean": self.alpha_.mean().item(),
+                }
+            )
         if bar is not None:
             bar.close()
         return self
@@ -282,11 +318,13 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         grads = [gr if gr is not None else torch.zeros_like(p) for gr, p in zip(grads, tparams)]
         if self._dist:  # every rank sees the mean target gradient
             grads = [self._all_sum(gr) / self._world for gr in grads]
-        g_theta = {n: (gr if gr is not None else torch.zeros_like(p))
-                   for (n, p), gr in zip(self._theta.items(), grads[: len(self._theta)])}
+        g_theta = {
+            n: (gr if gr is not None else torch.zeros_like(p))
+            for (n, p), gr in zip(self._theta.items(), grads[: len(self._theta)])
+        }
         if not self._shared:
             self._opt_target.zero_grad(set_to_none=True)
-            for p, gr in zip(self._target_head_params, grads[len(self._theta):]):
+            for p, gr in zip(self._target_head_params, grads[len(self._theta) :]):
                 p.grad = gr
             self._opt_target.step()
         # 2. unweighted per-sample source losses, captured
@@ -317,6 +355,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
     def _all_sum(self, t: Tensor) -> Tensor:
         if self._dist:
             import torch.distributed as dist
+
             t = t.clone()
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
@@ -348,11 +387,17 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         the batch order (generator state, current permutations and positions)."""
         self._setup()
         return {
-            "source_net": self.source_net.state_dict(), "target_net": self.target_net.state_dict(),
+            "source_net": self.source_net.state_dict(),
+            "target_net": self.target_net.state_dict(),
             "opt_source": self._opt_source.state_dict(),
             "opt_target": None if self._opt_target is None else self._opt_target.state_dict(),
-            "alpha": self.alpha_.clone(), "step": self.step_, "history": copy.deepcopy(self.history_),
-            "gen": self._gen.get_state(), "perm": self._perm, "pos": self._pos, "tperm": self._tperm,
+            "alpha": self.alpha_.clone(),
+            "step": self.step_,
+            "history": copy.deepcopy(self.history_),
+            "gen": self._gen.get_state(),
+            "perm": self._perm,
+            "pos": self._pos,
+            "tperm": self._tperm,
             "tpos": self._tpos,
         }
 
@@ -393,7 +438,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
     def _next_source_batch(self) -> Tensor:
         if self._perm is None:
             self._perm, self._pos = torch.randperm(self.n_source, generator=self._gen), 0
-        idx = self._perm[self._pos:self._pos + self.batch_size]
+        idx = self._perm[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         if self._pos >= self.n_source:
             self._perm = None
@@ -402,7 +447,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
     def _next_target_batch(self, n: int) -> Tensor:
         if self._tperm is None or self._tpos >= n:
             self._tperm, self._tpos = torch.randperm(n, generator=self._gen), 0
-        idx = self._tperm[self._tpos:self._tpos + self.target_batch_size]
+        idx = self._tperm[self._tpos : self._tpos + self.target_batch_size]
         self._tpos += self.target_batch_size
         return idx
 
@@ -419,8 +464,10 @@ def _n_outputs(head: nn.Module) -> int | None:
 def _check_label_range(y: Tensor, head: nn.Module, name: str) -> None:
     n = _n_outputs(head)
     if n is not None and y.numel() and int(y.max()) >= n:
-        raise ValueError(f"{name}: label {int(y.max())} is out of range: the {name} head has {n} outputs, "
-                         f"so labels must be in [0, {n - 1}]")
+        raise ValueError(
+            f"{name}: label {int(y.max())} is out of range: the {name} head has {n} outputs, "
+            f"so labels must be in [0, {n - 1}]"
+        )
 
 
 def _ce_per_sample(model, batch):

@@ -9,14 +9,42 @@ from .features import FeatureProbe, extract_features
 from .finetune import FineTune, Flextune, finetune_tradeoff, plot_tradeoff
 from .layers import LayerTransfer, sweep_layer_transfer, transfer_layers
 from .progressive import ProgressiveNet
-from .selfsup import N_ROTATIONS, Autoencoder, RotationPretrainer, mirror_decoder, rotate4, rotation_accuracy
+from .selfsup import (
+    N_ROTATIONS,
+    Autoencoder,
+    RotationPretrainer,
+    mirror_decoder,
+    rotate4,
+    rotation_accuracy,
+)
 from .selftaught import SelfTaught
 from .selftaught_clustering import SelfTaughtClustering, coclustering_objective
 
 __all__ = [
-    "param_layers", "L2SPLoss", "OutputConstraintLoss", "FeatureProbe", "extract_features", "FineTune",
-    "Flextune", "finetune_tradeoff", "plot_tradeoff", "LayerTransfer", "sweep_layer_transfer",
-    "transfer_layers", "ProgressiveNet", "N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder",
-    "rotate4", "rotation_accuracy", "SelfTaught", "Distill", "DistillationLoss", "distillation_targets",
-    "tempered_probs", "SelfTaughtClustering", "coclustering_objective",
+    "N_ROTATIONS",
+    "Autoencoder",
+    "Distill",
+    "DistillationLoss",
+    "FeatureProbe",
+    "FineTune",
+    "Flextune",
+    "L2SPLoss",
+    "LayerTransfer",
+    "OutputConstraintLoss",
+    "ProgressiveNet",
+    "RotationPretrainer",
+    "SelfTaught",
+    "SelfTaughtClustering",
+    "coclustering_objective",
+    "distillation_targets",
+    "extract_features",
+    "finetune_tradeoff",
+    "mirror_decoder",
+    "param_layers",
+    "plot_tradeoff",
+    "rotate4",
+    "rotation_accuracy",
+    "sweep_layer_transfer",
+    "tempered_probs",
+    "transfer_layers",
 ]

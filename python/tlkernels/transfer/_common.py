@@ -51,8 +51,10 @@ def get_layer(model: nn.Module, name: str, arg: str = "layer") -> nn.Module:
 def split_head(model: nn.Module, arg: str = "model") -> tuple[nn.Sequential, nn.Module]:
     """nn.Sequential (..., head) -> (body, head): the network surgery of Lampert 2019."""
     if not isinstance(model, nn.Sequential) or len(model) < 2:
-        raise ValueError(f"{arg} must be an nn.Sequential whose last module is the classifier head "
-                         f"(to replace or keep the head), got {type(model).__name__}")
+        raise ValueError(
+            f"{arg} must be an nn.Sequential whose last module is the classifier head "
+            f"(to replace or keep the head), got {type(model).__name__}"
+        )
     return nn.Sequential(*list(model)[:-1]), list(model)[-1]
 
 
@@ -83,10 +85,24 @@ def reset_parameters(model: nn.Module, gen: torch.Generator) -> nn.Module:
     return model
 
 
-def train_loop(model: nn.Module, param_groups, X: Tensor, y: Tensor | None, *, epochs: int, batch_size: int,
-               optimizer: str, gen: torch.Generator, device, sample_weight: Tensor | None = None,
-               loss_fn: Callable | None = None, extra_loss: Callable | None = None,
-               on_epoch: Callable | None = None, verbose: bool = False, desc: str = "train") -> list[dict]:
+def train_loop(
+    model: nn.Module,
+    param_groups,
+    X: Tensor,
+    y: Tensor | None,
+    *,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    gen: torch.Generator,
+    device,
+    sample_weight: Tensor | None = None,
+    loss_fn: Callable | None = None,
+    extra_loss: Callable | None = None,
+    on_epoch: Callable | None = None,
+    verbose: bool = False,
+    desc: str = "train",
+) -> list[dict]:
     """Mini-batch training. loss_fn(model, xb, yb) -> per-example losses (B,) (default: cross-entropy
     of model(xb)); the batch loss is their sample_weight-weighted mean, plus
     extra_loss(model, xb) (a scalar: L2-SP, output constraint ...). on_epoch(epoch) is called
@@ -100,8 +116,10 @@ def train_loop(model: nn.Module, param_groups, X: Tensor, y: Tensor | None, *, e
     else:
         raise ValueError(f"optimizer must be 'adam' or 'sgd', got {optimizer!r}")
     if loss_fn is None:
+
         def loss_fn(m, xb, yb):
             return F.cross_entropy(m(xb), yb, reduction="none")
+
     n = X.shape[0]
     history = []
     for epoch in tqdm(range(epochs), desc=desc, disable=not verbose, leave=False):
@@ -109,7 +127,7 @@ def train_loop(model: nn.Module, param_groups, X: Tensor, y: Tensor | None, *, e
         perm = torch.randperm(n, generator=gen)
         total, seen = 0.0, 0
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             xb = X[idx].to(device)
             yb = None if y is None else y[idx].to(device)
             per = loss_fn(model, xb, yb)
@@ -137,7 +155,7 @@ def train_loop(model: nn.Module, param_groups, X: Tensor, y: Tensor | None, *, e
 def predict_logits(model: nn.Module, X: Tensor, device, batch_size: int = 512) -> Tensor:
     was = model.training
     model.eval()
-    out = [model(X[i:i + batch_size].to(device)).cpu() for i in range(0, X.shape[0], batch_size)]
+    out = [model(X[i : i + batch_size].to(device)).cpu() for i in range(0, X.shape[0], batch_size)]
     model.train(was)
     return torch.cat(out)
 

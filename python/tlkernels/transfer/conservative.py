@@ -60,8 +60,9 @@ class L2SPLoss(nn.Module):
                 t = p.pow(2).sum()
                 new = t if new is None else new + t
         zero = next(model.parameters()).new_zeros(())
-        return 0.5 * self.alpha * (shared if shared is not None else zero) + \
-            0.5 * self.beta * (new if new is not None else zero)
+        return 0.5 * self.alpha * (shared if shared is not None else zero) + 0.5 * self.beta * (
+            new if new is not None else zero
+        )
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, beta={self.beta}, n_reference={len(self._ref)}"
@@ -99,8 +100,10 @@ class OutputConstraintLoss(nn.Module):
         with torch.no_grad():
             target = F.log_softmax(self.source(x) / T, dim=1)
         if target.shape != new_logits.shape:
-            raise ValueError(f"new_logits must have the source model's output shape {tuple(target.shape)}, "
-                             f"got {tuple(new_logits.shape)}")
+            raise ValueError(
+                f"new_logits must have the source model's output shape {tuple(target.shape)}, "
+                f"got {tuple(new_logits.shape)}"
+            )
         per = F.kl_div(F.log_softmax(new_logits / T, dim=1), target, log_target=True, reduction="none").sum(1)
         if sample_weight is None:
             return T * T * per.mean()

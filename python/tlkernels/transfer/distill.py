@@ -37,8 +37,12 @@ _KINDS = ("logits", "probs", "targets")
 
 
 def _check_temperature(temperature, name: str = "temperature") -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(temperature)) or not temperature > 0:
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float, np.integer, np.floating))
+        or not math.isfinite(float(temperature))
+        or not temperature > 0
+    ):
         raise ValueError(f"{name} must be a finite number > 0, got {temperature!r}")
     return float(temperature)
 
@@ -86,12 +90,17 @@ class DistillationLoss(nn.Module):
     -> scalar, or (B,) with reduction='none'.
     """
 
-    def __init__(self, temperature: float = 1.0, hard_weight: float = 0.0, reduction: str = "mean",
-                 teacher_kind: str = "logits"):
+    def __init__(
+        self, temperature: float = 1.0, hard_weight: float = 0.0, reduction: str = "mean", teacher_kind: str = "logits"
+    ):
         super().__init__()
         self.temperature = _check_temperature(temperature)
-        if isinstance(hard_weight, bool) or not isinstance(hard_weight, (int, float, np.integer, np.floating)) \
-                or not hard_weight >= 0 or not math.isfinite(float(hard_weight)):
+        if (
+            isinstance(hard_weight, bool)
+            or not isinstance(hard_weight, (int, float, np.integer, np.floating))
+            or not hard_weight >= 0
+            or not math.isfinite(float(hard_weight))
+        ):
             raise ValueError(f"hard_weight must be a finite number >= 0, got {hard_weight!r}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
@@ -100,18 +109,29 @@ class DistillationLoss(nn.Module):
         self.hard_weight, self.reduction, self.teacher_kind = float(hard_weight), reduction, teacher_kind
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, hard_weight={self.hard_weight}, "
-                f"reduction={self.reduction!r}, teacher_kind={self.teacher_kind!r}")
+        return (
+            f"temperature={self.temperature}, hard_weight={self.hard_weight}, "
+            f"reduction={self.reduction!r}, teacher_kind={self.teacher_kind!r}"
+        )
 
-    def forward(self, student_logits: Tensor, teacher_logits_or_probs: Tensor, target: Tensor | None = None,
-                weight: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits_or_probs: Tensor,
+        target: Tensor | None = None,
+        weight: Tensor | None = None,
+    ) -> Tensor:
         s, t = student_logits, teacher_logits_or_probs
         if not isinstance(s, Tensor) or s.dim() != 2:
-            raise ValueError(f"student_logits must be a tensor of shape (B, C), got "
-                             f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
+            raise ValueError(
+                f"student_logits must be a tensor of shape (B, C), got "
+                f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}"
+            )
         if not isinstance(t, Tensor) or tuple(t.shape) != tuple(s.shape):
-            raise ValueError(f"teacher_logits_or_probs must have the student's shape {tuple(s.shape)}, got "
-                             f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+            raise ValueError(
+                f"teacher_logits_or_probs must have the student's shape {tuple(s.shape)}, got "
+                f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}"
+            )
         B = s.shape[0]
         T = self.temperature
         q = tempered_probs(t.detach().to(s.dtype), T, self.teacher_kind)
@@ -199,9 +219,20 @@ class Distill(ClassifierMixin, _SkClassifier, TorchEstimator):
     ``n_train_`` (N + M).
     """
 
-    def __init__(self, student: nn.Module, teacher, temperature: float = 4.0, hard_weight: float = 0.0,
-                 lr: float = 1e-3, epochs: int = 50, batch_size: int = 64, optimizer: str = "adam",
-                 device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher,
+        temperature: float = 4.0,
+        hard_weight: float = 0.0,
+        lr: float = 1e-3,
+        epochs: int = 50,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if not isinstance(student, nn.Module):
             raise ValueError(f"student must be an nn.Module, got {type(student).__name__}")
         _as_teachers(teacher)
@@ -234,8 +265,9 @@ class Distill(ClassifierMixin, _SkClassifier, TorchEstimator):
         if X_unlabeled is not None:
             Xu = as_x(X_unlabeled, "X_unlabeled")
             if Xu.shape[1:] != X.shape[1:]:
-                raise ValueError(f"X_unlabeled must have examples of shape {tuple(X.shape[1:])} like X, "
-                                 f"got {tuple(Xu.shape[1:])}")
+                raise ValueError(
+                    f"X_unlabeled must have examples of shape {tuple(X.shape[1:])} like X, got {tuple(Xu.shape[1:])}"
+                )
             X = torch.cat([X, Xu])
             labels = torch.cat([labels, torch.full((Xu.shape[0],), -1, dtype=torch.long)])
             if w is not None:
@@ -270,10 +302,22 @@ class Distill(ClassifierMixin, _SkClassifier, TorchEstimator):
 
         history = [{"epoch": 0, **(on_epoch(0) if on_epoch else {})}]
         if self.epochs > 0:
-            history += train_loop(net, [{"params": [p for p in net.parameters() if p.requires_grad], "lr": self.lr}],
-                                  X, torch.arange(X.shape[0]), epochs=self.epochs, batch_size=self.batch_size,
-                                  optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
-                                  loss_fn=loss_fn, on_epoch=on_epoch, verbose=self.verbose, desc="distill")
+            history += train_loop(
+                net,
+                [{"params": [p for p in net.parameters() if p.requires_grad], "lr": self.lr}],
+                X,
+                torch.arange(X.shape[0]),
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                optimizer=self.optimizer,
+                gen=gen,
+                device=device,
+                sample_weight=w,
+                loss_fn=loss_fn,
+                on_epoch=on_epoch,
+                verbose=self.verbose,
+                desc="distill",
+            )
         net.eval()
         self.model_, self.history_, self.n_classes_, self.n_train_ = net, history, C, X.shape[0]
         self.classes_ = np.arange(C)

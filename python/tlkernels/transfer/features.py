@@ -26,8 +26,9 @@ __all__ = ["FeatureProbe", "extract_features"]
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, X, layer: str | None = None, batch_size: int = 256, device=None,
-                     arg: str = "feature_extractor") -> Tensor:
+def extract_features(
+    model: nn.Module, X, layer: str | None = None, batch_size: int = 256, device=None, arg: str = "feature_extractor"
+) -> Tensor:
     """phi(X): the model's output, or the output of the named submodule `layer` (a forward hook),
     in eval mode, batched, without gradients. X (N, ...) -> (N, F) float32 on the CPU.
 
@@ -43,15 +44,17 @@ def extract_features(model: nn.Module, X, layer: str | None = None, batch_size: 
     outs = []
     try:
         for i in range(0, X.shape[0], batch_size):
-            out = model(X[i:i + batch_size].to(device))
+            out = model(X[i : i + batch_size].to(device))
             if target is not None:
                 out = grabbed.pop()
                 grabbed.clear()
             if not isinstance(out, Tensor) or out.dim() != 2:
                 shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
                 where = f"layer {layer!r}" if layer is not None else arg
-                raise ValueError(f"{arg}: features must be 2-D (N, F), but {where} gives {shape}; "
-                                 f"pick another layer or append nn.Flatten()")
+                raise ValueError(
+                    f"{arg}: features must be 2-D (N, F), but {where} gives {shape}; "
+                    f"pick another layer or append nn.Flatten()"
+                )
             outs.append(out.detach().float().cpu())
     finally:
         if hook is not None:
@@ -88,9 +91,23 @@ class FeatureProbe(ClassifierMixin, _SkClassifier, TorchTransformerMixin, TorchE
     cache lives as long as the estimator, ``transform`` works before fit too).
     """
 
-    def __init__(self, feature_extractor: nn.Module | None = None, head: str = "logistic", layer: str | None = None, *,
-                 C: float = 1.0, n_neighbors: int = 1, hidden: int = 64, lr: float = 1e-2, epochs: int = 100,
-                 batch_size: int = 64, cache: bool = True, device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        feature_extractor: nn.Module | None = None,
+        head: str = "logistic",
+        layer: str | None = None,
+        *,
+        C: float = 1.0,
+        n_neighbors: int = 1,
+        hidden: int = 64,
+        lr: float = 1e-2,
+        epochs: int = 100,
+        batch_size: int = 64,
+        cache: bool = True,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if head not in ("logistic", "knn", "mlp"):
             raise ValueError(f"head must be 'logistic', 'knn' or 'mlp', got {head!r}")
         if feature_extractor is not None and not isinstance(feature_extractor, nn.Module):
@@ -143,20 +160,29 @@ class FeatureProbe(ClassifierMixin, _SkClassifier, TorchTransformerMixin, TorchE
             from sklearn.preprocessing import StandardScaler
 
             self.head_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
-            self.head_.fit(Z.numpy(), y.numpy(),
-                           logisticregression__sample_weight=None if w is None else w.numpy())
+            self.head_.fit(Z.numpy(), y.numpy(), logisticregression__sample_weight=None if w is None else w.numpy())
         elif self.head == "knn":
             Zn = torch.nn.functional.normalize(Z, dim=1)
-            self.head_ = {"Z": Zn, "y": y.clone(), "w": torch.ones(len(y)) if w is None else w,
-                          "n_classes": n_classes}
+            self.head_ = {"Z": Zn, "y": y.clone(), "w": torch.ones(len(y)) if w is None else w, "n_classes": n_classes}
         else:
             gen = torch_generator(self.random_state)
             seed_global_torch(gen)
             mu, sd = Z.mean(0), Z.std(0).clamp_min(1e-6)
             net = mlp(Z.shape[1], (self.hidden,), n_classes)
-            train_loop(net, [{"params": net.parameters(), "lr": self.lr, "weight_decay": 1e-4}], (Z - mu) / sd, y,
-                       epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen, device="cpu",
-                       sample_weight=w, verbose=self.verbose, desc="mlp head")
+            train_loop(
+                net,
+                [{"params": net.parameters(), "lr": self.lr, "weight_decay": 1e-4}],
+                (Z - mu) / sd,
+                y,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                optimizer="adam",
+                gen=gen,
+                device="cpu",
+                sample_weight=w,
+                verbose=self.verbose,
+                desc="mlp head",
+            )
             self.head_ = {"net": net, "mu": mu, "sd": sd}
         return self
 

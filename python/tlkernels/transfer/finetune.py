@@ -41,7 +41,9 @@ def _val_split(X: Tensor, y: Tensor, w, X_val, y_val, fraction: float, gen: torc
 
     n_val = max(int(round(fraction * X.shape[0])), len(torch.unique(y)))
     idx = torch.arange(X.shape[0])
-    val, tr = stratified_split(Dataset(idx.float(), y), [n_val, None], random_state=int(torch.randint(2**31, (1,), generator=gen)))
+    val, tr = stratified_split(
+        Dataset(idx.float(), y), [n_val, None], random_state=int(torch.randint(2**31, (1,), generator=gen))
+    )
     vi, ti = val.X.long(), tr.X.long()
     return X[ti], y[ti], None if w is None else w[ti], X[vi], y[vi]
 
@@ -69,7 +71,9 @@ def _resolve_freeze(model: nn.Module, freeze, head_name: str | None = None) -> s
             out |= {m for m in names if m == n or m.startswith(n + ".")}
         return out
     if head_name is None:
-        raise ValueError(f"freeze must be None, an int or a list of layer names for a non-Sequential model, got {freeze!r}")
+        raise ValueError(
+            f"freeze must be None, an int or a list of layer names for a non-Sequential model, got {freeze!r}"
+        )
     raise ValueError(f"freeze must be None, an int, 'body' or a list of layer names, got {freeze!r}")
 
 
@@ -113,11 +117,26 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
     ``classes_`` (the output indices 0..C-1: y holds class indices), ``n_features_in_``.
     """
 
-    def __init__(self, model: nn.Module | None = None, lr: float = 1e-3, epochs: int = 50, *, n_classes: int | None = None,
-                 freeze=None, layerwise_lr=None, l2sp: float = 0.0, l2sp_beta: float = 0.0,
-                 output_constraint: float = 0.0, temperature: float = 2.0, optimizer: str = "adam",
-                 weight_decay: float = 0.0, batch_size: int = 32, device=None, random_state=None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        lr: float = 1e-3,
+        epochs: int = 50,
+        *,
+        n_classes: int | None = None,
+        freeze=None,
+        layerwise_lr=None,
+        l2sp: float = 0.0,
+        l2sp_beta: float = 0.0,
+        output_constraint: float = 0.0,
+        temperature: float = 2.0,
+        optimizer: str = "adam",
+        weight_decay: float = 0.0,
+        batch_size: int = 32,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if model is not None and not isinstance(model, nn.Module):
             raise ValueError(f"model must be an nn.Module or None, got {type(model).__name__}")
         if not lr > 0:
@@ -166,8 +185,11 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
             return self.model
         n_classes = int(self.n_classes) if self.n_classes is not None else max(int(y.max()) + 1, 2)
         seed_global_torch(gen)
-        return default_classifier(X[0].numel(), n_classes) if X.dim() == 2 else nn.Sequential(
-            nn.Flatten(), *default_classifier(X[0].numel(), n_classes))
+        return (
+            default_classifier(X[0].numel(), n_classes)
+            if X.dim() == 2
+            else nn.Sequential(nn.Flatten(), *default_classifier(X[0].numel(), n_classes))
+        )
 
     def _build(self, gen, source: nn.Module):
         src = copy.deepcopy(source).to(self._device())
@@ -236,9 +258,15 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
             else:
                 logits = old_logits = m(xb)
             per = F.cross_entropy(logits, yb, reduction="none")
-            kl = F.kl_div(F.log_softmax(old_logits / oc.temperature, 1),
-                          F.log_softmax(oc.source(xb) / oc.temperature, 1).detach(), log_target=True,
-                          reduction="none").sum(1) * oc.temperature ** 2
+            kl = (
+                F.kl_div(
+                    F.log_softmax(old_logits / oc.temperature, 1),
+                    F.log_softmax(oc.source(xb) / oc.temperature, 1).detach(),
+                    log_target=True,
+                    reduction="none",
+                ).sum(1)
+                * oc.temperature**2
+            )
             return per + self.output_constraint * kl
 
         extra = (lambda m, xb: l2sp(m)) if l2sp is not None else None
@@ -248,13 +276,27 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
 
             def on_epoch(_):
                 return {"val_accuracy": float((predict_logits(net, Xv, device).argmax(1) == yv).float().mean())}
+
         seed_global_torch(gen)
         hist0 = [{"epoch": 0, **(on_epoch(0) if on_epoch else {})}]
         if groups and self.epochs > 0:
-            hist0 += train_loop(net, groups, X, y, epochs=self.epochs, batch_size=self.batch_size,
-                                optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
-                                loss_fn=loss_fn, extra_loss=extra, on_epoch=on_epoch, verbose=self.verbose,
-                                desc="fine-tune")
+            hist0 += train_loop(
+                net,
+                groups,
+                X,
+                y,
+                epochs=self.epochs,
+                batch_size=self.batch_size,
+                optimizer=self.optimizer,
+                gen=gen,
+                device=device,
+                sample_weight=w,
+                loss_fn=loss_fn,
+                extra_loss=extra,
+                on_epoch=on_epoch,
+                verbose=self.verbose,
+                desc="fine-tune",
+            )
         # frozen here, trainable for the next user: restore the flags the model came with
         orig = {n: p.requires_grad for n, p in source.named_parameters()}
         for n, p in net.named_parameters():
@@ -288,10 +330,23 @@ class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
     ``model_``, ``classes_``, ``n_features_in_``.
     """
 
-    def __init__(self, model: nn.Module | None = None, layers="auto", *, n_classes: int | None = None, lr: float = 1e-3,
-                 epochs: int = 50, head_epochs: int = 100, head_lr: float = 1e-2, optimizer: str = "adam",
-                 batch_size: int = 32, validation_fraction: float = 0.25, device=None, random_state=None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        layers="auto",
+        *,
+        n_classes: int | None = None,
+        lr: float = 1e-3,
+        epochs: int = 50,
+        head_epochs: int = 100,
+        head_lr: float = 1e-2,
+        optimizer: str = "adam",
+        batch_size: int = 32,
+        validation_fraction: float = 0.25,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         names = _layer_names(model) if model is not None else None
         if layers != "auto":
             if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
@@ -311,8 +366,10 @@ class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
         X = self._validate_X(X, reset=True)
         y = as_labels(y, X.shape[0])
         if X_val is None and X.shape[0] < 2:
-            raise ValueError(f"Flextune needs at least 2 examples to carve a validation set, got n_samples = "
-                             f"{X.shape[0]} (or pass X_val, y_val)")
+            raise ValueError(
+                f"Flextune needs at least 2 examples to carve a validation set, got n_samples = "
+                f"{X.shape[0]} (or pass X_val, y_val)"
+            )
         w = as_weights(sample_weight, X.shape[0])
         gen = torch_generator(self.random_state)
         X, y, w, Xv, yv = _val_split(X, y, w, X_val, y_val, self.validation_fraction, gen)
@@ -327,17 +384,36 @@ class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
             model = default_classifier(X[0].numel(), n_classes)
         start = model
         if self.n_classes is not None and self.model is not None:
-            start = FineTune(model, self.head_lr, self.head_epochs, n_classes=self.n_classes, freeze="body",
-                             batch_size=self.batch_size, device=self.device, random_state=seed()).fit(X, y, w).model_
+            start = (
+                FineTune(
+                    model,
+                    self.head_lr,
+                    self.head_epochs,
+                    n_classes=self.n_classes,
+                    freeze="body",
+                    batch_size=self.batch_size,
+                    device=self.device,
+                    random_state=seed(),
+                )
+                .fit(X, y, w)
+                .model_
+            )
         names = _layer_names(start) if self.layers == "auto" else list(self.layers)
         all_names = _layer_names(start)
         self.scores_, best = {}, None
         from tqdm.auto import tqdm
 
         for n in tqdm(names, desc="flextune", disable=not self.verbose, leave=False):
-            ft = FineTune(start, self.lr, self.epochs, freeze=[m for m in all_names if m != n],
-                          optimizer=self.optimizer, batch_size=self.batch_size, device=self.device,
-                          random_state=seed()).fit(X, y, w)
+            ft = FineTune(
+                start,
+                self.lr,
+                self.epochs,
+                freeze=[m for m in all_names if m != n],
+                optimizer=self.optimizer,
+                batch_size=self.batch_size,
+                device=self.device,
+                random_state=seed(),
+            ).fit(X, y, w)
             acc = ft.score(Xv, yv)
             self.scores_[n] = acc
             if best is None or acc > best[0]:
@@ -351,8 +427,20 @@ class Flextune(ClassifierMixin, _SkClassifier, TorchEstimator):
         return predict_logits(self.model_, self._validate_X(X, reset=False), self._device())
 
 
-def finetune_tradeoff(model: nn.Module, X, y, X_val, y_val, *, lrs=(1e-4, 1e-3, 1e-2), epochs: int = 100,
-                      n_classes: int | None = None, head_epochs: int = 100, random_state=None, **kw) -> dict:
+def finetune_tradeoff(
+    model: nn.Module,
+    X,
+    y,
+    X_val,
+    y_val,
+    *,
+    lrs=(1e-4, 1e-3, 1e-2),
+    epochs: int = 100,
+    n_classes: int | None = None,
+    head_epochs: int = 100,
+    random_state=None,
+    **kw,
+) -> dict:
     """Validation accuracy after every fine-tuning epoch, for each learning rate: Lampert 2019's
     trade-off (none: source features; a little: better; too much: the initialisation is forgotten).
 
@@ -361,8 +449,11 @@ def finetune_tradeoff(model: nn.Module, X, y, X_val, y_val, *, lrs=(1e-4, 1e-3, 
     """
     start = model
     if n_classes is not None:
-        start = FineTune(model, 1e-2, head_epochs, n_classes=n_classes, freeze="body",
-                         random_state=random_state).fit(X, y).model_
+        start = (
+            FineTune(model, 1e-2, head_epochs, n_classes=n_classes, freeze="body", random_state=random_state)
+            .fit(X, y)
+            .model_
+        )
     curves = {}
     for lr in lrs:
         ft = FineTune(start, lr, epochs, random_state=random_state, **kw).fit(X, y, X_val=X_val, y_val=y_val)
@@ -378,8 +469,18 @@ def plot_tradeoff(result: dict | list[dict], path: str, title: str = "Fine-tunin
     results = result if isinstance(result, list) else [result]
     fig, ax = subplots(figsize=(6, 4))
     for lr in results[0]["lrs"]:
-        c = np.array([[r["curves"][lr][i] if isinstance(next(iter(r["curves"])), float) else r["curves"][str(lr)][i]
-                       for i in range(len(r["epochs"]))] for r in results]) * 100
+        c = (
+            np.array(
+                [
+                    [
+                        r["curves"][lr][i] if isinstance(next(iter(r["curves"])), float) else r["curves"][str(lr)][i]
+                        for i in range(len(r["epochs"]))
+                    ]
+                    for r in results
+                ]
+            )
+            * 100
+        )
         m, s = c.mean(0), c.std(0)
         ax.plot(results[0]["epochs"], m, label=f"lr = {lr:g}")
         if len(results) > 1:

@@ -30,7 +30,7 @@ def _pick(names: list[str], k: int, where: str) -> list[str]:
         raise ValueError(f"where must be 'first' or 'last', got {where!r}")
     if not (isinstance(k, (int, np.integer)) and not isinstance(k, bool) and 0 <= k <= len(names)):
         raise ValueError(f"k={k!r} must be an int between 0 and the model's depth {len(names)} (layers: {names})")
-    return names[:k] if where == "first" else names[len(names) - k:]
+    return names[:k] if where == "first" else names[len(names) - k :]
 
 
 def transfer_layers(source: nn.Module, target: nn.Module, k: int, where: str = "first") -> list[str]:
@@ -69,9 +69,22 @@ class LayerTransfer(ClassifierMixin, _SkClassifier, TorchEstimator):
     ``n_features_in_``.
     """
 
-    def __init__(self, source: nn.Module | None = None, k: int = 0, where: str = "first", *, freeze: bool = True, lr: float = 1e-3,
-                 epochs: int = 50, optimizer: str = "adam", batch_size: int = 32, weight_decay: float = 0.0,
-                 device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        source: nn.Module | None = None,
+        k: int = 0,
+        where: str = "first",
+        *,
+        freeze: bool = True,
+        lr: float = 1e-3,
+        epochs: int = 50,
+        optimizer: str = "adam",
+        batch_size: int = 32,
+        weight_decay: float = 0.0,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if source is not None:
             _pick([n for n, _ in param_layers(source)], k, where)
         self.source, self.k, self.where, self.freeze = source, k, where, freeze
@@ -90,10 +103,18 @@ class LayerTransfer(ClassifierMixin, _SkClassifier, TorchEstimator):
             _pick([n for n, _ in param_layers(source)], self.k, self.where)
         target = reset_parameters(copy.deepcopy(source), gen)
         self.copied_ = transfer_layers(source, target, self.k, self.where)
-        ft = FineTune(target, self.lr, self.epochs, freeze=list(self.copied_) if self.freeze else None,
-                      optimizer=self.optimizer, batch_size=self.batch_size, weight_decay=self.weight_decay,
-                      device=self.device, random_state=draw_seed(gen),
-                      verbose=self.verbose).fit(X, y, sample_weight, X_val, y_val)
+        ft = FineTune(
+            target,
+            self.lr,
+            self.epochs,
+            freeze=list(self.copied_) if self.freeze else None,
+            optimizer=self.optimizer,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            device=self.device,
+            random_state=draw_seed(gen),
+            verbose=self.verbose,
+        ).fit(X, y, sample_weight, X_val, y_val)
         self.model_, self.history_, self.fine_tune_ = ft.model_, ft.history_, ft
         self.classes_ = ft.classes_
         return self
@@ -104,9 +125,21 @@ class LayerTransfer(ClassifierMixin, _SkClassifier, TorchEstimator):
         return self.fine_tune_._decision(X)
 
 
-def sweep_layer_transfer(source: nn.Module, X, y, X_val=None, y_val=None, *, ks=None, wheres=("first", "last"),
-                         freezes=(True, False), validation_fraction: float = 0.25, random_state=None,
-                         verbose: bool = False, **kw) -> dict:
+def sweep_layer_transfer(
+    source: nn.Module,
+    X,
+    y,
+    X_val=None,
+    y_val=None,
+    *,
+    ks=None,
+    wheres=("first", "last"),
+    freezes=(True, False),
+    validation_fraction: float = 0.25,
+    random_state=None,
+    verbose: bool = False,
+    **kw,
+) -> dict:
     """Tries every k (default 0..depth), where and freeze; scores each on the validation set.
 
     Returns {"rows": [{"k", "where", "freeze", "val_accuracy", "layers"}], "best": row,
@@ -123,8 +156,9 @@ def sweep_layer_transfer(source: nn.Module, X, y, X_val=None, y_val=None, *, ks=
     seed = int(torch.randint(2**31, (1,), generator=gen))
     from tqdm.auto import tqdm
 
-    combos = [(k, wh, fr) for k in ks for wh in wheres for fr in freezes
-              if k > 0 or (wh == wheres[0] and fr == freezes[0])]
+    combos = [
+        (k, wh, fr) for k in ks for wh in wheres for fr in freezes if k > 0 or (wh == wheres[0] and fr == freezes[0])
+    ]
     for k, wh, fr in tqdm(combos, desc="layer transfer", disable=not verbose, leave=False):
         lt = LayerTransfer(source, k, wh, freeze=fr, random_state=seed, **kw).fit(X, y)
         acc = lt.score(Xv, yv)

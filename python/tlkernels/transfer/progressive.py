@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["ProgressiveNet"]
@@ -25,8 +24,10 @@ __all__ = ["ProgressiveNet"]
 def _stages(column: nn.Sequential, arg: str) -> tuple[nn.Module, list[nn.Linear], list[nn.Sequential]]:
     """column -> (prefix before the first Linear, the Linear layers, the modules after each)."""
     if not isinstance(column, nn.Sequential):
-        raise ValueError(f"{arg} must be an nn.Sequential of nn.Linear layers and parameter-free modules, "
-                         f"got {type(column).__name__}")
+        raise ValueError(
+            f"{arg} must be an nn.Sequential of nn.Linear layers and parameter-free modules, "
+            f"got {type(column).__name__}"
+        )
     prefix, linears, posts = [], [], []
     for m in column:
         if isinstance(m, nn.Linear):
@@ -88,11 +89,14 @@ class ProgressiveNet(nn.Module):
         new = _Column(copy.deepcopy(column), "column")
         first = self.columns[0]
         if len(new.linears) != len(first.linears):
-            raise ValueError(f"column must have {len(first.linears)} nn.Linear layers like the earlier columns, "
-                             f"got {len(new.linears)}")
+            raise ValueError(
+                f"column must have {len(first.linears)} nn.Linear layers like the earlier columns, "
+                f"got {len(new.linears)}"
+            )
         if new.in_features != first.in_features:
-            raise ValueError(f"column's input width {new.in_features} differs from the earlier columns' "
-                             f"{first.in_features}")
+            raise ValueError(
+                f"column's input width {new.in_features} differs from the earlier columns' {first.in_features}"
+            )
         for k in range(len(self.columns)):
             self._freeze(k)
         per_layer = nn.ModuleList([nn.ModuleList()])  # layer 0 has no laterals
@@ -117,7 +121,7 @@ class ProgressiveNet(nn.Module):
     def forward(self, x: Tensor, column: int = -1) -> Tensor:
         k_last = column % len(self.columns)
         hs: list[Tensor] = []  # the current stage input of every column
-        cols = list(self.columns)[:k_last + 1]
+        cols = list(self.columns)[: k_last + 1]
         hs = [c.prefix(x) for c in cols]
         for i in range(len(cols[0].linears)):
             new_hs = []

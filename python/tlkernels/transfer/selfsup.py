@@ -46,9 +46,19 @@ class RotationPretrainer(TorchTransformerMixin, TorchEstimator):
     score(X) = rotation_accuracy.
     """
 
-    def __init__(self, backbone: nn.Module | None = None, feature_dim: int | None = None, *, lr: float = 1e-3,
-                 epochs: int = 30, batch_size: int = 128, weight_decay: float = 0.0, device=None, random_state=None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        backbone: nn.Module | None = None,
+        feature_dim: int | None = None,
+        *,
+        lr: float = 1e-3,
+        epochs: int = 30,
+        batch_size: int = 128,
+        weight_decay: float = 0.0,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if feature_dim is not None and not (isinstance(feature_dim, int) and feature_dim > 0):
             raise ValueError(f"feature_dim must be None or a positive int, got {feature_dim!r}")
         self.backbone, self.feature_dim, self.lr, self.epochs = backbone, feature_dim, lr, epochs
@@ -69,17 +79,29 @@ class RotationPretrainer(TorchTransformerMixin, TorchEstimator):
         if feature_dim is None:
             feature_dim = int(predict_logits(backbone, X[:1], device).shape[1])
         model = nn.Sequential(backbone, nn.Linear(feature_dim, N_ROTATIONS)).to(device)
-        self.history_ = rotation_history(model, X, self.epochs, self.lr, self.batch_size, verbose=self.verbose,
-                                         optimizer="adam", weight_decay=self.weight_decay, sample_weight=w,
-                                         sampling="copies", generator=gen, device=device)
+        self.history_ = rotation_history(
+            model,
+            X,
+            self.epochs,
+            self.lr,
+            self.batch_size,
+            verbose=self.verbose,
+            optimizer="adam",
+            weight_decay=self.weight_decay,
+            sample_weight=w,
+            sampling="copies",
+            generator=gen,
+            device=device,
+        )
         self.model_, self.backbone_ = model.eval(), backbone.eval()
         return self
 
     def transform(self, X):
         """X (N, C, H, W) -> the trained backbone's features (N, F)."""
         self._check_is_fitted()
-        return like_input(predict_logits(self.backbone_, self._validate_X(X, reset=False, min_ndim=4),
-                                         self._device()), X)
+        return like_input(
+            predict_logits(self.backbone_, self._validate_X(X, reset=False, min_ndim=4), self._device()), X
+        )
 
     def score(self, X, y=None) -> float:
         """Rotation accuracy on the four rotations of X (N, C, H, W) (y is ignored)."""
@@ -118,9 +140,21 @@ class Autoencoder(TorchTransformerMixin, TorchEstimator):
     ``decoder_``, ``history_``; score(X) = minus the mean squared reconstruction error.
     """
 
-    def __init__(self, encoder: nn.Module | None = None, decoder: nn.Module | None = None, *, noise: str | None = None,
-                 noise_level: float = 0.3, lr: float = 1e-3, epochs: int = 50, batch_size: int = 64,
-                 weight_decay: float = 0.0, device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        encoder: nn.Module | None = None,
+        decoder: nn.Module | None = None,
+        *,
+        noise: str | None = None,
+        noise_level: float = 0.3,
+        lr: float = 1e-3,
+        epochs: int = 50,
+        batch_size: int = 64,
+        weight_decay: float = 0.0,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if noise not in (None, "gaussian", "mask"):
             raise ValueError(f"noise must be None, 'gaussian' or 'mask', got {noise!r}")
         if noise is not None and not 0 < noise_level:
@@ -156,13 +190,26 @@ class Autoencoder(TorchTransformerMixin, TorchEstimator):
             rec = m["decoder"](m["encoder"](self._corrupt(xb, noise_gen)))
             flat = xb.flatten(1)
             if rec.shape != flat.shape:
-                raise ValueError(f"decoder output {tuple(rec.shape)} must match the flattened input {tuple(flat.shape)}")
+                raise ValueError(
+                    f"decoder output {tuple(rec.shape)} must match the flattened input {tuple(flat.shape)}"
+                )
             return (rec - flat).pow(2).mean(1)
 
-        self.history_ = train_loop(both, [{"params": both.parameters(), "lr": self.lr, "weight_decay": self.weight_decay}],
-                                   X, None, epochs=self.epochs, batch_size=self.batch_size, optimizer="adam", gen=gen,
-                                   device=device, sample_weight=w, loss_fn=loss_fn, verbose=self.verbose,
-                                   desc="autoencoder")
+        self.history_ = train_loop(
+            both,
+            [{"params": both.parameters(), "lr": self.lr, "weight_decay": self.weight_decay}],
+            X,
+            None,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer="adam",
+            gen=gen,
+            device=device,
+            sample_weight=w,
+            loss_fn=loss_fn,
+            verbose=self.verbose,
+            desc="autoencoder",
+        )
         self.encoder_, self.decoder_ = enc.eval(), dec.eval()
         return self
 

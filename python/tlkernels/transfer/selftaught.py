@@ -35,8 +35,18 @@ class SelfTaught(ClassifierMixin, _SkClassifier, TorchEstimator):
     ``encoder_``; ``classifier_``; ``classes_`` (the labels seen by fit).
     """
 
-    def __init__(self, n_components: int = 128, method: str = "sparse_coding", *, alpha: float = 0.5,
-                 C: float = 1.0, epochs: int = 50, device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        n_components: int = 128,
+        method: str = "sparse_coding",
+        *,
+        alpha: float = 0.5,
+        C: float = 1.0,
+        epochs: int = 50,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if method not in ("sparse_coding", "autoencoder"):
             raise ValueError(f"method must be 'sparse_coding' or 'autoencoder', got {method!r}")
         if not (isinstance(n_components, int) and n_components > 0):
@@ -51,17 +61,30 @@ class SelfTaught(ClassifierMixin, _SkClassifier, TorchEstimator):
         if self.method == "sparse_coding":
             from sklearn.decomposition import MiniBatchDictionaryLearning
 
-            dl = MiniBatchDictionaryLearning(n_components=self.n_components, alpha=self.alpha, batch_size=64,
-                                             max_iter=10, transform_algorithm="lasso_cd",
-                                             transform_alpha=self.alpha / U.shape[1], random_state=seed)
+            dl = MiniBatchDictionaryLearning(
+                n_components=self.n_components,
+                alpha=self.alpha,
+                batch_size=64,
+                max_iter=10,
+                transform_algorithm="lasso_cd",
+                transform_alpha=self.alpha / U.shape[1],
+                random_state=seed,
+            )
             dl.fit(U.numpy())
             self.coder_ = dl
             self._cache = {}
             self.components_ = dl.components_
         else:
             enc = mlp(U.shape[1], (self.n_components,))
-            self.autoencoder_ = Autoencoder(enc, noise="mask", noise_level=0.2, epochs=self.epochs,
-                                            device=self.device, random_state=seed, verbose=self.verbose).fit(U)
+            self.autoencoder_ = Autoencoder(
+                enc,
+                noise="mask",
+                noise_level=0.2,
+                epochs=self.epochs,
+                device=self.device,
+                random_state=seed,
+                verbose=self.verbose,
+            ).fit(U)
             self.encoder_ = self.autoencoder_.encoder_
             self._cache = {}
         return self
@@ -78,8 +101,11 @@ class SelfTaught(ClassifierMixin, _SkClassifier, TorchEstimator):
         key = _key(X)
         cache = self.__dict__.setdefault("_cache", {})
         if key not in cache:
-            cache[key] = (self.coder_.transform(X.numpy()) if self.method == "sparse_coding"
-                          else self.autoencoder_.transform(X).numpy())
+            cache[key] = (
+                self.coder_.transform(X.numpy())
+                if self.method == "sparse_coding"
+                else self.autoencoder_.transform(X).numpy()
+            )
         return cache[key]
 
     def fit(self, X, y, X_unlabeled=None, sample_weight=None) -> SelfTaught:
@@ -94,8 +120,9 @@ class SelfTaught(ClassifierMixin, _SkClassifier, TorchEstimator):
         from sklearn.preprocessing import StandardScaler
 
         self.classifier_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=2000))
-        self.classifier_.fit(self._transform(X), y.numpy(),
-                             logisticregression__sample_weight=None if w is None else w.numpy())
+        self.classifier_.fit(
+            self._transform(X), y.numpy(), logisticregression__sample_weight=None if w is None else w.numpy()
+        )
         self.classes_ = self.classifier_.classes_
         return self
 

@@ -44,15 +44,17 @@ __all__ = ["SelfTaughtClustering", "coclustering_objective"]
 def _as_nonneg(X, name: str) -> Tensor:
     """(N, D) or (N, ...) non-negative numbers -> float64 (N, D')."""
     if not isinstance(X, Tensor) and np.asarray(X).ndim < 2:
-        raise ValueError(f"{name} must have shape (N, D) (or (N, C, H, W), flattened) with N >= 1, "
-                         f"got {np.asarray(X).shape}")
+        raise ValueError(
+            f"{name} must have shape (N, D) (or (N, C, H, W), flattened) with N >= 1, got {np.asarray(X).shape}"
+        )
     t = as_tensor(X, name, min_ndim=2, dtype=torch.float64, finite=False).detach().cpu()
     t = t.reshape(t.shape[0], -1)
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} must be finite, got NaN or inf")
     if bool((t < 0).any()):
-        raise ValueError(f"{name} must be non-negative (a co-occurrence / intensity matrix), "
-                         f"got minimum {float(t.min()):.4g}")
+        raise ValueError(
+            f"{name} must be non-negative (a co-occurrence / intensity matrix), got minimum {float(t.min()):.4g}"
+        )
     if float(t.sum()) <= 0:
         raise ValueError(f"{name} must have a positive sum, got all zeros")
     return t
@@ -79,8 +81,9 @@ def _blocks(P: Tensor, r: Tensor, c: Tensor, k: int, l: int) -> Tensor:
     return _one_hot(r, k).T @ P @ _one_hot(c, l)
 
 
-def coclustering_objective(P: Tensor, row_labels, col_labels, n_row: int | None = None,
-                           n_col: int | None = None) -> float:
+def coclustering_objective(
+    P: Tensor, row_labels, col_labels, n_row: int | None = None, n_col: int | None = None
+) -> float:
     """KL(p || q) = I(X; Z) - I(X~; Z~) of a co-clustering of the joint P (N, M) (sums to 1)
     with row labels (N,) and column labels (M,)."""
     P = torch.as_tensor(P, dtype=torch.float64)
@@ -102,7 +105,7 @@ class _Side:
     def __init__(self, P: Tensor, labels: Tensor, k: int):
         self.P, self.labels, self.k = P, labels, k
         self.px, self.pz = P.sum(1), P.sum(0)
-        self.rows = P / self.px.clamp_min(1e-300)[:, None]                   # p(Z | x), (N, M)
+        self.rows = P / self.px.clamp_min(1e-300)[:, None]  # p(Z | x), (N, M)
 
     def blocks(self, c: Tensor, l: int) -> Tensor:
         return _blocks(self.P, self.labels, c, self.k, l)
@@ -113,7 +116,7 @@ class _Side:
         bx, bz = B.sum(1), B.sum(0)
         q = (B / bx.clamp_min(1e-300)[:, None])[:, c] * (self.pz / bz[c].clamp_min(1e-300))[None]  # (k, M)
         q[bx <= 0] = 0.0
-        cost = _cross_entropy(self.rows, q)                                   # (N, k)
+        cost = _cross_entropy(self.rows, q)  # (N, k)
         return self._assign(cost, self.px > 0)
 
     def _assign(self, cost: Tensor, movable: Tensor) -> int:
@@ -131,7 +134,7 @@ class _Side:
         bx, bz = B.sum(1), B.sum(0)
         q = (self.px / bx[self.labels].clamp_min(1e-300))[:, None] * (B / bz.clamp_min(1e-300)[None])[self.labels]
         q[:, bz <= 0] = 0.0
-        return _cross_entropy(self.P.T.contiguous(), q.T.contiguous())         # (M, l)
+        return _cross_entropy(self.P.T.contiguous(), q.T.contiguous())  # (M, l)
 
     def objective(self, c: Tensor, l: int) -> float:
         return coclustering_objective(self.P, self.labels, c, self.k, l)
@@ -164,9 +167,18 @@ class SelfTaughtClustering(ClusterMixin, BaseEstimator):
     n_iter_, converged_.
     """
 
-    def __init__(self, n_clusters: int, n_feature_clusters: int, n_aux_clusters: int | None = None,
-                 lam: float = 1.0, max_iter: int = 50, tol: float = 1e-9, n_init: int = 5,
-                 random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        n_clusters: int,
+        n_feature_clusters: int,
+        n_aux_clusters: int | None = None,
+        lam: float = 1.0,
+        max_iter: int = 50,
+        tol: float = 1e-9,
+        n_init: int = 5,
+        random_state=None,
+        verbose: bool = False,
+    ):
         self.n_clusters = n_clusters
         self.n_feature_clusters = n_feature_clusters
         self.n_aux_clusters = n_aux_clusters
@@ -184,7 +196,7 @@ class SelfTaughtClustering(ClusterMixin, BaseEstimator):
 
     def _init_features(self, Pt: Tensor, Pa: Tensor | None, lam: float, L: int, seed: int) -> Tensor:
         def unit_cols(P):
-            return (P / P.norm(dim=0).clamp_min(1e-300)[None]).T             # (M, N)
+            return (P / P.norm(dim=0).clamp_min(1e-300)[None]).T  # (M, N)
 
         V = unit_cols(Pt)
         if Pa is not None and lam > 0:

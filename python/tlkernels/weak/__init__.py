@@ -7,5 +7,14 @@ from .localization import box_score, integral_image, iou, localize
 from .localizer import ScoreMapNet, WeakLocalizer, window_sums
 from .selftraining import SelfTraining
 
-__all__ = ["SelfTraining", "make_canvas_digits", "iou", "integral_image", "box_score", "localize", "ScoreMapNet",
-           "window_sums", "WeakLocalizer"]
+__all__ = [
+    "ScoreMapNet",
+    "SelfTraining",
+    "WeakLocalizer",
+    "box_score",
+    "integral_image",
+    "iou",
+    "localize",
+    "make_canvas_digits",
+    "window_sums",
+]

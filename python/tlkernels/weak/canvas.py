@@ -25,9 +25,18 @@ def _segments(img: np.ndarray, k: int, rng: np.random.Generator) -> None:
             y, x = y + dy, x + dx
 
 
-def make_canvas_digits(n: int, canvas: int = 24, *, positive_class: int | None = None, positive_fraction: float = 0.5,
-                       noise: float = 0.1, n_distractors: int = 3, digits=None, ink: float = 0.2,
-                       random_state=None) -> tuple[Tensor, Tensor, Tensor]:
+def make_canvas_digits(
+    n: int,
+    canvas: int = 24,
+    *,
+    positive_class: int | None = None,
+    positive_fraction: float = 0.5,
+    noise: float = 0.1,
+    n_distractors: int = 3,
+    digits=None,
+    ink: float = 0.2,
+    random_state=None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """n canvases for the image-level task "does this image contain the object?".
 
     Args:
@@ -85,7 +94,7 @@ def make_canvas_digits(n: int, canvas: int = 24, *, positive_class: int | None =
         if pool is not None:
             d = X[rng.choice(pool)]
             y0, x0 = int(rng.integers(canvas - 7)), int(rng.integers(canvas - 7))
-            img[y0:y0 + 8, x0:x0 + 8] = np.maximum(img[y0:y0 + 8, x0:x0 + 8], d)
+            img[y0 : y0 + 8, x0 : x0 + 8] = np.maximum(img[y0 : y0 + 8, x0 : x0 + 8], d)
             on = d > ink if (d > ink).any() else np.ones_like(d, dtype=bool)
             rows, cols = np.flatnonzero(on.any(1)), np.flatnonzero(on.any(0))
             boxes[i] = (y0 + rows[0], x0 + cols[0], y0 + rows[-1] + 1, x0 + cols[-1] + 1)

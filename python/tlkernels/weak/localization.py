@@ -119,7 +119,7 @@ def _ess(s: np.ndarray, hmin, hmax, wmin, wmax):
         lo, hi = st[2 * k], st[2 * k + 1]
         mid = (lo + hi) // 2
         for part in ((lo, mid), (mid + 1, hi)):
-            child = st[:2 * k] + part + st[2 * k + 2:]
+            child = st[: 2 * k] + part + st[2 * k + 2 :]
             if feasible(child):
                 n_eval += 1
                 tie += 1

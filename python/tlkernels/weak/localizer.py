@@ -49,8 +49,12 @@ class ScoreMapNet(nn.Module):
             raise ValueError(f"channels must be a positive int, got {channels!r}")
         if not (isinstance(kernel_size, int) and kernel_size >= 1 and kernel_size % 2 == 1):
             raise ValueError(f"kernel_size must be a positive odd int, got {kernel_size!r}")
-        self.features = nn.Sequential(nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2), nn.ReLU(),
-                                      nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU())
+        self.features = nn.Sequential(
+            nn.Conv2d(1, channels, kernel_size, padding=kernel_size // 2),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.ReLU(),
+        )
         self.score = nn.Conv2d(channels, 1, 1)
         self.bias = nn.Parameter(torch.zeros(()))  # image-level bias, used by 'window' pooling only
         # s = 0 at the start: window sums of up to H*W random pixel scores would otherwise saturate
@@ -127,11 +131,23 @@ class WeakLocalizer(ClassifierMixin, TorchEstimator):
     localisation accuracy (boxes); ``classification_score`` the image-level accuracy.
     """
 
-    def __init__(self, channels: int = 16, kernel_size: int = 5, pooling: str = "window", epochs: int = 20,
-                 lr: float = 3e-3,
-                 weight_decay: float = 1e-4, batch_size: int = 64, optimizer: str = "adam",
-                 method: str = "branch_and_bound", min_size=4, max_size=None, device=None, random_state=None,
-                 verbose: bool = False):
+    def __init__(
+        self,
+        channels: int = 16,
+        kernel_size: int = 5,
+        pooling: str = "window",
+        epochs: int = 20,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        batch_size: int = 64,
+        optimizer: str = "adam",
+        method: str = "branch_and_bound",
+        min_size=4,
+        max_size=None,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if method not in ("branch_and_bound", "exhaustive"):
             raise ValueError(f"method must be 'exhaustive' or 'branch_and_bound', got {method!r}")
         if pooling not in ("window", "sum"):
@@ -167,9 +183,21 @@ class WeakLocalizer(ClassifierMixin, TorchEstimator):
             logits = m.image_logits(xb, self.pooling, self.min_size, self.max_size)
             return F.binary_cross_entropy_with_logits(logits, yb.float(), reduction="none")
 
-        self.history_ = train_loop(net, groups, X, y, epochs=self.epochs, batch_size=self.batch_size,
-                                   optimizer=self.optimizer, gen=gen, device=device, sample_weight=w,
-                                   loss_fn=loss_fn, verbose=self.verbose, desc="weak localiser")
+        self.history_ = train_loop(
+            net,
+            groups,
+            X,
+            y,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            gen=gen,
+            device=device,
+            sample_weight=w,
+            loss_fn=loss_fn,
+            verbose=self.verbose,
+            desc="weak localiser",
+        )
         self.net_ = net.eval()
         self.classes_ = np.arange(2)
         return self
@@ -182,15 +210,19 @@ class WeakLocalizer(ClassifierMixin, TorchEstimator):
         self._check_fitted()
         X = _check_images(images)
         dev = self._device()
-        return torch.cat([self.net_(X[i:i + 256].to(dev)).cpu() for i in range(0, X.shape[0], 256)]).numpy()
+        return torch.cat([self.net_(X[i : i + 256].to(dev)).cpu() for i in range(0, X.shape[0], 256)]).numpy()
 
     @torch.no_grad()
     def _logits(self, images) -> np.ndarray:
         self._check_fitted()
         X = _check_images(images)
         dev = self._device()
-        return torch.cat([self.net_.image_logits(X[i:i + 256].to(dev), self.pooling, self.min_size,
-                                                 self.max_size).cpu() for i in range(0, X.shape[0], 256)]).numpy()
+        return torch.cat(
+            [
+                self.net_.image_logits(X[i : i + 256].to(dev), self.pooling, self.min_size, self.max_size).cpu()
+                for i in range(0, X.shape[0], 256)
+            ]
+        ).numpy()
 
     def score_maps(self, images):
         """images (N, 1, H, W) -> per-pixel scores s(p) (N, H, W)."""

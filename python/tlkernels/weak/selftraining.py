@@ -82,18 +82,29 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
     model: round, n_pseudo, n_changed, mean_confidence, pseudo_accuracy).
     """
 
-    def __init__(self, estimator=None, threshold: float = 0.9, max_rounds: int = 5, max_new_per_round: int | None = None,
-                 weight_by_confidence: bool = False, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        estimator=None,
+        threshold: float = 0.9,
+        max_rounds: int = 5,
+        max_new_per_round: int | None = None,
+        weight_by_confidence: bool = False,
+        random_state=None,
+        verbose: bool = False,
+    ):
         if estimator is not None and not (hasattr(estimator, "fit") or callable(estimator)):
             raise ValueError(f"estimator must have fit/predict_proba or be a factory returning one, got {estimator!r}")
         if hasattr(estimator, "fit") and not isinstance(estimator, type) and not hasattr(estimator, "predict_proba"):
             raise ValueError(f"estimator must have a predict_proba method, {type(estimator).__name__} has none")
         if not (isinstance(threshold, (int, float, np.floating)) and threshold >= 0 and np.isfinite(threshold)):
-            raise ValueError(f"threshold must be a finite number >= 0 (a probability; > 1 adds nothing), got {threshold!r}")
+            raise ValueError(
+                f"threshold must be a finite number >= 0 (a probability; > 1 adds nothing), got {threshold!r}"
+            )
         if not (isinstance(max_rounds, (int, np.integer)) and not isinstance(max_rounds, bool) and max_rounds >= 0):
             raise ValueError(f"max_rounds must be an int >= 0, got {max_rounds!r}")
-        if max_new_per_round is not None and not (isinstance(max_new_per_round, (int, np.integer))
-                                                  and max_new_per_round >= 1):
+        if max_new_per_round is not None and not (
+            isinstance(max_new_per_round, (int, np.integer)) and max_new_per_round >= 1
+        ):
             raise ValueError(f"max_new_per_round must be None or an int >= 1, got {max_new_per_round!r}")
         self.estimator, self.threshold, self.max_rounds = estimator, threshold, max_rounds
         self.max_new_per_round, self.weight_by_confidence = max_new_per_round, weight_by_confidence
@@ -145,8 +156,11 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
 
             from sklearn.exceptions import DataConversionWarning
 
-            warnings.warn("A column-vector y was passed when a 1d array was expected: shape (n,) is used",
-                          DataConversionWarning, stacklevel=2)
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected: shape (n,) is used",
+                DataConversionWarning,
+                stacklevel=2,
+            )
             y_np = y_np.ravel()
             y = y.reshape(-1) if isinstance(y, Tensor) else y_np
         if y_np.ndim != 1 or y_np.shape[0] != X_labeled.shape[0]:
@@ -166,8 +180,10 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
             _check_x(X_unlabeled, "X_unlabeled")
         n, m = X_labeled.shape[0], X_unlabeled.shape[0]
         if tuple(X_labeled.shape[1:]) != tuple(X_unlabeled.shape[1:]):
-            raise ValueError(f"X_unlabeled must have feature shape {tuple(X_labeled.shape[1:])} like X_labeled, "
-                             f"got {tuple(X_unlabeled.shape[1:])}")
+            raise ValueError(
+                f"X_unlabeled must have feature shape {tuple(X_labeled.shape[1:])} like X_labeled, "
+                f"got {tuple(X_unlabeled.shape[1:])}"
+            )
         w_l = None
         if sample_weight is not None:
             w_l = _to_numpy(sample_weight).astype(np.float64).ravel()
@@ -186,8 +202,12 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
         labels = np.full(m, -1, dtype=np.int64)
         mask = np.zeros(m, dtype=bool)
         conf = np.zeros(m)
-        bar = tqdm(range(1, int(self.max_rounds) + 1 if m > 0 else 1), desc="self-training",
-                   disable=not self.verbose, leave=False)
+        bar = tqdm(
+            range(1, int(self.max_rounds) + 1 if m > 0 else 1),
+            desc="self-training",
+            disable=not self.verbose,
+            leave=False,
+        )
         for r in bar:
             proba = np.asarray(est.predict_proba(X_unlabeled))
             conf = proba.max(1)
@@ -219,9 +239,15 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
                 est = self._fit_one(self._new(), X_all, y_all, w)
             self.estimators_.append(est)
             acc = None if y_true is None or len(idx) == 0 else float((labels[idx] == y_true[idx]).mean())
-            self.history_.append({"round": r, "n_pseudo": len(idx), "n_changed": n_changed,
-                                  "mean_confidence": float(conf[idx].mean()) if len(idx) else None,
-                                  "pseudo_accuracy": acc})
+            self.history_.append(
+                {
+                    "round": r,
+                    "n_pseudo": len(idx),
+                    "n_changed": n_changed,
+                    "mean_confidence": float(conf[idx].mean()) if len(idx) else None,
+                    "pseudo_accuracy": acc,
+                }
+            )
         bar.close()
         self.estimator_ = est
         self.classes_ = getattr(est, "classes_", None)

@@ -11,7 +11,20 @@ class-attribute table.
 from .attributes import ATTRIBUTE_NAMES, DIGIT_ATTRIBUTES
 from .conse import ConSE
 from .dap import DAP
-from .embedding import BilinearCompatibility, EmbeddingZeroShot, ZeroShotHingeLoss, encode_classes
+from .embedding import (
+    BilinearCompatibility,
+    EmbeddingZeroShot,
+    ZeroShotHingeLoss,
+    encode_classes,
+)
 
-__all__ = ["ATTRIBUTE_NAMES", "DIGIT_ATTRIBUTES", "DAP", "BilinearCompatibility", "ZeroShotHingeLoss",
-           "EmbeddingZeroShot", "ConSE", "encode_classes"]
+__all__ = [
+    "ATTRIBUTE_NAMES",
+    "DAP",
+    "DIGIT_ATTRIBUTES",
+    "BilinearCompatibility",
+    "ConSE",
+    "EmbeddingZeroShot",
+    "ZeroShotHingeLoss",
+    "encode_classes",
+]

@@ -51,13 +51,15 @@ def check_labels(y, n: int, n_classes: int, name: str = "y") -> np.ndarray:
     y = y.astype(np.int64)
     bad = np.setdiff1d(np.unique(y), np.arange(n_classes))
     if bad.size:
-        raise ValueError(f"{name} holds classes {bad.tolist()} that have no row in class_attributes "
-                         f"(which has {n_classes} rows)")
+        raise ValueError(
+            f"{name} holds classes {bad.tolist()} that have no row in class_attributes (which has {n_classes} rows)"
+        )
     return y
 
 
-def resolve_candidates(candidate_classes, n_classes: int, seen: np.ndarray,
-                       name: str = "candidate_classes") -> np.ndarray:
+def resolve_candidates(
+    candidate_classes, n_classes: int, seen: np.ndarray, name: str = "candidate_classes"
+) -> np.ndarray:
     """The classes to choose among (indices into the table): given, or by default every class
     not seen in fit (the zero-shot setting). ValueError on unknown / repeated / empty classes."""
     if candidate_classes is None:

@@ -45,23 +45,35 @@ import numpy as np
 __all__ = ["ATTRIBUTE_NAMES", "DIGIT_ATTRIBUTES"]
 
 ATTRIBUTE_NAMES: tuple[str, ...] = (
-    "closed_loop", "hole_upper", "hole_lower", "vertical_stroke", "top_bar", "middle_bar", "bottom_bar",
-    "diagonal_stroke", "round_top", "round_bottom", "lr_symmetric", "centre_junction",
+    "closed_loop",
+    "hole_upper",
+    "hole_lower",
+    "vertical_stroke",
+    "top_bar",
+    "middle_bar",
+    "bottom_bar",
+    "diagonal_stroke",
+    "round_top",
+    "round_bottom",
+    "lr_symmetric",
+    "centre_junction",
 )
 
 #: (10, 12) bool: DIGIT_ATTRIBUTES[d, m] is True when digit d has attribute ATTRIBUTE_NAMES[m].
-DIGIT_ATTRIBUTES: np.ndarray = np.array([
-    # loop up  low  vert top  mid  bot  diag rtop rbot sym  junc
-    [1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0],  # 0
-    [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0],  # 1
-    [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0],  # 2
-    [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1],  # 3
-    [0, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 1],  # 4
-    [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0],  # 5
-    [1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0],  # 6
-    [0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1],  # 7
-    [1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1],  # 8
-    [1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0],  # 9
-], dtype=bool)
+DIGIT_ATTRIBUTES: np.ndarray = np.array(
+    [
+        # loop up  low  vert top  mid  bot  diag rtop rbot sym  junc
+        [1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0],  # 0
+        [0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0],  # 1
+        [0, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0],  # 2
+        [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1],  # 3
+        [0, 0, 0, 1, 0, 1, 0, 1, 0, 0, 0, 1],  # 4
+        [0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0],  # 5
+        [1, 0, 1, 0, 0, 0, 0, 0, 0, 1, 0, 0],  # 6
+        [0, 0, 0, 0, 1, 1, 0, 1, 0, 0, 0, 1],  # 7
+        [1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1],  # 8
+        [1, 1, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0],  # 9
+    ],
+    dtype=bool,
+)
 DIGIT_ATTRIBUTES.setflags(write=False)
-

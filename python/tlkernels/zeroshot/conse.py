@@ -41,8 +41,17 @@ class ConSE(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
     sample_weight (N,) or None). Attributes: ``classifier_``, ``seen_classes_``, ``class_embeddings_``.
     """
 
-    def __init__(self, classifier="logistic", T: int = 5, C: float = 1.0, *, prefit: bool = False,
-                 signed: bool = False, normalize: bool = True, random_state=None):
+    def __init__(
+        self,
+        classifier="logistic",
+        T: int = 5,
+        C: float = 1.0,
+        *,
+        prefit: bool = False,
+        signed: bool = False,
+        normalize: bool = True,
+        random_state=None,
+    ):
         if not (isinstance(T, (int, np.integer)) and T >= 1):
             raise ValueError(f"T must be an int >= 1, got {T!r}")
         if not C > 0:

@@ -61,8 +61,14 @@ class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
     and, with the empirical prior, contributes nothing to the decision.
     """
 
-    def __init__(self, attribute_estimator="logistic", C: float = 1.0, prior: str = "empirical",
-                 clip: float = 1e-3, random_state=None):
+    def __init__(
+        self,
+        attribute_estimator="logistic",
+        C: float = 1.0,
+        prior: str = "empirical",
+        clip: float = 1e-3,
+        random_state=None,
+    ):
         if prior not in ("empirical", "uniform"):
             raise ValueError(f"prior must be 'empirical' or 'uniform', got {prior!r}")
         if not C > 0:
@@ -70,8 +76,10 @@ class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
         if not 0 < clip < 0.5:
             raise ValueError(f"clip must be in (0, 0.5), got {clip}")
         if isinstance(attribute_estimator, str) and attribute_estimator != "logistic":
-            raise ValueError(f"attribute_estimator must be 'logistic', an estimator or a list of estimators, "
-                             f"got {attribute_estimator!r}")
+            raise ValueError(
+                f"attribute_estimator must be 'logistic', an estimator or a list of estimators, "
+                f"got {attribute_estimator!r}"
+            )
         self.attribute_estimator, self.C, self.prior = attribute_estimator, C, prior
         self.clip, self.random_state = clip, random_state
 
@@ -79,8 +87,9 @@ class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
         est = self.attribute_estimator
         if isinstance(est, (list, tuple)):
             if len(est) != A:
-                raise ValueError(f"attribute_estimator is a list of {len(est)} estimators but class_attributes "
-                                 f"has {A} attributes")
+                raise ValueError(
+                    f"attribute_estimator is a list of {len(est)} estimators but class_attributes has {A} attributes"
+                )
             return list(est)
         if est == "logistic":
             from sklearn.linear_model import LogisticRegression
@@ -116,8 +125,9 @@ class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
             else:
                 est.fit(X, t, sample_weight=w)
             self.estimators_.append(est)
-        self.attribute_prior_ = (self.class_attributes_[self.seen_classes_].mean(0) if self.prior == "empirical"
-                                 else np.full(A, 0.5))
+        self.attribute_prior_ = (
+            self.class_attributes_[self.seen_classes_].mean(0) if self.prior == "empirical" else np.full(A, 0.5)
+        )
         self.n_features_in_ = X.shape[1]
         return self
 
@@ -142,8 +152,9 @@ class DAP(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
             return self.class_attributes_
         S = check_class_attributes(class_attributes)
         if S.shape[1] != self.class_attributes_.shape[1]:
-            raise ValueError(f"class_attributes must have {self.class_attributes_.shape[1]} attributes, "
-                             f"got shape {S.shape}")
+            raise ValueError(
+                f"class_attributes must have {self.class_attributes_.shape[1]} attributes, got shape {S.shape}"
+            )
         return S.astype(bool)
 
     def _scores(self, X, candidate_classes=None, class_attributes=None) -> np.ndarray:

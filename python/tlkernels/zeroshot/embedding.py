@@ -144,9 +144,22 @@ class EmbeddingZeroShot(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
     BilinearCompatibility), ``seen_classes_``, ``class_embeddings_`` (K, A), ``history_``.
     """
 
-    def __init__(self, margin: float = 0.1, lr: float = 1e-2, epochs: int = 100, weight_decay: float = 1e-4, *,
-                 aggregate: str = "sum", batch_size: int = 64, signed: bool = True, normalize: bool = True,
-                 standardize: bool = True, device=None, random_state=None, verbose: bool = False):
+    def __init__(
+        self,
+        margin: float = 0.1,
+        lr: float = 1e-2,
+        epochs: int = 100,
+        weight_decay: float = 1e-4,
+        *,
+        aggregate: str = "sum",
+        batch_size: int = 64,
+        signed: bool = True,
+        normalize: bool = True,
+        standardize: bool = True,
+        device=None,
+        random_state=None,
+        verbose: bool = False,
+    ):
         ZeroShotHingeLoss(margin, aggregate)  # validates margin / aggregate
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -188,10 +201,21 @@ class EmbeddingZeroShot(ZeroShotPredictMixin, ClassifierMixin, BaseEstimator):
         model = _Scorer(comp, W).to(device)
         hinge = ZeroShotHingeLoss(self.margin, self.aggregate, reduction="none")
         groups = [{"params": list(comp.parameters()), "lr": self.lr, "weight_decay": self.weight_decay}]
-        self.history_ = train_loop(model, groups, Xt, local, epochs=self.epochs, batch_size=self.batch_size,
-                                   optimizer="adam", gen=gen, device=device, sample_weight=w,
-                                   loss_fn=lambda m, xb, yb: hinge(m(xb), yb), verbose=self.verbose,
-                                   desc="bilinear zero-shot")
+        self.history_ = train_loop(
+            model,
+            groups,
+            Xt,
+            local,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            optimizer="adam",
+            gen=gen,
+            device=device,
+            sample_weight=w,
+            loss_fn=lambda m, xb, yb: hinge(m(xb), yb),
+            verbose=self.verbose,
+            desc="bilinear zero-shot",
+        )
         self.compatibility_ = comp.cpu().eval()
         return self
 

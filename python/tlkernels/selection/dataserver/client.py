@@ -18,14 +18,10 @@ __all__ = ["DataServerClient", "fast_adapt_scores"]
 @torch.no_grad()
 def _features(net, X: Tensor, batch_size: int = 1024) -> np.ndarray:
     net.eval()
-    return torch.cat(
-        [net.features(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
-    ).numpy()
+    return torch.cat([net.features(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]).numpy()
 
 
-def fast_adapt_scores(
-    experts, X: Tensor, y: Tensor | None = None, folds: int = 5, seed: int = 0
-) -> np.ndarray:
+def fast_adapt_scores(experts, X: Tensor, y: Tensor | None = None, folds: int = 5, seed: int = 0) -> np.ndarray:
     """One score z_i per expert, computed on the client's target data, which never leaves it.
 
     With labels y: a linear probe (standardised penultimate features, logistic regression), its
@@ -42,14 +38,10 @@ def fast_adapt_scores(
     y = np.asarray(y)
     k = min(folds, int(np.bincount(y).min()))
     if k < 2:
-        raise ValueError(
-            "y needs at least 2 examples of every class for the cross-validated probe"
-        )
+        raise ValueError("y needs at least 2 examples of every class for the cross-validated probe")
     cv = StratifiedKFold(k, shuffle=True, random_state=seed)
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
-    return np.array(
-        [cross_val_score(probe, _features(e, X), y, cv=cv).mean() for e in experts]
-    )
+    return np.array([cross_val_score(probe, _features(e, X), y, cv=cv).mean() for e in experts])
 
 
 class DataServerClient:
@@ -58,9 +50,7 @@ class DataServerClient:
     url: the server's base URL (e.g. "http://127.0.0.1:8000"); http: optionally an httpx.Client
     to use instead (tests pass FastAPI's TestClient)."""
 
-    def __init__(
-        self, url: str = "http://127.0.0.1:8000", http=None, timeout: float = 60.0
-    ):
+    def __init__(self, url: str = "http://127.0.0.1:8000", http=None, timeout: float = 60.0):
         if http is None:
             httpx = require("httpx", "service", "DataServerClient")
             http = httpx.Client(base_url=url, timeout=timeout)
@@ -88,18 +78,14 @@ class DataServerClient:
             out.append(net)
         return out
 
-    def select(
-        self, scores, budget: int, seed: int | None = None
-    ) -> tuple[str, np.ndarray]:
+    def select(self, scores, budget: int, seed: int | None = None) -> tuple[str, np.ndarray]:
         """Sends the scores and the budget; returns (selection id, sorted indices)."""
         body = {"scores": [float(s) for s in scores], "budget": int(budget)}
         if seed is not None:
             body["seed"] = int(seed)
         r = self.http.post("/v1/selections", json=body)
         if r.status_code >= 400:
-            raise RuntimeError(
-                f"POST /v1/selections failed ({r.status_code}): {r.text}"
-            )
+            raise RuntimeError(f"POST /v1/selections failed ({r.status_code}): {r.text}")
         d = r.json()
         return d["id"], np.asarray(d["indices"], dtype=np.int64)
 
@@ -107,19 +93,13 @@ class DataServerClient:
         """Asks the server to forget a selection (its samples can no longer be fetched)."""
         r = self.http.delete(f"/v1/selections/{selection_id}")
         if r.status_code >= 400:
-            raise RuntimeError(
-                f"DELETE /v1/selections/{selection_id} failed ({r.status_code}): {r.text}"
-            )
+            raise RuntimeError(f"DELETE /v1/selections/{selection_id} failed ({r.status_code}): {r.text}")
 
-    def samples(
-        self, selection_id: str, chunk: int = 4096
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def samples(self, selection_id: str, chunk: int = 4096) -> tuple[Tensor, Tensor, Tensor]:
         """Fetches a selection in chunks: X (n, ...), y (n,) (-1 = unlabelled), index (n,)."""
         parts, offset = [], 0
         while True:
-            r = self._get(
-                f"/v1/selections/{selection_id}/samples", offset=offset, limit=chunk
-            )
+            r = self._get(f"/v1/selections/{selection_id}/samples", offset=offset, limit=chunk)
             t = load_tensors(r.content)
             parts.append(t)
             offset += t["index"].numel()

@@ -44,8 +44,7 @@ def verify_expert_bytes(data: bytes, meta: dict, where: str = "") -> None:
     if got != want:
         raise CorruptFileError(
             f"experts/{meta.get('file')}",
-            f"its sha256 {got[:16]}... does not match the "
-            f"manifest's {str(want)[:16]}...{where}",
+            f"its sha256 {got[:16]}... does not match the manifest's {str(want)[:16]}...{where}",
         )
 
 
@@ -71,9 +70,7 @@ def feature_network(
     """A rotation-pretrained network on a sample of the whole store: the features the
     unsupervised partitioning clusters."""
     rng = np.random.default_rng(seed)
-    idx = np.sort(
-        rng.choice(store.size, size=min(max_examples, store.size), replace=False)
-    )
+    idx = np.sort(rng.choice(store.size, size=min(max_examples, store.size), replace=False))
     X, _ = store.get(idx)
     torch.manual_seed(seed)
     net = SmallCNN(in_channels=store.example_shape[0])
@@ -83,9 +80,7 @@ def feature_network(
 @torch.no_grad()
 def _features(net: SmallCNN, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     net.eval()
-    return torch.cat(
-        [net.features(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)]
-    )
+    return torch.cat([net.features(X[i : i + batch_size]) for i in range(0, X.shape[0], batch_size)])
 
 
 def partition_store(
@@ -105,9 +100,7 @@ def partition_store(
     from ...cluster import KMeans
 
     if method not in ("unsupervised", "superclass"):
-        raise ValueError(
-            f"method must be 'unsupervised' or 'superclass', got {method!r}"
-        )
+        raise ValueError(f"method must be 'unsupervised' or 'superclass', got {method!r}")
     if not (isinstance(k, int) and 1 <= k <= store.size):
         raise ValueError(f"k must be an int in [1, {store.size}], got {k!r}")
     net = feature_network(store, epochs=epochs, seed=seed, verbose=verbose)
@@ -123,9 +116,7 @@ def partition_store(
             raise ValueError("method='superclass' needs at least one labelled dataset")
         keys = torch.unique(dsid[labelled] * 1_000_000 + y[labelled])
         if keys.numel() < k:
-            raise ValueError(
-                f"superclass partitioning needs at least k={k} classes, the store has {keys.numel()}"
-            )
+            raise ValueError(f"superclass partitioning needs at least k={k} classes, the store has {keys.numel()}")
         key_of = dsid * 1_000_000 + y
         means = torch.stack([F[key_of == kk].mean(0) for kk in keys])
         km = KMeans(n_clusters=k, random_state=seed).fit(means)
@@ -212,9 +203,7 @@ def train_experts(
                 epochs,
                 seed + i,
             )
-            extra["classes"] = [
-                [int(c // 1_000_000), int(c % 1_000_000)] for c in classes
-            ]
+            extra["classes"] = [[int(c // 1_000_000), int(c % 1_000_000)] for c in classes]
         weights = os.path.join(out, f"expert-{i:03d}.safetensors")
         save_file(net.state_dict(), weights)
         with open(weights, "rb") as f:
@@ -298,9 +287,7 @@ def load_expert(store_dir: str, i: int) -> torch.nn.Module:
     """Expert i with its weights, from a store directory (its sha256 checked)."""
     manifest = load_expert_manifest(store_dir)
     if manifest is None:
-        raise FileNotFoundError(
-            f"{store_dir!r} has no experts (tlkernels dataserver build --partitions K)"
-        )
+        raise FileNotFoundError(f"{store_dir!r} has no experts (tlkernels dataserver build --partitions K)")
     net = build_expert(manifest["experts"][i]["config"])
     net.load_state_dict(load_tensors(load_expert_bytes(store_dir, manifest, i)))
     return net

@@ -97,9 +97,7 @@ class BodySizeLimit:
             try:
                 too_large = int(declared) > self.limit
             except ValueError:
-                return await self._reply(
-                    send, 400, "the Content-Length header is not a number"
-                )
+                return await self._reply(send, 400, "the Content-Length header is not a number")
             if too_large:
                 return await self._reply(send, 413, self._message(int(declared)))
         seen, started = 0, False
@@ -239,18 +237,12 @@ def create_app(
         ("selection_ttl", selection_ttl),
     ):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            raise ValueError(
-                f"{name} must be a non-negative number (0: no limit), got {v!r}"
-            )
+            raise ValueError(f"{name} must be a non-negative number (0: no limit), got {v!r}")
     store = Store(store_dir)
-    selections = _Selections(
-        os.path.join(store_dir, "selections"), int(max_selections), float(selection_ttl)
-    )
+    selections = _Selections(os.path.join(store_dir, "selections"), int(max_selections), float(selection_ttl))
     try:
         manifest = load_expert_manifest(store_dir)
-    except (
-        CorruptFileError
-    ) as e:  # the other endpoints still serve; /v1/experts answers 500 naming it
+    except CorruptFileError as e:  # the other endpoints still serve; /v1/experts answers 500 naming it
         log.error("%s", e)
         manifest = None
     if manifest is not None and any("sha256" not in e for e in manifest["experts"]):
@@ -303,9 +295,7 @@ def create_app(
     def get_expert(i: int):
         manifest = experts_or_404()
         if not 0 <= i < manifest["k"]:
-            raise HTTPException(
-                404, f"expert index must be in [0, {manifest['k']}), got {i}"
-            )
+            raise HTTPException(404, f"expert index must be in [0, {manifest['k']}), got {i}")
         return Response(
             load_expert_bytes(store_dir, manifest, i),
             media_type="application/octet-stream",
@@ -317,12 +307,8 @@ def create_app(
         try:
             req = SelectionRequest.model_validate_json(body)
         except ValidationError as e:
-            errors = e.errors(
-                include_url=False, include_context=False, include_input=False
-            )
-            raise RequestValidationError(
-                [{**err, "loc": ("body", *err["loc"])} for err in errors]
-            ) from None
+            errors = e.errors(include_url=False, include_context=False, include_input=False)
+            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors]) from None
         parts = store.partitions
         if parts is None:
             raise HTTPException(409, "the store is not partitioned yet")
@@ -333,9 +319,7 @@ def create_app(
                 f"scores must have one value per expert: {k}, got {len(req.scores)}",
             )
         if not np.isfinite(np.asarray(req.scores, dtype=np.float64)).all():
-            raise HTTPException(
-                400, "scores must be finite numbers (no NaN or infinity)"
-            )
+            raise HTTPException(400, "scores must be finite numbers (no NaN or infinity)")
         if not 0 < req.budget <= store.size:
             raise HTTPException(
                 400,
@@ -362,9 +346,7 @@ def create_app(
         openapi_extra={
             "requestBody": {
                 "required": True,
-                "content": {
-                    "application/json": {"schema": SelectionRequest.model_json_schema()}
-                },
+                "content": {"application/json": {"schema": SelectionRequest.model_json_schema()}},
             }
         },
     )
@@ -381,20 +363,14 @@ def create_app(
         return path
 
     @app.get("/v1/selections/{sid}/samples")
-    def get_samples(
-        sid: str, offset: int = Query(0, ge=0), limit: int = Query(1024, ge=1, le=65536)
-    ):
+    def get_samples(sid: str, offset: int = Query(0, ge=0), limit: int = Query(1024, ge=1, le=65536)):
         path = known_selection(sid)
         shown = f"selections/{sid}.json"
         try:
             with open(path, encoding="utf-8") as f:
-                indices = np.asarray(json.load(f)["indices"], dtype=np.int64).reshape(
-                    -1
-                )
+                indices = np.asarray(json.load(f)["indices"], dtype=np.int64).reshape(-1)
         except FileNotFoundError:
-            raise HTTPException(
-                404, f"unknown or expired selection id {sid!r}"
-            ) from None
+            raise HTTPException(404, f"unknown or expired selection id {sid!r}") from None
         except (
             UnicodeDecodeError,
             ValueError,
@@ -402,16 +378,10 @@ def create_app(
             TypeError,
             OverflowError,
         ) as e:
-            what = (
-                f"missing key {e}"
-                if isinstance(e, KeyError)
-                else f"{type(e).__name__}: {e}"
-            )
+            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
             raise CorruptFileError(shown, f"not a selection record ({what})") from None
         if indices.size and (indices.min() < 0 or indices.max() >= store.size):
-            raise CorruptFileError(
-                shown, f"its indices are not all in [0, {store.size})"
-            )
+            raise CorruptFileError(shown, f"its indices are not all in [0, {store.size})")
         chunk = indices[offset : offset + limit]
         X, y = store.get(chunk)
         import torch

@@ -52,14 +52,10 @@ def _read_safetensors_header(path: str, shown: str) -> tuple[dict, int, int]:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise CorruptFileError(
-                    shown, f"{size} bytes, shorter than a safetensors header"
-                )
+                raise CorruptFileError(shown, f"{size} bytes, shorter than a safetensors header")
             (n,) = struct.unpack("<Q", head)
             if n > min(size - 8, 100_000_000):
-                raise CorruptFileError(
-                    shown, f"header length {n} exceeds the file ({size} bytes)"
-                )
+                raise CorruptFileError(shown, f"header length {n} exceeds the file ({size} bytes)")
             header = json.loads(f.read(n))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CorruptFileError(shown, f"unreadable safetensors header ({e})") from None
@@ -120,50 +116,31 @@ class Store:
                     int(d["offset"]),
                     shards,
                 )
-                if (
-                    info.offset != offset
-                    or info.size <= 0
-                    or sum(n for _, n in shards) != info.size
-                ):
-                    raise ValueError(
-                        f"dataset {info.name!r}: offset, size and shard sizes disagree"
-                    )
-                if any(
-                    n <= 0 or os.path.isabs(f) or ".." in f.split("/")
-                    for f, n in shards
-                ):
-                    raise ValueError(
-                        f"dataset {info.name!r}: a shard entry is not (relative file, size > 0)"
-                    )
+                if info.offset != offset or info.size <= 0 or sum(n for _, n in shards) != info.size:
+                    raise ValueError(f"dataset {info.name!r}: offset, size and shard sizes disagree")
+                if any(n <= 0 or os.path.isabs(f) or ".." in f.split("/") for f, n in shards):
+                    raise ValueError(f"dataset {info.name!r}: a shard entry is not (relative file, size > 0)")
                 if datasets and info.shape != datasets[0].shape:
-                    raise ValueError(
-                        f"dataset {info.name!r}: example shape {info.shape} differs from the first's"
-                    )
+                    raise ValueError(f"dataset {info.name!r}: example shape {info.shape} differs from the first's")
                 datasets.append(info)
                 offset += info.size
         except (KeyError, TypeError, ValueError) as e:
             what = f"missing key {e}" if isinstance(e, KeyError) else str(e)
-            raise CorruptFileError(
-                path, f"not a dataserver store manifest ({what})"
-            ) from None
+            raise CorruptFileError(path, f"not a dataserver store manifest ({what})") from None
         if not datasets:
             raise CorruptFileError(path, "it lists no datasets")
         return datasets
 
     # -- creation --------------------------------------------------------------------------------
     @classmethod
-    def create(
-        cls, root: str, datasets: dict, shard_size: int = 4096, overwrite: bool = False
-    ) -> Store:
+    def create(cls, root: str, datasets: dict, shard_size: int = 4096, overwrite: bool = False) -> Store:
         """Writes a store. datasets: {name: (X (N, *shape), y (N,) or None)}; X float, labels int
         (>= 0). All datasets must share one example shape. Written to a temporary directory and
         moved into place, so a failure leaves nothing half-written."""
         if not datasets:
             raise ValueError("datasets must name at least one dataset")
         if os.path.exists(root) and os.listdir(root) and not overwrite:
-            raise FileExistsError(
-                f"root {root!r} exists and is not empty (pass overwrite=True to replace it)"
-            )
+            raise FileExistsError(f"root {root!r} exists and is not empty (pass overwrite=True to replace it)")
         parent = os.path.dirname(os.path.abspath(root))
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=".store-", dir=parent)
@@ -183,33 +160,19 @@ class Store:
         entries, offset, shapes = [], 0, set()
         for name, (X, y) in datasets.items():
             if not name or "/" in name or name.startswith("."):
-                raise ValueError(
-                    f"dataset name {name!r} must be a plain file-name-like string"
-                )
-            X = (
-                torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X)
-                .float()
-                .contiguous()
-            )
+                raise ValueError(f"dataset name {name!r} must be a plain file-name-like string")
+            X = torch.as_tensor(np.asarray(X) if not isinstance(X, Tensor) else X).float().contiguous()
             if X.dim() < 2 or X.shape[0] == 0:
-                raise ValueError(
-                    f"datasets[{name!r}]: X must have shape (N, ...) with N > 0, got {tuple(X.shape)}"
-                )
+                raise ValueError(f"datasets[{name!r}]: X must have shape (N, ...) with N > 0, got {tuple(X.shape)}")
             if not torch.isfinite(X).all():
-                raise ValueError(
-                    f"datasets[{name!r}]: X contains NaN or infinite values"
-                )
+                raise ValueError(f"datasets[{name!r}]: X contains NaN or infinite values")
             shapes.add(tuple(X.shape[1:]))
             if len(shapes) != 1:
-                raise ValueError(
-                    f"all datasets must share one example shape, got {sorted(shapes)}"
-                )
+                raise ValueError(f"all datasets must share one example shape, got {sorted(shapes)}")
             if y is None:
                 yt = torch.full((X.shape[0],), -1, dtype=torch.long)
             else:
-                yt = torch.as_tensor(
-                    np.asarray(y) if not isinstance(y, Tensor) else y
-                ).long()
+                yt = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y).long()
                 if yt.shape != (X.shape[0],) or (yt < 0).any():
                     raise ValueError(
                         f"datasets[{name!r}]: y must be (N,) non-negative ints, got shape {tuple(yt.shape)}"
@@ -247,18 +210,14 @@ class Store:
 
     def dataset_ids(self) -> np.ndarray:
         """(N,) int64: the position in ``datasets`` of every example's dataset."""
-        return np.concatenate(
-            [np.full(d.size, i, dtype=np.int64) for i, d in enumerate(self.datasets)]
-        )
+        return np.concatenate([np.full(d.size, i, dtype=np.int64) for i, d in enumerate(self.datasets)])
 
     def get(self, indices) -> tuple[Tensor, Tensor]:
         """X (k, *shape) float32 and y (k,) int64 (-1 = unlabelled) of the given global indices,
         in the given order."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= self.size):
-            raise IndexError(
-                f"indices must be in [0, {self.size}), got min {idx.min()} max {idx.max()}"
-            )
+            raise IndexError(f"indices must be in [0, {self.size}), got min {idx.min()} max {idx.max()}")
         X = torch.empty((idx.size,) + self.example_shape, dtype=torch.float32)
         y = torch.empty(idx.size, dtype=torch.long)
         shard_of = np.searchsorted(self._starts, idx, side="right") - 1
@@ -285,8 +244,7 @@ class Store:
                 ok = (
                     t["dtype"] == dtype
                     and tuple(t["shape"]) == shape
-                    and t["data_offsets"][1] - t["data_offsets"][0]
-                    == int(np.prod(shape)) * _DTYPES[dtype].itemsize
+                    and t["data_offsets"][1] - t["data_offsets"][0] == int(np.prod(shape)) * _DTYPES[dtype].itemsize
                     and 0 <= t["data_offsets"][0]
                     and data_start + t["data_offsets"][1] <= size
                 )
@@ -295,8 +253,7 @@ class Store:
             if not ok:
                 raise CorruptFileError(
                     file,
-                    f"tensor {key!r} is not {dtype} of shape {shape} within the file "
-                    f"(header says {t!r})",
+                    f"tensor {key!r} is not {dtype} of shape {shape} within the file (header says {t!r})",
                 )
             out.append(
                 np.memmap(
@@ -330,18 +287,11 @@ class Store:
         try:
             ids = np.load(path, allow_pickle=False)
         except (ValueError, OSError, EOFError) as e:
-            raise CorruptFileError(
-                "partitions.npy", f"not a readable .npy array ({e})"
-            ) from None
-        if (
-            ids.shape != (self.size,)
-            or ids.dtype.kind not in "iu"
-            or (ids.size and ids.min() < 0)
-        ):
+            raise CorruptFileError("partitions.npy", f"not a readable .npy array ({e})") from None
+        if ids.shape != (self.size,) or ids.dtype.kind not in "iu" or (ids.size and ids.min() < 0):
             raise CorruptFileError(
                 "partitions.npy",
-                f"expected ({self.size},) non-negative ints, "
-                f"got {ids.dtype} of shape {ids.shape}",
+                f"expected ({self.size},) non-negative ints, got {ids.dtype} of shape {ids.shape}",
             )
         ids = ids.astype(np.int64, copy=False)
         ids.setflags(write=False)
@@ -351,9 +301,7 @@ class Store:
     def save_partitions(self, ids) -> None:
         ids = np.asarray(ids, dtype=np.int64)
         if ids.shape != (self.size,) or ids.min() < 0:
-            raise ValueError(
-                f"partition ids must be (N,) = ({self.size},) non-negative ints, got {ids.shape}"
-            )
+            raise ValueError(f"partition ids must be (N,) = ({self.size},) non-negative ints, got {ids.shape}")
         tmp = os.path.join(self.root, ".partitions.npy.tmp")
         with open(tmp, "wb") as f:
             np.save(f, ids)
