@@ -21,12 +21,13 @@ def _ce(model, batch):
 def test_digits_cnn_shapes():
     net = digits_cnn()
     assert net(torch.randn(4, 3, 32, 32)).shape == (4, 128)
-    assert digits_cnn(in_channels=1, widths=(8, 16, 24), groups=4)(torch.randn(2, 1, 28, 28)).shape == (2, 24)
+    small = digits_cnn(in_channels=1, widths=(8, 16, 24), features=10, groups=4)
+    assert small(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_digits_cnn_per_sample_products_native():
     torch.manual_seed(0)
-    model = nn.Sequential(digits_cnn(widths=(16, 16, 32)), nn.Linear(32, 5))
+    model = nn.Sequential(digits_cnn(widths=(16, 16, 32), features=24), nn.Linear(24, 5))
     batch = (torch.randn(6, 3, 32, 32), torch.randint(0, 5, (6,)))
     with warnings.catch_warnings():
         warnings.simplefilter("error", persample.PerSampleFallbackWarning)
@@ -38,7 +39,7 @@ def test_digits_cnn_per_sample_products_native():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"widths": (32, 64)}, "three positive ints"), ({"groups": 5}, "groups must divide"),
-     ({"in_channels": 0}, "in_channels")],
+     ({"in_channels": 0}, "in_channels"), ({"features": 0}, "features")],
 )  # fmt: skip
 def test_digits_cnn_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -67,9 +67,7 @@ class _Clock:
             yield
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
-            self.cpu_seconds[name] = (
-                self.cpu_seconds.get(name, 0.0) + time.process_time() - c
-            )
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - c
 
 
 def fit_soseleto(
@@ -85,9 +83,7 @@ def fit_soseleto(
     """Soseleto(backbone, source_head, target_head, len(source), **kwargs) fitted for `epochs`
     passes over the source; `epochs` goes to the constructor or to fit, whichever takes it."""
     if "epochs" in inspect.signature(Soseleto.__init__).parameters:
-        model = Soseleto(
-            backbone, source_head, target_head, len(source), epochs=epochs, **kwargs
-        )
+        model = Soseleto(backbone, source_head, target_head, len(source), epochs=epochs, **kwargs)
         return model.fit(source, target)
     model = Soseleto(backbone, source_head, target_head, len(source), **kwargs)
     return model.fit(source, target, epochs=epochs)
@@ -109,6 +105,7 @@ def run_svhn_mnist(
     n_source: int = 5000,
     source_epochs: int = 3,
     widths=(16, 32, 64),
+    features: int = 128,
     lr: float = 1e-3,
     lr_alphas=(0.1, 0.3),
     source_style: str = "syn",
@@ -135,7 +132,7 @@ def run_svhn_mnist(
             cache_dir=cache_dir,
         )
         task = task.to(device)
-    d, cs, ct = int(widths[-1]), task.n_source_classes, task.n_target_classes
+    d, cs, ct = int(features), task.n_source_classes, task.n_target_classes
     tr, val, test = task.tgt_train, task.tgt_val, task.test
     grid = dict(TARGET_GRID if target_grid is None else target_grid)
     acc, chosen, val_score, probe = {}, {}, {}, {}
@@ -151,14 +148,12 @@ def run_svhn_mnist(
         return nn.Sequential(backbone, nn.Linear(d, ct)).to(device)
 
     with clock("target_only"):
-        setting, net, _ = tune_target(
-            lambda: new_net(digits_cnn(widths=widths)), tr, val, seed, **grid
-        )
+        setting, net, _ = tune_target(lambda: new_net(digits_cnn(widths=widths, features=d)), tr, val, seed, **grid)
     record("target_only", setting, net)
 
     # pre-training on the whole source: the same passes over it as SOSELETO makes
     torch.manual_seed(seed)
-    pre = nn.Sequential(digits_cnn(widths=widths), nn.Linear(d, cs)).to(device)
+    pre = nn.Sequential(digits_cnn(widths=widths, features=d), nn.Linear(d, cs)).to(device)
     with clock("pretrain"):
         train_steps(
             pre,
@@ -173,14 +168,12 @@ def run_svhn_mnist(
                                       **grid)  # fmt: skip
     record("fine_tuning", setting, net)
     torch.manual_seed(seed + 7)
-    probe["random"] = linear_probe(digits_cnn(widths=widths).to(device), tr, test)
+    probe["random"] = linear_probe(digits_cnn(widths=widths, features=d).to(device), tr, test)
     probe["pretrained"] = linear_probe(pre[0], tr, test)
 
     def soseleto(lr_alpha: float) -> Soseleto:
-        torch.manual_seed(
-            seed
-        )  # the same initial backbone and source head as the pre-trained network's
-        backbone, sh, th = digits_cnn(widths=widths), nn.Linear(d, cs), nn.Linear(d, ct)
+        torch.manual_seed(seed)  # the same initial backbone and source head as the pre-trained network's
+        backbone, sh, th = digits_cnn(widths=widths, features=d), nn.Linear(d, cs), nn.Linear(d, ct)
         return fit_soseleto(backbone, sh, th, task.source, tr, epochs=source_epochs, lr=lr, lr_alpha=lr_alpha,
                             optimizer="adam", batch_size=64, target_batch_size=len(tr), random_state=seed,
                             device=device, verbose=verbose)  # fmt: skip
@@ -199,9 +192,7 @@ def run_svhn_mnist(
         net = nn.Sequential(m.backbone, m.target_head)
         record(name, {"lr_alpha": lr_alpha}, net)
         with clock(name + "_ft"):
-            setting, net_ft, _ = tune_target(
-                lambda net=net: copy.deepcopy(net), tr, val, seed, **grid
-            )
+            setting, net_ft, _ = tune_target(lambda net=net: copy.deepcopy(net), tr, val, seed, **grid)
         record(name + "_ft", setting, net_ft)
         probe[name] = linear_probe(m.backbone, tr, test)
         alphas[name] = m.alpha_.detach().cpu().numpy()
@@ -241,18 +232,12 @@ def print_table(results: list[dict]) -> None:
     )
     for key, label in ROW_LABELS.items():
         v = np.array([r["accuracy"][key] for r in results]) * 100
-        print(
-            f"{label:<28} {v.mean():5.1f} ± {v.std():4.1f}   [{' '.join(f'{x:.1f}' for x in v)}]"
-        )
+        print(f"{label:<28} {v.mean():5.1f} ± {v.std():4.1f}   [{' '.join(f'{x:.1f}' for x in v)}]")
     for key in r0["linear_probe"]:
         v = np.array([r["linear_probe"][key] for r in results]) * 100
-        print(
-            f"{'linear probe, ' + key:<28} {v.mean():5.1f} ± {v.std():4.1f}   [{' '.join(f'{x:.1f}' for x in v)}]"
-        )
+        print(f"{'linear probe, ' + key:<28} {v.mean():5.1f} ± {v.std():4.1f}   [{' '.join(f'{x:.1f}' for x in v)}]")
     per_digit = np.array([[r["alpha"]["soseleto"]["mean_per_digit"][d] for d in sorted(r0["alpha"]["soseleto"]
                           ["mean_per_digit"])] for r in results]).mean(0)  # fmt: skip
     print(f"alpha mean per source digit: {' '.join(f'{a:.2f}' for a in per_digit)}")
-    wall, cpu = (
-        sum(r[k]["total"] for r in results) for k in ("seconds", "cpu_seconds")
-    )
+    wall, cpu = (sum(r[k]["total"] for r in results) for k in ("seconds", "cpu_seconds"))
     print(f"{wall:.0f} s wall, {cpu:.0f} s CPU ({r0['threads']} thread(s))")

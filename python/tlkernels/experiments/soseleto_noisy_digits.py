@@ -30,7 +30,8 @@ def _std(d: Dataset) -> Dataset:
 
 
 def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, n_source: int = 5000,
-                     n_test: int = 1500, source_epochs: int = 3, widths=(16, 32, 64), lr: float = 1e-3,
+                     n_test: int = 1500, source_epochs: int = 3, widths=(16, 32, 64), features: int = 128,
+                     lr: float = 1e-3,
                      lr_alphas=(0.1, 0.3), target_grid: dict | None = None, device="cpu", cache_dir=None) -> dict:  # fmt: skip
     """One seed. Source: make_syndigits(n_source, seed 0) with round(noise * n_source) labels
     flipped (symmetric, by `seed`); target: n_target clean images of a second rendering (seed
@@ -48,7 +49,7 @@ def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, 
         (target,) = stratified_split(pool, [n_target], random_state=seed)
         val, tr = (d.to(device) for d in stratified_split(_std(target), [n_target // 4, None], random_state=seed + 1))
         test = _std(make_syndigits(n_test, range(10), "syn", 2, cache_dir=cache_dir)).to(device)
-    d = int(widths[-1])
+    d = int(features)
     grid = dict(TARGET_GRID if target_grid is None else target_grid)
     acc, chosen = {}, {}
 
@@ -56,11 +57,11 @@ def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, 
         acc[name], chosen[name] = evaluate(net, test)[0], setting
 
     with clock("target_only"):
-        s, net, _ = tune_target(lambda: nn.Sequential(digits_cnn(widths=widths), nn.Linear(d, 10)).to(device), tr,
+        s, net, _ = tune_target(lambda: nn.Sequential(digits_cnn(widths=widths, features=d), nn.Linear(d, 10)).to(device), tr,
                                 val, seed, **grid)  # fmt: skip
     record("target_only", s, net)
     torch.manual_seed(seed)
-    pre = nn.Sequential(digits_cnn(widths=widths), nn.Linear(d, 10)).to(device)
+    pre = nn.Sequential(digits_cnn(widths=widths, features=d), nn.Linear(d, 10)).to(device)
     with clock("pretrain"):
         train_steps(pre, source, source_epochs * math.ceil(n_source / 64), lr, seed=seed)
     record("source_only", {}, pre)
@@ -70,7 +71,7 @@ def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, 
 
     def soseleto(lr_alpha: float):
         torch.manual_seed(seed)  # the pre-trained network's initialisation
-        backbone, head = digits_cnn(widths=widths), nn.Linear(d, 10)
+        backbone, head = digits_cnn(widths=widths, features=d), nn.Linear(d, 10)
         return fit_soseleto(backbone, head, head, source, tr, epochs=source_epochs, lr=lr, lr_alpha=lr_alpha,
                             optimizer="adam", batch_size=64, target_batch_size=min(64, len(tr)), random_state=seed,
                             device=device)  # fmt: skip
