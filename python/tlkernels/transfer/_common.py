@@ -100,13 +100,20 @@ def train_loop(
     loss_fn: Callable | None = None,
     extra_loss: Callable | None = None,
     on_epoch: Callable | None = None,
+    value_on: tuple[Tensor, Tensor] | None = None,
+    values: Tensor | None = None,
     verbose: bool = False,
     desc: str = "train",
 ) -> list[dict]:
     """Mini-batch training. loss_fn(model, xb, yb) -> per-example losses (B,) (default: cross-entropy
     of model(xb)); the batch loss is their sample_weight-weighted mean, plus
     extra_loss(model, xb) (a scalar: L2-SP, output constraint ...). on_epoch(epoch) is called
-    after each epoch (validation curves). Returns the per-epoch history."""
+    after each epoch (validation curves). Returns the per-epoch history.
+
+    value_on: a validation set (X_val (M, ...), y_val (M,)): every step's backward then runs through
+    ``tlkernels.valuation.InRun`` (no second backward), which adds each example's first-order
+    in-run data Shapley value on value_on's mean loss to ``values`` (N,) float64 at its row of X
+    (sample_weight must be None: the values are shares of the mean loss)."""
     from tqdm.auto import tqdm
 
     if optimizer == "adam":
@@ -121,6 +128,14 @@ def train_loop(
             return F.cross_entropy(m(xb), yb, reduction="none")
 
     n = X.shape[0]
+    valuer = None
+    if value_on is not None:
+        from ..valuation import InRun
+
+        if sample_weight is not None or values is None or values.shape != (n,):
+            raise ValueError("value_on needs sample_weight=None and values, a (N,) accumulator")
+        Xv, yv = value_on
+        valuer = InRun(model, lambda m, b: loss_fn(m, b[0], b[1]), (Xv.to(device), yv.to(device)), optimizer=opt)
     history = []
     for epoch in tqdm(range(epochs), desc=desc, disable=not verbose, leave=False):
         model.train()
@@ -130,6 +145,18 @@ def train_loop(
             idx = perm[i : i + batch_size]
             xb = X[idx].to(device)
             yb = None if y is None else y[idx].to(device)
+            if valuer is not None:  # the step's backward with each example's value on value_on
+                opt.zero_grad(set_to_none=True)
+                loss = valuer.step((xb, yb), idx)
+                if extra_loss is not None:
+                    extra = extra_loss(model, xb)
+                    extra.backward()
+                    loss = loss + extra.detach()
+                values.index_add_(0, idx, valuer.last_values.to(values.device))
+                opt.step()
+                total += float(loss) * len(idx)
+                seen += len(idx)
+                continue
             per = loss_fn(model, xb, yb)
             if sample_weight is not None:
                 wb = sample_weight[idx].to(device)

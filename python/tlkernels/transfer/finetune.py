@@ -109,6 +109,11 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
             new model's source-task outputs on the target inputs (the old head is kept on the new
             body and trained with it); temperature T.
         optimizer: 'adam' (default) or 'sgd' (momentum 0.9); weight_decay; batch_size.
+        value_examples: with a validation set, value every training example during training:
+            ``example_values_`` (N,) float64, the sum over the steps that used example i of
+            -lr <dl_i/dθ, dL_val/dθ> / B (first-order in-run data Shapley, Wang et al. 2024; negative:
+            the example lowered the validation loss), computed by ``tlkernels.valuation.InRun`` at
+            about the cost of the training step (no per-example gradients, no second backward).
         device, random_state, verbose.
 
     fit(X, y, sample_weight=None, X_val=None, y_val=None): with a validation set, ``history_``
@@ -133,6 +138,7 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
         optimizer: str = "adam",
         weight_decay: float = 0.0,
         batch_size: int = 32,
+        value_examples: bool = False,
         device=None,
         random_state=None,
         verbose: bool = False,
@@ -156,6 +162,7 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
         self.l2sp, self.l2sp_beta = l2sp, l2sp_beta
         self.output_constraint, self.temperature = output_constraint, temperature
         self.optimizer, self.weight_decay, self.batch_size = optimizer, weight_decay, batch_size
+        self.value_examples = value_examples
         self.device = device
         self.random_state, self.verbose = random_state, verbose
         # checks that need the model (bad layer names fail here, before any training)
@@ -218,6 +225,12 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
         X = self._validate_X(X, reset=True)
         y = as_labels(y, X.shape[0])
         w = as_weights(sample_weight, X.shape[0])
+        if self.value_examples and (X_val is None or y_val is None):
+            raise ValueError(
+                "value_examples=True values the training examples on a validation set: pass X_val and y_val"
+            )
+        if self.value_examples and w is not None:
+            raise ValueError("value_examples=True needs sample_weight=None (values are shares of the mean loss)")
         gen = torch_generator(self.random_state)
         source = self._source(X, y, gen)
         if self.model is None:
@@ -271,6 +284,7 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
 
         extra = (lambda m, xb: l2sp(m)) if l2sp is not None else None
         on_epoch = None
+        values = torch.zeros(X.shape[0], dtype=torch.float64) if self.value_examples else None
         if X_val is not None:
             Xv, yv = as_xy(X_val, y_val, "X_val")
 
@@ -294,6 +308,8 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
                 loss_fn=loss_fn,
                 extra_loss=extra,
                 on_epoch=on_epoch,
+                value_on=(Xv, yv) if self.value_examples else None,
+                values=values,
                 verbose=self.verbose,
                 desc="fine-tune",
             )
@@ -303,6 +319,8 @@ class FineTune(ClassifierMixin, _SkClassifier, TorchEstimator):
             p.requires_grad_(orig.get(n, True))
         net.eval()
         self.model_, self.history_ = net, hist0
+        if values is not None:
+            self.example_values_ = values.numpy()
         self.classes_ = np.arange(_n_outputs(net, X, device))
         return self
 
