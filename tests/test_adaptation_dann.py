@@ -3,6 +3,9 @@ domain), weights, persistence, reverse validation."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -125,3 +128,57 @@ def test_reverse_validation_prefers_a_working_model():
     sel = select_by_reverse_validation(make, [dict(lr=0.0), dict(lr=1e-2)], Xs, ys, Xt, epochs=[2, 5])
     assert sel["best"]["lr"] == 1e-2 and len(sel["scores"]) == 4
     assert [s["epochs"] for s in sel["settings"]] == [2, 5, 2, 5]
+
+
+def test_fit_equals_a_hand_written_dann_loop():
+    """fit's parameters and history equal the DANN algorithm written out in one loop: source batches
+    from a seeded permutation per epoch, target batches cycling through a permutation redrawn when
+    exhausted, lam(p) and lr(p) at p = step / total, weighted class loss, gradient clipping, SGD."""
+    g = torch.Generator().manual_seed(3)
+    Xs, Xt = torch.randn(70, 5, generator=g), torch.randn(23, 5, generator=g) + 1.0
+    ys, w = torch.randint(0, 3, (70,), generator=g), torch.rand(70, generator=g)
+    torch.manual_seed(1)
+    ext, cls, head = nn.Sequential(nn.Linear(5, 6), nn.ReLU()), nn.Linear(6, 3), nn.Linear(6, 1)
+    kw = dict(lam_max=0.7, gamma=5.0, lr=0.05, batch_size=16, epochs=3, grad_clip=0.3, optimizer="sgd")
+    d = DANN(ext, 3, 6, classifier=cls, domain_head=head, random_state=11, **kw).fit(Xs, ys, Xt, source_weights=w)
+
+    adv = DomainAdversarialLoss(copy.deepcopy(head), lam_max=0.7, gamma=5.0)
+    ext, cls = copy.deepcopy(ext), copy.deepcopy(cls)
+    params = [*ext.parameters(), *cls.parameters(), *adv.parameters()]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    gen = torch.Generator().manual_seed(11)
+    n, nt, b = 70, 23, 16
+    total, step = 3 * math.ceil(n / b), 0
+    tperm, tpos = torch.randperm(nt, generator=gen), 0
+    history = []
+    for epoch in range(1, 4):
+        perm, sums = torch.randperm(n, generator=gen), [0.0, 0.0, 0.0]
+        for i in range(0, n, b):
+            idx = perm[i : i + b]
+            if tpos + len(idx) > nt:
+                tperm, tpos = torch.randperm(nt, generator=gen), 0
+            tidx = tperm[tpos : tpos + min(len(idx), nt)]
+            tpos += len(tidx)
+            p = step / total
+            lr = 0.05 / (1 + 10 * p) ** 0.75
+            for group in opt.param_groups:
+                group["lr"] = lr
+            dom = torch.cat([torch.zeros(len(idx)), torch.ones(len(tidx))])
+            f_task, d_loss = adv(
+                ext(torch.cat([Xs[idx], Xt[tidx]])), dom, p, torch.cat([w[idx], torch.ones(len(tidx))])
+            )
+            ce = F.cross_entropy(cls(f_task[: len(idx)]), ys[idx], reduction="none")
+            c_loss = (w[idx] * ce).sum() / len(idx)
+            opt.zero_grad()
+            (c_loss + d_loss).backward()
+            nn.utils.clip_grad_norm_(params, 0.3)
+            opt.step()
+            step += 1
+            sums = [s + v for s, v in zip(sums, (float(c_loss), float(d_loss), adv.last_accuracy))]
+        k = math.ceil(n / b)
+        history.append((sums[0] / k, sums[1] / k, sums[2] / k, float(dann_lambda(step / total, 0.7, 5.0)), lr))
+
+    got = [h[k] for h in d.history_ for k in ("class_loss", "domain_loss", "domain_acc", "lam", "lr")]
+    assert got == pytest.approx([v for rec in history for v in rec], rel=1e-12, abs=0)
+    for mine, ref in zip(d.model_.parameters(), params):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=0)

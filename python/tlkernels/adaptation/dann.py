@@ -111,6 +111,24 @@ class _Model(nn.Module):
         return self.classifier(self.extractor(x))
 
 
+class _TargetCycle:
+    """Target indices for the training batches: a random permutation of range(n) consumed in
+    order, redrawn from `generator` when the next batch would run past its end; a batch holds at
+    most n indices."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+        self.perm, self.pos = torch.randperm(n, generator=generator), 0
+
+    def take(self, size: int) -> Tensor:
+        """The next min(size, n) indices (a LongTensor)."""
+        if self.pos + size > self.n:
+            self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.perm[self.pos : self.pos + min(size, self.n)]
+        self.pos += len(idx)
+        return idx
+
+
 def default_extractor(n_features: int, hidden: int = 64) -> nn.Sequential:
     """The feature extractor of a DANN built without one: Flatten - Linear(n_features, hidden) -
     ReLU, input (N, ...) with n_features numbers per example, output (N, hidden)."""
@@ -230,8 +248,45 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
     # -- training -----------------------------------------------------------------------------
     def fit(self, Xs, ys, Xt, epochs: int | None = None, source_weights=None) -> DANN:
         """Xs (N, *), ys (N,) class indices, Xt (M, *) unlabeled, source_weights (N,) >= 0 or
-        None; returns self. epochs: deprecated here (the constructor's ``epochs``)."""
+        None; returns self. epochs: deprecated here (the constructor's ``epochs``).
+
+        Each epoch is one pass over a shuffled source set in batches of ``batch_size``, each
+        batch paired with as many target examples (drawn without replacement, reshuffled when
+        exhausted); the step's progress p = step / (epochs * steps per epoch) sets lam(p) and,
+        with ``lr_anneal``, the learning rate."""
         epochs = fit_param_deprecated(self, "epochs", epochs)
+        Xs, ys, Xt, w, n_classes = self._fit_inputs(Xs, ys, Xt, source_weights, epochs)
+        self._build_for(Xs, n_classes)
+        params = list(self.model_.parameters())
+        opt = self._make_optimizer(params)
+        gen = torch_generator(self.random_state, default=0)
+        total = epochs * max(1, math.ceil(Xs.shape[0] / self.batch_size))
+        self.history_, self.snapshots_ = [], {}
+        snapshot_epochs = set(self.snapshot_epochs or [])
+        bar = None
+        if self.verbose:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="DANN", unit="step")
+        target, step = _TargetCycle(Xt.shape[0], gen), 0
+        for epoch in range(1, epochs + 1):
+            sums, lr, step = self._train_epoch(Xs, ys, Xt, w, opt, params, gen, target, step, total, bar)
+            rec = self._epoch_record(epoch, sums / math.ceil(Xs.shape[0] / self.batch_size), step / total, lr)
+            self.history_.append(rec)
+            if bar is not None:
+                bar.set_postfix(
+                    cls=f"{rec['class_loss']:.3f}", dom_acc=f"{rec['domain_acc']:.2f}", lam=f"{rec['lam']:.2f}"
+                )
+            if epoch in snapshot_epochs:
+                self.snapshots_[epoch] = copy.deepcopy(self.model_.state_dict())
+        if bar is not None:
+            bar.close()
+        self.n_epochs_ = epochs
+        return self
+
+    def _fit_inputs(self, Xs, ys, Xt, source_weights, epochs) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int]:
+        """Checks fit's arguments; returns Xs (N, *), ys (N,), Xt (M, *), the weights (N,) or None
+        (all on the model's device) and the number of classes C."""
         Xs = self._validate_X(Xs, reset=True, name="Xs")
         Xt = as_tensor(Xt, "Xt", min_ndim=2)
         ys = as_labels(ys, Xs.shape[0], "ys", "Xs")
@@ -249,85 +304,76 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
             w = w.to(device)
         if isinstance(epochs, bool) or not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
             raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        Xs, ys, Xt = Xs.to(device), ys.to(device), Xt.to(device)
+        return Xs.to(device), ys.to(device), Xt.to(device), w, n_classes
+
+    def _build_for(self, Xs: Tensor, n_classes: int) -> None:
+        """Builds ``model_`` for source inputs Xs (N, *): the extractor, its output width F (one
+        forward pass on two examples when ``feature_dim`` is None) and the heads."""
         extractor = self._extractor(Xs[0].numel())
         feature_dim = self.feature_dim
         if feature_dim is None:
             with torch.no_grad():
-                feature_dim = int(copy.deepcopy(extractor).to(device)(Xs[:2]).shape[1])
+                feature_dim = int(copy.deepcopy(extractor).to(Xs.device)(Xs[:2]).shape[1])
         self._build(feature_dim, extractor, n_classes)
-        snapshot_epochs = sorted(set(self.snapshot_epochs or []))
-        m = self.model_
-        params = list(m.parameters())
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
-        else:
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
-        gen = torch_generator(self.random_state, default=0)
-        n, nt, b = Xs.shape[0], Xt.shape[0], self.batch_size
-        steps_per_epoch = max(1, math.ceil(n / b))
-        total = epochs * steps_per_epoch
-        self.history_, self.snapshots_ = [], {}
-        bar = None
-        if self.verbose:
-            from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, desc="DANN", unit="step")
-        tperm, tpos, step = torch.randperm(nt, generator=gen), 0, 0
-        domain = torch.cat([torch.zeros(min(b, n)), torch.ones(min(b, nt))]).to(device)
-        for epoch in range(1, epochs + 1):
-            m.train()
-            perm = torch.randperm(n, generator=gen)
-            sums = np.zeros(3)
-            for i in range(0, n, b):
-                idx = perm[i : i + b]
-                if tpos + len(idx) > nt:
-                    tperm, tpos = torch.randperm(nt, generator=gen), 0
-                tidx = tperm[tpos : tpos + min(len(idx), nt)]
-                tpos += len(tidx)
-                p = step / total
-                lr = self.lr / (1 + 10 * p) ** 0.75 if self.lr_anneal else self.lr
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                f = m.extractor(torch.cat([Xs[idx], Xt[tidx]]))
-                dom = (
-                    domain
-                    if len(idx) == b and len(tidx) == min(b, nt)
-                    else torch.cat([torch.zeros(len(idx)), torch.ones(len(tidx))]).to(device)
-                )
-                bw = None if w is None else torch.cat([w[idx], torch.ones(len(tidx), device=device)])
-                f_task, d_loss = m.adversary(f, dom, p, bw)
-                ce = F.cross_entropy(m.classifier(f_task[: len(idx)]), ys[idx], reduction="none")
-                c_loss = ce.mean() if w is None else (w[idx] * ce).sum() / len(idx)
-                opt.zero_grad(set_to_none=True)
-                (c_loss + d_loss).backward()
-                if self.grad_clip is not None:
-                    nn.utils.clip_grad_norm_(params, self.grad_clip)
-                opt.step()
-                step += 1
-                sums += (float(c_loss.detach()), float(d_loss.detach()), m.adversary.last_accuracy)
-                if bar is not None:
-                    bar.update(1)
-            k = math.ceil(n / b)
-            rec = dict(
-                epoch=epoch,
-                class_loss=sums[0] / k,
-                domain_loss=sums[1] / k,
-                domain_acc=sums[2] / k,
-                lam=float(dann_lambda(step / total, self.lam_max, self.gamma)),
-                lr=lr,
-            )
-            self.history_.append(rec)
+    def _make_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(params, lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+
+    def _lr(self, progress: float) -> float:
+        """Ganin's annealed rate lr / (1 + 10 p)^0.75 at progress p in [0, 1], or lr."""
+        return self.lr / (1 + 10 * progress) ** 0.75 if self.lr_anneal else self.lr
+
+    def _train_epoch(self, Xs, ys, Xt, w, opt, params, gen, target, step, total, bar) -> tuple[np.ndarray, float, int]:
+        """One pass over the shuffled source set Xs (N, *), ys (N,), w (N,) | None, each batch
+        paired with target examples from `target`; returns the summed (class_loss, domain_loss,
+        domain_acc) over the batches (3,), the last step's learning rate and the next step."""
+        self.model_.train()
+        n, b = Xs.shape[0], self.batch_size
+        perm = torch.randperm(n, generator=gen)
+        sums, lr = np.zeros(3), self.lr
+        for i in range(0, n, b):
+            idx = perm[i : i + b]
+            tidx = target.take(len(idx))
+            p = step / total
+            lr = self._lr(p)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            sums += self._train_step(Xs[idx], ys[idx], Xt[tidx], None if w is None else w[idx], p, opt, params)
+            step += 1
             if bar is not None:
-                bar.set_postfix(
-                    cls=f"{rec['class_loss']:.3f}", dom_acc=f"{rec['domain_acc']:.2f}", lam=f"{rec['lam']:.2f}"
-                )
-            if epoch in snapshot_epochs:
-                self.snapshots_[epoch] = copy.deepcopy(m.state_dict())
-        if bar is not None:
-            bar.close()
-        self.n_epochs_ = epochs
-        return self
+                bar.update(1)
+        return sums, lr, step
+
+    def _train_step(self, xs, ys, xt, ws, progress: float, opt, params) -> tuple[float, float, float]:
+        """One optimiser step on a source batch xs (B, *), ys (B,), weights ws (B,) | None and a
+        target batch xt (B', *) at progress p; returns (class_loss, domain_loss, domain_acc)."""
+        m = self.model_
+        f = m.extractor(torch.cat([xs, xt]))
+        dom = torch.cat([torch.zeros(len(xs)), torch.ones(len(xt))]).to(xs.device)
+        bw = None if ws is None else torch.cat([ws, torch.ones(len(xt), device=ws.device)])
+        f_task, d_loss = m.adversary(f, dom, progress, bw)
+        ce = F.cross_entropy(m.classifier(f_task[: len(xs)]), ys, reduction="none")
+        c_loss = ce.mean() if ws is None else (ws * ce).sum() / len(xs)
+        opt.zero_grad(set_to_none=True)
+        (c_loss + d_loss).backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
+        return float(c_loss.detach()), float(d_loss.detach()), m.adversary.last_accuracy
+
+    def _epoch_record(self, epoch: int, means: np.ndarray, progress: float, lr: float) -> dict[str, float]:
+        """history_'s entry: the epoch's mean class / domain loss and domain accuracy (means (3,)),
+        lam at the epoch's end and the last step's learning rate."""
+        return dict(
+            epoch=epoch,
+            class_loss=means[0],
+            domain_loss=means[1],
+            domain_acc=means[2],
+            lam=float(dann_lambda(progress, self.lam_max, self.gamma)),
+            lr=lr,
+        )
 
     def use_snapshot(self, epoch: int) -> DANN:
         """Restores the parameters kept after `epoch` (see ``snapshot_epochs``)."""
