@@ -39,8 +39,8 @@ def grad_dot(
     Equal to ``capture(model, loss_fn, batch).dot(vectors)``, but streamed: each layer's share of
     s is computed during the backward as soon as its output gradient is known, and the layer's
     inputs and output gradient are dropped at once, so peak memory stays near a plain training
-    step. When the invariant check is due (verify), it runs first as a separate capture, with the
-    random state restored afterwards.
+    step. When the invariant check is due (verify), the call is answered from the checked capture
+    instead (one forward, the check's memory: the first call of each model structure).
     """
     trainable = trainable_parameters(model)
     many, maps, names = check_vectors(vectors, trainable)
@@ -56,17 +56,11 @@ def grad_dot(
     plan = Plan(model, fallback, batch_axes)
     _verify.announce_fallbacks(model, plan)
     if _verify.should_check(verify, model, loss_fn, batch, plan, fallback, batch_axes):
-        devices = [p.device for p in trainable.values() if p.device.type == "cuda"][:1]
-        with torch.random.fork_rng(devices=devices):
-            capture(
-                model,
-                loss_fn,
-                batch,
-                fallback=fallback,
-                verify=True,
-                batch_axes=batch_axes,
-                batch_size=batch_size,
-            )
+        # the check needs a whole capture (and a backward with parameter gradients) anyway: answer from it
+        cap = capture(
+            model, loss_fn, batch, fallback=fallback, verify=True, batch_axes=batch_axes, batch_size=batch_size
+        )
+        return cap.dot(maps if many else maps[0])
     full_name = {id(p): n for n, p in trainable.items()}
     acc: dict[str, Tensor] = {}
 
