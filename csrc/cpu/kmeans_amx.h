@@ -2,14 +2,13 @@
 // after kmeans_avx512.h: the transposed score block G = (−2C')·Xᵀ of one chunk, which the AVX-512
 // epilogue then reads as it reads the GEMM's.
 //
-// Why: a tile multiply (TDPBF16PS) does 16·16·32 bf16 products into float32 at ~1 TFLOP/s per
-// core on the Xeon these benchmarks ran on, against ~0.15 for float32 FMAs. Float32 operands are
-// split exactly enough into two bf16 parts, v = v_hi + v_lo + e with |e| ≤ u²|v| (u = 2⁻⁸), and
-// three products (hi·hi + hi·lo + lo·hi) give x·c within 3.1·u²·‖x‖·‖c‖ of the exact value plus
-// float32 accumulation error over 3D terms. amx_band() widens the rounding band by that bound
-// (and by absolute terms for the denormals AMX flushes), so the epilogue's decisions - a single
-// score in the band is the label, otherwise exact distances - give the same labels as every
-// other level.
+// Why: tile products (TDPBF16PS) run 6-7x the float32 FMA rate per core (bench/NOTES-kmeans.md).
+// Float32 operands are split exactly enough into two bf16 parts, v = v_hi + v_lo + e with
+// |e| ≤ u²|v| (u = 2⁻⁸), and three products (hi·hi + hi·lo + lo·hi) give x·c within
+// 3.1·u²·‖x‖·‖c‖ of the exact value plus float32 accumulation error over 3D terms. amx_band()
+// widens the rounding band by that bound (and by absolute terms for the denormals AMX flushes),
+// so the epilogue's decisions - a single score in the band is the label, otherwise exact
+// distances - give the same labels as every other level.
 //
 // Tiles: A = 16 centroids × 32 values of d (bf16, 64-byte rows), B = the same 32 values of 16 rows
 // of X in the VNNI layout ((d/2, row, d mod 2)), C = 16 centroids × 16 rows in float32: a slice of
@@ -169,7 +168,7 @@ TLK_AMX_TARGET inline void amx_release() { _tile_release(); }
 // land in the next problem's, written after it, or in the 16 spare rows). xb_*: pack_amx_rows of
 // the chunk; acs[q]: the centroids of problem q. amx_configure() must have run on this thread.
 // Four accumulator tiles (2 centroid groups × 2 row groups) keep four independent chains of tile
-// products in flight (one chain waits for each product: ~3× slower).
+// products in flight (a single chain waits for each product: measured ~3× slower).
 TLK_AMX_TARGET inline void amx_scores(const uint16_t* xb_hi, const uint16_t* xb_lo, int64_t rows,
                                       const AmxCentroids* const* acs, int64_t M, int64_t K, float* gt, int64_t ld) {
   const int64_t rgroups = (rows + kAmxTile - 1) / kAmxTile;

@@ -3,14 +3,13 @@
 //
 // The AVX-512 direct kernel's scheme in 8 lanes and 16 registers: centroids along the lanes in
 // blocks of 16 (2 vectors), 4 rows in registers (8 accumulators + 2 centroid vectors + one
-// broadcast; blocks of 32 with 2 rows measured the same or slower), each x_d broadcast into one
+// broadcast; blocks of 32 with 2 rows: the same or slower), each x_d broadcast into one
 // FMA per vector, the scores of 8 rows in an L1 buffer. The same decisions as every level:
 // minimum, band = base + slope·‖x‖, the single score in the band is the label, several (or none:
 // NaN) go to the exact distances of resolve_band; row norms and the winners' distances are summed
 // 8 rows at a time. So the labels equal the other levels' and the distances differ only in the
 // order of Σ (x − c)².
-// In AVX2 mode on 2 Zen 5 cores, against at::mm + the AVX2 epilogue: D=16 K=64 52 -> 17-20 ms,
-// 64 x (10k, 32, 32) 29 -> 12-19 ms, D=64 K=256 53 -> 41-48 ms per step.
+// Why: 1.1-3x faster than at::mm + the AVX2 epilogue on the benchmark shapes (bench/NOTES-kmeans.md).
 #pragma once
 
 #if TLK_KMEANS_X86
@@ -46,8 +45,7 @@ TLK_AVX2_INLINE inline void direct_scores_avx2(const float* x0, int64_t D, const
 #pragma GCC unroll 4
     for (int j = 0; j < KV; ++j) {
       c[j] = _mm256_loadu_ps(ct + d * Kp + 8 * j);
-      // in a register: GCC would otherwise fold the load into each of the R FMAs (R loads of
-      // the same vector; the loop was load-bound at 2.5 G FMAs/s)
+      // in a register: GCC folds the load into each of the R FMAs otherwise (load-bound, see bench/NOTES-kmeans.md)
       __asm__("" : "+x"(c[j]));
     }
 #pragma GCC unroll 8

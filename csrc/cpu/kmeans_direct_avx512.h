@@ -1,12 +1,10 @@
 // Direct (GEMM-free) AVX-512 assignment of one chunk (float32, K ≤ 64; with blocks up to K = 512),
 // included by kmeans_simd.h after kmeans_avx512.h.
 //
-// Why: with K ≤ 64 one side of X·C'ᵀ is so narrow that at::mm reaches a fraction of the
-// machine's rate (MKL: 61 GFLOP/s at D=16 K=64 against 171 at D=64 K=256 on the 2-core AVX-512
-// machine), and the score block then makes a second pass through memory. Here the centroids run
-// along the lanes (KV = ⌈K/16⌉ vectors, padded), R rows are held in registers (R·KV
-// accumulators), and each x_d is broadcast into one FMA per vector: a row costs D·KV FMAs, one
-// horizontal minimum and one band count, and its scores never leave the registers.
+// Why: with K ≤ 64 at::mm runs at about a third of its rate and the score block costs a second pass.
+// Here the centroids run along the lanes (KV = ⌈K/16⌉ vectors, padded), R rows are held in
+// registers (R·KV accumulators), and each x_d is broadcast into one FMA per vector: a row costs
+// D·KV FMAs, one horizontal minimum and one band count, and its scores never leave the registers.
 //
 // Same decisions as the other kernels: the score of centroid k is b_k + g_k with
 // g_k = Σ_d x_d·(−2c'_kd), summed in d order (another order than the GEMM's, within the same
@@ -15,16 +13,15 @@
 // So the labels and distances equal the other levels' (tests compare them).
 //
 // K > 64 (level kAvx512Wide, the default on AMD CPUs): the same loop over blocks of 64 centroids,
-// each block's −2c'ᵀ kept in L1 for 16 rows, their scores written to a 16 × K buffer. MKL, which
-// at::mm calls, takes its AVX2 code on AMD CPUs (174 GFLOP/s on 2 Zen 5 cores at D=64 K=256,
-// against 6.4 G 512-bit FMAs per second and core here); on Intel it is the faster way.
+// each block's −2c'ᵀ kept in L1 for 16 rows, their scores written to a 16 × K buffer.
+// Why: MKL (at::mm) takes its AVX2 code on AMD CPUs, this loop halves the step there; on Intel MKL is faster.
 #pragma once
 
 #if TLK_KMEANS_X86
 #include <vector>
 
 #define TLK_AVX512_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,popcnt,bmi")))
-// the score loops inlined into the block: as calls they were 10-15% slower (batched D=32 K=32)
+// the score loops inlined into the block: as calls they were 10-15% slower
 #define TLK_AVX512_INLINE __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,popcnt,bmi"), always_inline))
 
 // GCC 12 flags the _mm512_undefined_* inside its own reduction intrinsics (a false positive, GCC bug 105593).
@@ -41,8 +38,8 @@ constexpr int64_t kDirectWideMaxK = 512;
 
 // Requests the rows `ahead` rows past x0 (`rows` rows of D floats) into L1. The direct kernels'
 // score loops read R rows a float at a time, R lines apart, which the hardware prefetchers do not
-// follow (Zen 5, X streamed from DRAM: 3.4 G FMA/s against 6.4 on L1-resident rows). Past the end
-// of X is harmless: prefetches never fault.
+// follow (Zen 5: about half the FMA rate of L1-resident rows without it). Past the end of X is
+// harmless: prefetches never fault.
 inline void prefetch_rows(const float* x0, int64_t ahead, int64_t rows, int64_t D) {
   const char* p = reinterpret_cast<const char*>(x0 + ahead * D);
   for (int64_t byte = 0; byte < rows * D * static_cast<int64_t>(sizeof(float)); byte += 64) {

@@ -404,7 +404,7 @@ __attribute__((target("avx2,popcnt"))) int64_t epilogue_avx2(const ChunkEpilogue
 // kAvx512Wide: the GEMM-free kernel up to K = 512 (the default on AMD CPUs, where MKL's GEMM
 // takes its AVX2 code).
 // kAvx512Amx: as kAvx512Direct, but float32 scores for K > 64 by AMX tiles (kmeans_amx.h), read by
-// the transposed epilogue (for K ≤ 64 the direct kernel is faster: 46 vs 81 ms at D=16, K=64).
+// the transposed epilogue (for K ≤ 64 the direct kernel is faster, bench/NOTES-kmeans.md).
 enum class Simd : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Direct = 3, kAvx512Wide = 4, kAvx512Amx = 5 };
 
 // The AVX-512 levels read a transposed score block (M·K, rows): see gemm_transposed().
