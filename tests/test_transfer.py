@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tlkernels.data import class_split, load_digits, stratified_split
+from tlkernels.selfsup import rotate4
 from tlkernels.transfer import (
     Autoencoder,
     FeatureProbe,
@@ -22,7 +23,6 @@ from tlkernels.transfer import (
     RotationPretrainer,
     SelfTaught,
     finetune_tradeoff,
-    rotate4,
     rotation_accuracy,
     sweep_layer_transfer,
     transfer_layers,

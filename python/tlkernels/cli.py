@@ -25,6 +25,16 @@ COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
+def __getattr__(name: str):
+    # EXPERIMENT_MODULES (the experiments registered by name) is replaced by COMMANDS; one release.
+    if name == "EXPERIMENT_MODULES":
+        from ._deprecation import warn_moved
+
+        warn_moved("tlkernels.cli.EXPERIMENT_MODULES", "tlkernels.cli.COMMANDS")
+        return [m.split(".", 1)[1] for m, _ in COMMANDS if m.startswith("experiments.")]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand of COMMANDS registered."""
     parser = argparse.ArgumentParser(prog="tlkernels", description=__doc__)

@@ -10,8 +10,9 @@ from sklearn.base import ClassifierMixin
 from torch import Tensor, nn
 
 from .._base import TorchEstimator, like_input
+from .._deprecation import moved_names
 from .._validation import as_labels, to_numpy
-from ..nn import mlp
+from ..nn import mlp as _mlp
 from ..transfer._common import (
     as_weights,
     reset_parameters,
@@ -24,8 +25,10 @@ __all__ = [
     "ContextualClassifier",
     "WeightPredictingNet",
     "as_context",
-    "mlp",
-]  # mlp: tlkernels.nn.mlp
+]
+
+# mlp, defined here before, is tlkernels.nn.mlp (one MLP builder); this path stays one release.
+__getattr__ = moved_names(__name__, {"mlp": "tlkernels.nn"})
 
 
 def as_context(context, n: int, dim: int | None = None, arg: str = "context") -> Tensor:
@@ -63,10 +66,10 @@ class ContextConcatNet(nn.Module):
         self.at, self.context_dim = at, int(context_dim)
         if at == "input":
             self.first = nn.Identity()
-            self.rest = mlp(in_features + context_dim, hidden, n_classes)
+            self.rest = _mlp(in_features + context_dim, hidden, n_classes)
         else:
             self.first = nn.Sequential(nn.Linear(in_features, hidden[0]), nn.ReLU())
-            self.rest = mlp(hidden[0] + context_dim, hidden[1:], n_classes)
+            self.rest = _mlp(hidden[0] + context_dim, hidden[1:], n_classes)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         h = self.first(x.flatten(1))
@@ -92,7 +95,7 @@ class WeightPredictingNet(nn.Module):
             raise ValueError(f"features must be an nn.Module, got {type(features).__name__}")
         self.features = features
         self.feature_dim, self.context_dim, self.n_classes = int(feature_dim), int(context_dim), int(n_classes)
-        self.hyper = mlp(context_dim, hyper_hidden, n_classes * (feature_dim + 1))
+        self.hyper = _mlp(context_dim, hyper_hidden, n_classes * (feature_dim + 1))
 
     def weights(self, context: Tensor) -> tuple[Tensor, Tensor]:
         out = self.hyper(context)
@@ -175,9 +178,9 @@ class ContextualClassifier(ClassifierMixin, TorchEstimator):
         if self.model == "concat":
             return ContextConcatNet(d_in, c, C, hidden, self.at)
         if self.model == "weights":
-            phi = nn.Sequential(nn.Flatten(), mlp(d_in, hidden))
+            phi = nn.Sequential(nn.Flatten(), _mlp(d_in, hidden))
             return WeightPredictingNet(phi, hidden[-1], c, C, tuple(self.hyper_hidden))
-        return _Pooled(mlp(d_in, hidden, C))
+        return _Pooled(_mlp(d_in, hidden, C))
 
     def _context(self, context, n: int, fitting: bool) -> Tensor:
         if self.model == "pooled" and context is None:

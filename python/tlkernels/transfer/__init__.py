@@ -2,6 +2,7 @@
 conservative training (L2-SP, output constraints), progressive nets, self-supervised and
 self-taught pretraining. Estimators follow docs/design.md §5 (scikit-learn style)."""
 
+from .._deprecation import moved_names
 from ._common import param_layers
 from .conservative import L2SPLoss, OutputConstraintLoss
 from .distill import Distill, DistillationLoss, distillation_targets, tempered_probs
@@ -10,18 +11,15 @@ from .finetune import FineTune, Flextune, finetune_tradeoff, plot_tradeoff
 from .layers import LayerTransfer, sweep_layer_transfer, transfer_layers
 from .progressive import ProgressiveNet
 from .selfsup import (
-    N_ROTATIONS,
     Autoencoder,
     RotationPretrainer,
     mirror_decoder,
-    rotate4,
     rotation_accuracy,
 )
 from .selftaught import SelfTaught
 from .selftaught_clustering import SelfTaughtClustering, coclustering_objective
 
 __all__ = [
-    "N_ROTATIONS",
     "Autoencoder",
     "Distill",
     "DistillationLoss",
@@ -42,9 +40,11 @@ __all__ = [
     "mirror_decoder",
     "param_layers",
     "plot_tradeoff",
-    "rotate4",
     "rotation_accuracy",
     "sweep_layer_transfer",
     "tempered_probs",
     "transfer_layers",
 ]
+
+# N_ROTATIONS and rotate4 moved to tlkernels.selfsup (the rotation task); this path stays one release.
+__getattr__ = moved_names(__name__, {"N_ROTATIONS": "tlkernels.selfsup", "rotate4": "tlkernels.selfsup"})

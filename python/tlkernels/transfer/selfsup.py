@@ -19,15 +19,18 @@ import torch
 from torch import Tensor, nn
 
 from .._base import TorchEstimator, TorchTransformerMixin, like_input
+from .._deprecation import moved_names
 from .._seeding import draw_seed, seed_global_torch
 from ..nn import mlp
-from ..selfsup import N_ROTATIONS, SmallCNN, rotate4, rotation_accuracy, rotation_history
+from ..selfsup import N_ROTATIONS as _N_ROTATIONS
+from ..selfsup import SmallCNN, rotation_accuracy, rotation_history
 from ._common import as_weights, predict_logits, torch_generator, train_loop
 
-__all__ = ["N_ROTATIONS", "Autoencoder", "RotationPretrainer", "mirror_decoder", "rotate4", "rotation_accuracy"]
+__all__ = ["Autoencoder", "RotationPretrainer", "mirror_decoder", "rotation_accuracy"]
 
-# N_ROTATIONS, rotate4 and rotation_accuracy live in tlkernels.selfsup (the one implementation of
-# the rotation task and its trainer); they stay importable from here
+# The rotation task (N_ROTATIONS, rotate4, rotation_accuracy) and its trainer live in
+# tlkernels.selfsup; N_ROTATIONS and rotate4, defined here before, keep this path for one release.
+__getattr__ = moved_names(__name__, {"N_ROTATIONS": "tlkernels.selfsup", "rotate4": "tlkernels.selfsup"})
 
 
 class RotationPretrainer(TorchTransformerMixin, TorchEstimator):
@@ -78,7 +81,7 @@ class RotationPretrainer(TorchTransformerMixin, TorchEstimator):
         feature_dim = self.feature_dim
         if feature_dim is None:
             feature_dim = int(predict_logits(backbone, X[:1], device).shape[1])
-        model = nn.Sequential(backbone, nn.Linear(feature_dim, N_ROTATIONS)).to(device)
+        model = nn.Sequential(backbone, nn.Linear(feature_dim, _N_ROTATIONS)).to(device)
         self.history_ = rotation_history(
             model,
             X,
