@@ -275,3 +275,41 @@ def test_experiment_smoke():
     import json
 
     json.dumps(r)
+
+
+def test_self_training_equals_the_loop_written_out():
+    """fit's models, pseudo-labels and history equal self-training written as one loop: every round
+    pseudo-labels all unlabeled examples, keeps those at confidence >= threshold (at most
+    max_new_per_round more than before, the most confident first), weights them by confidence and
+    stops when the labels repeat."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(300, 6, n_informative=4, n_classes=3, random_state=0)
+    Xl, yl, Xu, yu = X[:40], y[:40], X[40:], y[40:]
+    st = SelfTraining(threshold=0.6, max_rounds=4, max_new_per_round=30, weight_by_confidence=True)
+    st.fit(Xl, yl, Xu, y_unlabeled_true=yu)
+
+    est = LogisticRegression(max_iter=1000).fit(Xl, yl)
+    coefs, labels, n_pseudo, accs = [est.coef_], np.full(len(Xu), -1), [0], [None]
+    for _ in range(4):
+        proba = est.predict_proba(Xu)
+        conf, pred = proba.max(1), est.classes_[proba.argmax(1)]
+        cand = np.flatnonzero(conf >= 0.6)
+        keep = cand[np.argsort(-conf[cand], kind="stable")[: (labels >= 0).sum() + 30]]
+        new = np.full(len(Xu), -1)
+        new[keep] = pred[keep]
+        if (new == labels).all():
+            break
+        labels, idx = new, np.flatnonzero(new >= 0)
+        w = np.concatenate([np.ones(len(Xl)), conf[idx]])
+        est = LogisticRegression(max_iter=1000).fit(np.concatenate([Xl, Xu[idx]]), np.concatenate([yl, labels[idx]]), w)
+        coefs.append(est.coef_)
+        n_pseudo.append(len(idx))
+        accs.append(float((labels[idx] == yu[idx]).mean()))
+
+    assert st.n_rounds_ == len(coefs) - 1 >= 2
+    np.testing.assert_array_equal(st.pseudo_labels_, labels)
+    assert [h["n_pseudo"] for h in st.history_] == n_pseudo
+    assert [h["pseudo_accuracy"] for h in st.history_] == accs
+    for mine, ref in zip(st.estimators_, coefs):
+        np.testing.assert_array_equal(mine.coef_, ref)

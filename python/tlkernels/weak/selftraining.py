@@ -40,6 +40,57 @@ def _check_x(X, name: str):
     as_tensor(X, name)
 
 
+def _labels_1d(y, n: int):
+    """y (n,) or a column vector (n, 1) (flattened with scikit-learn's DataConversionWarning)
+    -> (y as given or flattened, y as numpy (n,))."""
+    if y is None:
+        raise ValueError("SelfTraining requires y to be passed, but the target y is None")
+    y_np = _to_numpy(y)
+    if y_np.ndim == 2 and y_np.shape[1] == 1:
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected: shape (n,) is used",
+            DataConversionWarning,
+            stacklevel=4,
+        )
+        y_np = y_np.ravel()
+        y = y.reshape(-1) if isinstance(y, Tensor) else y_np
+    if y_np.ndim != 1 or y_np.shape[0] != n:
+        raise ValueError(f"y must have shape ({n},) to match X_labeled, got {tuple(y_np.shape)}")
+    return y, y_np
+
+
+def _split_unlabeled(X, y, y_np: np.ndarray, sample_weight):
+    """scikit-learn's SelfTrainingClassifier convention: the rows of X (N, ...) whose label is -1
+    are the unlabeled ones. Returns (X, y, y_np, sample_weight) of the labelled rows and X of the
+    unlabeled rows (0 rows when no label is -1: then X, y and the weights are returned as given)."""
+    unl = y_np == -1 if y_np.dtype.kind in "iuf" else np.zeros(len(y_np), dtype=bool)
+    X_unlabeled = _take(X, np.flatnonzero(unl))
+    keep = np.flatnonzero(~unl)
+    if unl.any():
+        if sample_weight is not None:
+            sample_weight = _to_numpy(sample_weight)[keep]
+        X, y = _take(X, keep), _take(y, keep)
+        y_np = _to_numpy(y)
+    return X, y, y_np, X_unlabeled, sample_weight
+
+
+def _round_record(r: int, n_changed: int, labels: np.ndarray, conf: np.ndarray, y_true, idx: np.ndarray) -> dict:
+    """history_'s entry of round r: the pseudo-labelled examples' labels (k,) and confidences
+    (k,), at positions idx (k,) of X_unlabeled; pseudo_accuracy against y_true (m,) when given."""
+    acc = None if y_true is None or len(idx) == 0 else float((labels == y_true[idx]).mean())
+    return {
+        "round": r,
+        "n_pseudo": len(idx),
+        "n_changed": n_changed,
+        "mean_confidence": float(conf.mean()) if len(idx) else None,
+        "pseudo_accuracy": acc,
+    }
+
+
 def _default_estimator():
     from sklearn.linear_model import LogisticRegression
 
@@ -140,40 +191,63 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
 
     def fit(self, X_labeled, y, X_unlabeled=None, sample_weight=None, y_unlabeled_true=None) -> SelfTraining:
         """X_labeled (n, ...), y (n,), X_unlabeled (m, ...) or None (then y == -1 marks them),
-        sample_weight (n,), y_unlabeled_true (m,) for reporting only; returns self."""
+        sample_weight (n,), y_unlabeled_true (m,) for reporting only; returns self.
+
+        Round 0 fits the labelled data; each later round pseudo-labels every unlabeled example
+        with the last model (``_pseudo_label``) and, unless nothing changed, retrains on the
+        labelled data plus the pseudo-labelled examples (``_retrain``)."""
         from tqdm.auto import tqdm
 
+        X_labeled, y, y_np, X_unlabeled, w_l, y_true = self._fit_inputs(
+            X_labeled, y, X_unlabeled, sample_weight, y_unlabeled_true
+        )
+        est = self._fit_one(self._new(), X_labeled, y, w_l)
+        self.estimators_ = [est]
+        self.history_ = [{"round": 0, "n_pseudo": 0, "n_changed": 0, "mean_confidence": None, "pseudo_accuracy": None}]
+        m = X_unlabeled.shape[0]
+        labels = np.full(m, -1, dtype=np.int64)
+        mask = np.zeros(m, dtype=bool)
+        conf = np.zeros(m)
+        bar = tqdm(
+            range(1, int(self.max_rounds) + 1 if m > 0 else 1),
+            desc="self-training",
+            disable=not self.verbose,
+            leave=False,
+        )
+        for r in bar:
+            new_labels, new_mask, conf = self._pseudo_label(est, X_unlabeled, mask)
+            n_changed = int((new_labels != labels).sum())
+            if n_changed == 0:
+                break  # fixed point: the next training set would be the same
+            labels, mask = new_labels, new_mask
+            idx = np.flatnonzero(mask)
+            if len(idx) == 0:
+                est = self.estimators_[0]
+            else:
+                est = self._retrain(X_labeled, y, y_np, w_l, _take(X_unlabeled, idx), labels[idx], conf[idx])
+            self.estimators_.append(est)
+            self.history_.append(_round_record(r, n_changed, labels[idx], conf[idx], y_true, idx))
+        bar.close()
+        self.estimator_ = est
+        self.classes_ = getattr(est, "classes_", None)
+        if len(X_labeled.shape) == 2:
+            self.n_features_in_ = int(X_labeled.shape[1])
+        self.pseudo_labels_, self.pseudo_mask_, self.confidence_ = labels, mask, conf
+        self.n_rounds_ = len(self.estimators_) - 1
+        return self
+
+    def _fit_inputs(self, X_labeled, y, X_unlabeled, sample_weight, y_unlabeled_true):
+        """Checks fit's arguments; returns X_labeled (n, ...) and y (n,) as given (or the rows of
+        y != -1 when X_unlabeled is None), y as numpy (n,), X_unlabeled (m, ...), the labelled
+        weights (n,) float64 or None, and y_unlabeled_true (m,) or None."""
         if not hasattr(X_labeled, "shape"):
             X_labeled = np.asarray(X_labeled)
         if X_unlabeled is not None and not hasattr(X_unlabeled, "shape"):
             X_unlabeled = np.asarray(X_unlabeled)
         _check_x(X_labeled, "X_labeled")
-        if y is None:
-            raise ValueError("SelfTraining requires y to be passed, but the target y is None")
-        y_np = _to_numpy(y)
-        if y_np.ndim == 2 and y_np.shape[1] == 1:
-            import warnings
-
-            from sklearn.exceptions import DataConversionWarning
-
-            warnings.warn(
-                "A column-vector y was passed when a 1d array was expected: shape (n,) is used",
-                DataConversionWarning,
-                stacklevel=2,
-            )
-            y_np = y_np.ravel()
-            y = y.reshape(-1) if isinstance(y, Tensor) else y_np
-        if y_np.ndim != 1 or y_np.shape[0] != X_labeled.shape[0]:
-            raise ValueError(f"y must have shape ({X_labeled.shape[0]},) to match X_labeled, got {tuple(y_np.shape)}")
+        y, y_np = _labels_1d(y, X_labeled.shape[0])
         if X_unlabeled is None:
-            unl = y_np == -1 if y_np.dtype.kind in "iuf" else np.zeros(len(y_np), dtype=bool)
-            X_unlabeled = _take(X_labeled, np.flatnonzero(unl))
-            keep = np.flatnonzero(~unl)
-            if unl.any():
-                if sample_weight is not None:
-                    sample_weight = _to_numpy(sample_weight)[keep]
-                X_labeled, y = _take(X_labeled, keep), _take(y, keep)
-                y_np = _to_numpy(y)
+            X_labeled, y, y_np, X_unlabeled, sample_weight = _split_unlabeled(X_labeled, y, y_np, sample_weight)
         if y_np.shape[0] == 0:
             raise ValueError("y must label at least one example (every label is -1)")
         if X_unlabeled.shape[0] > 0:
@@ -194,68 +268,37 @@ class SelfTraining(ClassifierMixin, BaseEstimator):
             y_true = _to_numpy(y_unlabeled_true).ravel()
             if y_true.shape[0] != m:
                 raise ValueError(f"y_unlabeled_true must have shape ({m},) to match X_unlabeled, got {y_true.shape}")
-        use_w = w_l is not None or self.weight_by_confidence
+        return X_labeled, y, y_np, X_unlabeled, w_l, y_true
 
-        est = self._fit_one(self._new(), X_labeled, y, w_l)
-        self.estimators_ = [est]
-        self.history_ = [{"round": 0, "n_pseudo": 0, "n_changed": 0, "mean_confidence": None, "pseudo_accuracy": None}]
-        labels = np.full(m, -1, dtype=np.int64)
-        mask = np.zeros(m, dtype=bool)
-        conf = np.zeros(m)
-        bar = tqdm(
-            range(1, int(self.max_rounds) + 1 if m > 0 else 1),
-            desc="self-training",
-            disable=not self.verbose,
-            leave=False,
-        )
-        for r in bar:
-            proba = np.asarray(est.predict_proba(X_unlabeled))
-            conf = proba.max(1)
-            pred = self._classes(est, proba.shape[1])[proba.argmax(1)].astype(np.int64)
-            new_mask = conf >= float(self.threshold)
-            if self.max_new_per_round is not None:
-                cap = int(mask.sum()) + int(self.max_new_per_round)
-                if new_mask.sum() > cap:
-                    cand = np.flatnonzero(new_mask)
-                    keep = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
-                    new_mask = np.zeros(m, dtype=bool)
-                    new_mask[keep] = True
-            new_labels = np.where(new_mask, pred, -1)
-            n_changed = int((new_labels != labels).sum())
-            if n_changed == 0:
-                break  # fixed point: the next training set would be the same
-            labels, mask = new_labels, new_mask
-            idx = np.flatnonzero(mask)
-            if len(idx) == 0:
-                est = self.estimators_[0]
-            else:
-                X_all = _concat(X_labeled, _take(X_unlabeled, idx))
-                y_lab = labels[idx]
-                y_all = _concat(y, torch.as_tensor(y_lab)) if isinstance(y, Tensor) else np.concatenate([y_np, y_lab])
-                w = None
-                if use_w:
-                    w_p = conf[idx] if self.weight_by_confidence else np.ones(len(idx))
-                    w = np.concatenate([np.ones(n) if w_l is None else w_l, w_p])
-                est = self._fit_one(self._new(), X_all, y_all, w)
-            self.estimators_.append(est)
-            acc = None if y_true is None or len(idx) == 0 else float((labels[idx] == y_true[idx]).mean())
-            self.history_.append(
-                {
-                    "round": r,
-                    "n_pseudo": len(idx),
-                    "n_changed": n_changed,
-                    "mean_confidence": float(conf[idx].mean()) if len(idx) else None,
-                    "pseudo_accuracy": acc,
-                }
-            )
-        bar.close()
-        self.estimator_ = est
-        self.classes_ = getattr(est, "classes_", None)
-        if len(X_labeled.shape) == 2:
-            self.n_features_in_ = int(X_labeled.shape[1])
-        self.pseudo_labels_, self.pseudo_mask_, self.confidence_ = labels, mask, conf
-        self.n_rounds_ = len(self.estimators_) - 1
-        return self
+    def _pseudo_label(self, est, X_unlabeled, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One round's pseudo-labels of X_unlabeled (m, ...) under `est`, given the last round's
+        mask (m,): labels (m,) int64 (-1 = not pseudo-labelled), mask (m,) bool (confidence >=
+        threshold, at most max_new_per_round more than before, the most confident first) and the
+        confidence (m,) (the max class probability)."""
+        proba = np.asarray(est.predict_proba(X_unlabeled))
+        conf = proba.max(1)
+        pred = self._classes(est, proba.shape[1])[proba.argmax(1)].astype(np.int64)
+        new_mask = conf >= float(self.threshold)
+        if self.max_new_per_round is not None:
+            cap = int(mask.sum()) + int(self.max_new_per_round)
+            if new_mask.sum() > cap:
+                cand = np.flatnonzero(new_mask)
+                keep = cand[np.argsort(-conf[cand], kind="stable")[:cap]]
+                new_mask = np.zeros(len(conf), dtype=bool)
+                new_mask[keep] = True
+        return np.where(new_mask, pred, -1), new_mask, conf
+
+    def _retrain(self, X_labeled, y, y_np, w_l, X_pseudo, y_pseudo: np.ndarray, conf: np.ndarray):
+        """A fresh estimator fitted on X_labeled (n, ...), y (n,) (y_np its numpy form) plus the
+        pseudo-labelled X_pseudo (k, ...), y_pseudo (k,); with weights when the labelled data has
+        them (w_l (n,)) or weight_by_confidence (then the pseudo-labelled get their conf (k,))."""
+        X_all = _concat(X_labeled, X_pseudo)
+        y_all = _concat(y, torch.as_tensor(y_pseudo)) if isinstance(y, Tensor) else np.concatenate([y_np, y_pseudo])
+        w = None
+        if w_l is not None or self.weight_by_confidence:
+            w_p = conf if self.weight_by_confidence else np.ones(len(y_pseudo))
+            w = np.concatenate([np.ones(len(y_np)) if w_l is None else w_l, w_p])
+        return self._fit_one(self._new(), X_all, y_all, w)
 
     def _check_fitted(self):
         check_fitted(self)
