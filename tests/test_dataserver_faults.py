@@ -348,6 +348,34 @@ def test_selection_requests_are_validated_strictly(tmp_path):
         output_data(s, parts, 3, seed=-1)
 
 
+def test_selection_answers_before_partitioning_and_for_bad_scores_budgets_and_records(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    root = str(tmp_path / "s")
+    store = Store.create(root, {"a": (torch.rand(20, 1, 4, 4, generator=gen), None)}, shard_size=8)
+    client = TestClient(create_app(root))
+    info = client.get("/v1/store").json()
+    assert info["n_partitions"] is None and info["datasets"] == [
+        {"name": "a", "size": 20, "shape": [1, 4, 4], "labelled": False}
+    ]
+    r = post(client, {"scores": [0.5, 0.5], "budget": 3})
+    assert r.status_code == 409 and "not partitioned" in r.text
+    store.save_partitions(np.arange(20) % 2)
+    for body, message in [
+        ({"scores": [0.5], "budget": 3}, "one value per expert: 2, got 1"),
+        ({"scores": [0.5, float("inf")], "budget": 3}, "finite"),
+        ({"scores": [0.5, 0.5], "budget": 21}, "budget must be in [1, 20]"),
+        ({"scores": [0.5, 0.5], "budget": 0}, "budget must be in [1, 20]"),
+    ]:
+        r = client.post("/v1/selections", content=json.dumps(body, allow_nan=True), headers=JSON)
+        assert r.status_code == 400 and message in r.json()["detail"], (body, r.text)
+    sid = post(client, {"scores": [0.5, 0.5], "budget": 4, "seed": 1}).json()["id"]
+    record = json.loads(Path(root, "selections", f"{sid}.json").read_text())
+    assert record["budget"] == 4 and record["seed"] == 1 and len(record["indices"]) == 4
+    Path(root, "selections", f"{sid}.json").write_text(json.dumps({"indices": [0, 20]}))
+    r = client.get(f"/v1/selections/{sid}/samples")
+    assert r.status_code == 500 and f"selections/{sid}.json" in r.text and "[0, 20)" in r.text
+
+
 # ------------------------------------------------------------- 8. CLI and messages
 def test_cli_errors_are_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^tlkernels serve: .*no manifest\.json") as e:

@@ -222,6 +222,120 @@ class _Selections:
         return existed
 
 
+def _check_limits(**limits) -> None:
+    """Each of create_app's limits (name=value) must be a number >= 0 (0: no limit)."""
+    for name, v in limits.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+            raise ValueError(f"{name} must be a non-negative number (0: no limit), got {v!r}")
+
+
+def _log_manifest_state(store_dir: str) -> None:
+    """Logs, at start-up, an unreadable experts manifest (the other endpoints still serve;
+    /v1/experts answers 500 naming it) or one whose files carry no sha256 (served unchecked)."""
+    try:
+        manifest = load_expert_manifest(store_dir)
+    except CorruptFileError as e:
+        log.error("%s", e)
+        manifest = None
+    if manifest is not None and any("sha256" not in e for e in manifest["experts"]):
+        log.warning(
+            "the experts manifest of %s records no sha256 for its files: they are served unchecked "
+            "(rebuild the experts to record them)",
+            store_dir,
+        )
+
+
+def _store_summary(store: Store) -> dict:
+    """GET /v1/store: size, example shape, number of partitions (None before partitioning) and
+    the datasets (name, size, shape, labelled)."""
+    parts = store.partitions
+    return {
+        "size": store.size,
+        "example_shape": list(store.example_shape),
+        "n_partitions": None if parts is None else int(parts.max()) + 1,
+        "datasets": [
+            {
+                "name": d.name,
+                "size": d.size,
+                "shape": list(d.shape),
+                "labelled": d.labelled,
+            }
+            for d in store.datasets
+        ],
+    }
+
+
+def _parse_selection(body: bytes) -> SelectionRequest:
+    """The JSON body of POST /v1/selections; a malformed one raises FastAPI's 422
+    RequestValidationError with the locations under "body"."""
+    try:
+        return SelectionRequest.model_validate_json(body)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_context=False, include_input=False)
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors]) from None
+
+
+def _make_selection(req: SelectionRequest, store: Store, selections: _Selections) -> dict:
+    """Draws `req.budget` store indices by the experts' scores (one per partition), records them
+    under a new id and returns {"id", "indices"}; 409 before partitioning, 400 for scores of the
+    wrong length or not finite and for a budget outside [1, store size]."""
+    parts = store.partitions
+    if parts is None:
+        raise HTTPException(409, "the store is not partitioned yet")
+    k = int(parts.max()) + 1
+    if len(req.scores) != k:
+        raise HTTPException(
+            400,
+            f"scores must have one value per expert: {k}, got {len(req.scores)}",
+        )
+    if not np.isfinite(np.asarray(req.scores, dtype=np.float64)).all():
+        raise HTTPException(400, "scores must be finite numbers (no NaN or infinity)")
+    if not 0 < req.budget <= store.size:
+        raise HTTPException(
+            400,
+            f"budget must be in [1, {store.size}] (the store size), got {req.budget}",
+        )
+    seed = 0 if req.seed is None else req.seed
+    try:
+        idx = output_data(req.scores, parts, req.budget, seed=seed)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    sid = uuid.uuid4().hex
+    record = {
+        "id": sid,
+        "scores": req.scores,
+        "budget": req.budget,
+        "seed": seed,
+        "indices": idx.tolist(),
+    }
+    selections.add(sid, record)
+    return {"id": sid, "indices": record["indices"]}
+
+
+def _selection_indices(path: str, sid: str, store_size: int) -> np.ndarray:
+    """The indices (n,) int64 recorded in selection `sid`'s file at `path`: 404 when the file
+    went away, CorruptFileError (naming selections/<sid>.json) when it is not a selection record
+    or holds an index outside [0, store_size)."""
+    shown = f"selections/{sid}.json"
+    try:
+        with open(path, encoding="utf-8") as f:
+            indices = np.asarray(json.load(f)["indices"], dtype=np.int64).reshape(-1)
+    except FileNotFoundError:
+        raise HTTPException(404, f"unknown or expired selection id {sid!r}") from None
+    except (
+        UnicodeDecodeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        OverflowError,
+    ) as e:
+        what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+        raise CorruptFileError(shown, f"not a selection record ({what})") from None
+    if indices.size and (indices.min() < 0 or indices.max() >= store_size):
+        raise CorruptFileError(shown, f"its indices are not all in [0, {store_size})")
+    return indices
+
+
 def create_app(
     store_dir: str,
     *,
@@ -231,26 +345,10 @@ def create_app(
 ) -> FastAPI:
     """The FastAPI application serving the store at `store_dir` (see the module docstring for the
     limits). Raises CorruptFileError (naming the file) if the store's manifest is unreadable."""
-    for name, v in (
-        ("max_body_bytes", max_body_bytes),
-        ("max_selections", max_selections),
-        ("selection_ttl", selection_ttl),
-    ):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
-            raise ValueError(f"{name} must be a non-negative number (0: no limit), got {v!r}")
+    _check_limits(max_body_bytes=max_body_bytes, max_selections=max_selections, selection_ttl=selection_ttl)
     store = Store(store_dir)
     selections = _Selections(os.path.join(store_dir, "selections"), int(max_selections), float(selection_ttl))
-    try:
-        manifest = load_expert_manifest(store_dir)
-    except CorruptFileError as e:  # the other endpoints still serve; /v1/experts answers 500 naming it
-        log.error("%s", e)
-        manifest = None
-    if manifest is not None and any("sha256" not in e for e in manifest["experts"]):
-        log.warning(
-            "the experts manifest of %s records no sha256 for its files: they are served unchecked "
-            "(rebuild the experts to record them)",
-            store_dir,
-        )
+    _log_manifest_state(store_dir)
     app = FastAPI(title="tlkernels dataserver", version="1")
     if max_body_bytes:
         app.add_middleware(BodySizeLimit, limit=int(max_body_bytes))
@@ -271,21 +369,7 @@ def create_app(
 
     @app.get("/v1/store")
     def get_store():
-        parts = store.partitions
-        return {
-            "size": store.size,
-            "example_shape": list(store.example_shape),
-            "n_partitions": None if parts is None else int(parts.max()) + 1,
-            "datasets": [
-                {
-                    "name": d.name,
-                    "size": d.size,
-                    "shape": list(d.shape),
-                    "labelled": d.labelled,
-                }
-                for d in store.datasets
-            ],
-        }
+        return _store_summary(store)
 
     @app.get("/v1/experts")
     def get_experts():
@@ -301,45 +385,8 @@ def create_app(
             media_type="application/octet-stream",
         )
 
-    def select(
-        body: bytes,
-    ) -> dict:  # in a worker thread: parsing, scoring, the file write
-        try:
-            req = SelectionRequest.model_validate_json(body)
-        except ValidationError as e:
-            errors = e.errors(include_url=False, include_context=False, include_input=False)
-            raise RequestValidationError([{**err, "loc": ("body", *err["loc"])} for err in errors]) from None
-        parts = store.partitions
-        if parts is None:
-            raise HTTPException(409, "the store is not partitioned yet")
-        k = int(parts.max()) + 1
-        if len(req.scores) != k:
-            raise HTTPException(
-                400,
-                f"scores must have one value per expert: {k}, got {len(req.scores)}",
-            )
-        if not np.isfinite(np.asarray(req.scores, dtype=np.float64)).all():
-            raise HTTPException(400, "scores must be finite numbers (no NaN or infinity)")
-        if not 0 < req.budget <= store.size:
-            raise HTTPException(
-                400,
-                f"budget must be in [1, {store.size}] (the store size), got {req.budget}",
-            )
-        seed = 0 if req.seed is None else req.seed
-        try:
-            idx = output_data(req.scores, parts, req.budget, seed=seed)
-        except ValueError as e:
-            raise HTTPException(400, str(e)) from None
-        sid = uuid.uuid4().hex
-        record = {
-            "id": sid,
-            "scores": req.scores,
-            "budget": req.budget,
-            "seed": seed,
-            "indices": idx.tolist(),
-        }
-        selections.add(sid, record)
-        return {"id": sid, "indices": record["indices"]}
+    def select(body: bytes) -> dict:  # in a worker thread: parsing, scoring, the file write
+        return _make_selection(_parse_selection(body), store, selections)
 
     @app.post(
         "/v1/selections",
@@ -364,24 +411,7 @@ def create_app(
 
     @app.get("/v1/selections/{sid}/samples")
     def get_samples(sid: str, offset: int = Query(0, ge=0), limit: int = Query(1024, ge=1, le=65536)):
-        path = known_selection(sid)
-        shown = f"selections/{sid}.json"
-        try:
-            with open(path, encoding="utf-8") as f:
-                indices = np.asarray(json.load(f)["indices"], dtype=np.int64).reshape(-1)
-        except FileNotFoundError:
-            raise HTTPException(404, f"unknown or expired selection id {sid!r}") from None
-        except (
-            UnicodeDecodeError,
-            ValueError,
-            KeyError,
-            TypeError,
-            OverflowError,
-        ) as e:
-            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
-            raise CorruptFileError(shown, f"not a selection record ({what})") from None
-        if indices.size and (indices.min() < 0 or indices.max() >= store.size):
-            raise CorruptFileError(shown, f"its indices are not all in [0, {store.size})")
+        indices = _selection_indices(known_selection(sid), sid, store.size)
         chunk = indices[offset : offset + limit]
         X, y = store.get(chunk)
         import torch
