@@ -163,3 +163,42 @@ def test_every_subcommand_registers_through_the_table():
     } <= set(listed)
     for name, sub in action.choices.items():
         assert callable(sub.get_default("func")) or name == "dataserver", name
+
+
+def test_soseleto_runs_each_experiment_with_its_defaults(monkeypatch, capsys):
+    """Every --experiment choice reaches its runner, once per seed, with its default n_target and
+    epochs (runners replaced by recorders: this checks the dispatch, not the experiments)."""
+    import argparse
+
+    from tlkernels.cli import build_parser
+    from tlkernels.commands import soseleto as cmd
+    from tlkernels.experiments import soseleto as ex
+    from tlkernels.experiments import soseleto_digits
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    choices = next(a for a in sub.choices["soseleto"]._actions if a.dest == "experiment").choices
+    assert set(choices) == set(cmd._EXPERIMENTS)
+
+    calls = []
+
+    def recorder(name):
+        def run(**kw):
+            calls.append((name, kw.get("n_target"), kw.get("epochs", kw.get("source_epochs")), kw["seed"]))
+            return {"seed": kw["seed"], "auroc": 0.5, "target_accuracy": 0.5, "accuracy": {"soseleto": 0.5}}
+
+        return run
+
+    for name in ("run_synthetic", "run_noisy", "run_disjoint"):
+        monkeypatch.setattr(ex, name, recorder(name))
+    monkeypatch.setattr(soseleto_digits, "run_svhn_mnist", recorder("run_svhn_mnist"))
+    monkeypatch.setattr(soseleto_digits, "print_table", lambda results: None)
+    expected = {
+        "synthetic": ("run_synthetic", None, 60),
+        "noisy": ("run_noisy", 100, 30),
+        "disjoint": ("run_disjoint", 25, 30),
+        "svhn-mnist": ("run_svhn_mnist", 20, 3),
+    }
+    for experiment, (runner, n_target, epochs) in expected.items():
+        calls.clear()
+        assert main(["soseleto", "--experiment", experiment, "--seed", "4", "--seeds", "2", "--quiet"]) == 0
+        assert calls == [(runner, n_target, epochs, 4), (runner, n_target, epochs, 5)], experiment

@@ -56,106 +56,140 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_soseleto(args: argparse.Namespace) -> int:
-    import numpy as np
+def _svhn_mnist(args: argparse.Namespace, seeds: list[int], dev) -> list[dict]:
+    from ..experiments import soseleto_digits
 
+    results = [
+        soseleto_digits.run_svhn_mnist(
+            n_target=args.n_target or 20, seed=s, source_epochs=args.epochs or 3, device=dev, verbose=not args.quiet
+        )
+        for s in seeds
+    ]
+    soseleto_digits.print_table(results)
+    return results
+
+
+def _synthetic(args: argparse.Namespace, seeds: list[int], dev) -> list[dict]:
     from ..experiments import soseleto as ex
 
-    seeds = [args.seed + k for k in range(args.seeds)]
-    dev = torch_device(args.device)
-    if args.experiment == "svhn-mnist":
-        from ..experiments import soseleto_digits
-
-        results = [
-            soseleto_digits.run_svhn_mnist(
-                n_target=args.n_target or 20, seed=s, source_epochs=args.epochs or 3, device=dev, verbose=not args.quiet
-            )
-            for s in seeds
-        ]
-        soseleto_digits.print_table(results)
-    elif args.experiment == "synthetic":
-        results = [
-            ex.run_synthetic(
-                seed=s, epochs=args.epochs or 60, plot=args.plot if k == 0 else None, device=dev, verbose=not args.quiet
-            )
-            for k, s in enumerate(seeds)
-        ]
-        for r in results:
-            print(
-                f"seed {r['seed']}: alpha AUROC clean/noisy {r['auroc']:.3f}, target accuracy "
-                f"{r['target_accuracy']:.3f}"
-            )
-    elif args.experiment == "noisy":
-        results = [
-            ex.run_noisy(
-                noise=args.noise,
-                n_target=args.n_target or 100,
-                seed=s,
-                epochs=args.epochs or 30,
-                device=dev,
-                kind=args.kind,
-                plot=args.plot if k == 0 else None,
-                verbose=not args.quiet,
-            )
-            for k, s in enumerate(seeds)
-        ]
-        _print_table(results)
-    elif args.experiment == "disjoint":
-        results = [
-            ex.run_disjoint(
-                n_target=args.n_target or 25,
-                seed=s,
-                epochs=args.epochs or 30,
-                shift=args.shift,
-                device=dev,
-                verbose=not args.quiet,
-            )
-            for s in seeds
-        ]
-        _print_table(results)
-    else:
-        args.shift = args.shift or "rotation"
-        results = [
-            ex.run_domain(
-                n_target=args.n_target or 20,
-                seed=s,
-                epochs=args.epochs or 30,
-                shift=args.shift,
-                device=dev,
-                verbose=not args.quiet,
-            )
-            for s in seeds
-        ]
-        labels = {
-            "target_only": "Target only",
-            "fine_tuning": "Fine-tuning",
-            "soseleto": "SOSELETO (separate heads)",
-            "soseleto_ft": "  + fine-tuning",
-            "soseleto_shared": "SOSELETO (shared head)",
-            "soseleto_shared_ft": "  + fine-tuning",
-        }
-        print(
-            f"digits -> digits under '{args.shift}', {results[0]['n_target']} labelled target examples; "
-            f"test accuracy % (mean ± std over {len(results)} seed(s))"
+    results = [
+        ex.run_synthetic(
+            seed=s, epochs=args.epochs or 60, plot=args.plot if k == 0 else None, device=dev, verbose=not args.quiet
         )
-        rows = [("Source only (no target)", [r["source_only"] for r in results])]
-        rows += [(labels[m], [r["accuracy"][m] for r in results]) for m in results[0]["accuracy"]]
-        for name, v in rows:
-            v = np.array(v) * 100
-            print(f"{name:<27} {v.mean():5.1f} ± {v.std():4.1f}")
-        for key in results[0]["alpha"]:
-            a = [r["alpha"][key] for r in results]
-            per_class = np.mean([x["mean_per_class"] for x in a], 0)
-            line = (
-                f"alpha {key}: mean {np.mean([x['mean'] for x in a]):.2f}, per class "
-                f"[{' '.join(f'{c:.2f}' for c in per_class)}]"
-            )
-            for m in ("spearman_target_p_true", "spearman_slant"):
-                vals = [x[m] for x in a if x[m] is not None]
-                if vals:
-                    line += f", {m} {np.mean(vals):+.2f}"
-            print(line)
-        print(f"{sum(r['seconds'] for r in results):.0f} s")
+        for k, s in enumerate(seeds)
+    ]
+    for r in results:
+        print(f"seed {r['seed']}: alpha AUROC clean/noisy {r['auroc']:.3f}, target accuracy {r['target_accuracy']:.3f}")
+    return results
+
+
+def _noisy(args: argparse.Namespace, seeds: list[int], dev) -> list[dict]:
+    from ..experiments import soseleto as ex
+
+    results = [
+        ex.run_noisy(
+            noise=args.noise,
+            n_target=args.n_target or 100,
+            seed=s,
+            epochs=args.epochs or 30,
+            device=dev,
+            kind=args.kind,
+            plot=args.plot if k == 0 else None,
+            verbose=not args.quiet,
+        )
+        for k, s in enumerate(seeds)
+    ]
+    _print_table(results)
+    return results
+
+
+def _disjoint(args: argparse.Namespace, seeds: list[int], dev) -> list[dict]:
+    from ..experiments import soseleto as ex
+
+    results = [
+        ex.run_disjoint(
+            n_target=args.n_target or 25,
+            seed=s,
+            epochs=args.epochs or 30,
+            shift=args.shift,
+            device=dev,
+            verbose=not args.quiet,
+        )
+        for s in seeds
+    ]
+    _print_table(results)
+    return results
+
+
+def _domain(args: argparse.Namespace, seeds: list[int], dev) -> list[dict]:
+    from ..experiments import soseleto as ex
+
+    args.shift = args.shift or "rotation"
+    results = [
+        ex.run_domain(
+            n_target=args.n_target or 20,
+            seed=s,
+            epochs=args.epochs or 30,
+            shift=args.shift,
+            device=dev,
+            verbose=not args.quiet,
+        )
+        for s in seeds
+    ]
+    _print_domain_table(results, args.shift)
+    return results
+
+
+def _print_domain_table(results: list[dict], shift: str) -> None:
+    """The domain experiment's accuracies (source only, then each method) and alpha's summaries,
+    mean ± std over the seeds' results."""
+    import numpy as np
+
+    labels = {
+        "target_only": "Target only",
+        "fine_tuning": "Fine-tuning",
+        "soseleto": "SOSELETO (separate heads)",
+        "soseleto_ft": "  + fine-tuning",
+        "soseleto_shared": "SOSELETO (shared head)",
+        "soseleto_shared_ft": "  + fine-tuning",
+    }
+    print(
+        f"digits -> digits under '{shift}', {results[0]['n_target']} labelled target examples; "
+        f"test accuracy % (mean ± std over {len(results)} seed(s))"
+    )
+    rows = [("Source only (no target)", [r["source_only"] for r in results])]
+    rows += [(labels[m], [r["accuracy"][m] for r in results]) for m in results[0]["accuracy"]]
+    for name, v in rows:
+        v = np.array(v) * 100
+        print(f"{name:<27} {v.mean():5.1f} ± {v.std():4.1f}")
+    for key in results[0]["alpha"]:
+        a = [r["alpha"][key] for r in results]
+        per_class = np.mean([x["mean_per_class"] for x in a], 0)
+        line = (
+            f"alpha {key}: mean {np.mean([x['mean'] for x in a]):.2f}, per class "
+            f"[{' '.join(f'{c:.2f}' for c in per_class)}]"
+        )
+        for m in ("spearman_target_p_true", "spearman_slant"):
+            vals = [x[m] for x in a if x[m] is not None]
+            if vals:
+                line += f", {m} {np.mean(vals):+.2f}"
+        print(line)
+    print(f"{sum(r['seconds'] for r in results):.0f} s")
+
+
+# --experiment -> the function that runs it over the seeds and prints its table
+_EXPERIMENTS = {
+    "svhn-mnist": _svhn_mnist,
+    "synthetic": _synthetic,
+    "noisy": _noisy,
+    "disjoint": _disjoint,
+    "domain": _domain,
+}
+
+
+def _cmd_soseleto(args: argparse.Namespace) -> int:
+    seeds = [args.seed + k for k in range(args.seeds)]
+    results = _EXPERIMENTS[args.experiment](args, seeds, torch_device(args.device))
     write_json(args.json, results[0] if len(results) == 1 else results)
     return 0
 
