@@ -180,64 +180,80 @@ def train_experts(
         mine = tqdm(mine, desc="experts", unit="expert")
     for i in mine:
         members = np.flatnonzero(parts == i)
-        X, y = store.get(members)
-        torch.manual_seed(seed + i)
-        extra = {}
-        if task == "rotation":
-            net = SmallCNN(in_channels=store.example_shape[0])
-            train_rotation(net, X, epochs=epochs, seed=seed + i)
-        else:
-            lab = (y >= 0).numpy()
-            if not lab.any():
-                raise ValueError(
-                    f"partition {i} has no labelled examples: task='classification' needs labels "
-                    "in every partition (use task='rotation')"
-                )
-            keys = store.dataset_ids()[members][lab] * 1_000_000 + y.numpy()[lab]
-            classes, yi = np.unique(keys, return_inverse=True)
-            net = SmallCNN(in_channels=store.example_shape[0], n_outputs=len(classes))
-            _train_classifier(
-                net,
-                X[torch.from_numpy(lab)],
-                torch.from_numpy(yi).long(),
-                epochs,
-                seed + i,
-            )
-            extra["classes"] = [[int(c // 1_000_000), int(c % 1_000_000)] for c in classes]
-        weights = os.path.join(out, f"expert-{i:03d}.safetensors")
-        save_file(net.state_dict(), weights)
-        with open(weights, "rb") as f:
-            digest = sha256_hex(f.read())
-        with open(os.path.join(out, f"expert-{i:03d}.json"), "w") as f:
-            json.dump(
-                {
-                    "index": i,
-                    "partition": i,
-                    "n_examples": int(members.size),
-                    "task": task,
-                    "epochs": epochs,
-                    "config": net.config,
-                    "file": f"expert-{i:03d}.safetensors",
-                    "sha256": digest,
-                    **extra,
-                },
-                f,
-            )
+        net, extra = _train_expert(store, members, i, task, epochs, seed + i)
+        _save_expert(out, i, net, int(members.size), task, epochs, extra)
     if world_size > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    manifest = None
-    if rank == 0:
-        experts = []
-        for i in range(k):
-            with open(os.path.join(out, f"expert-{i:03d}.json")) as f:
-                experts.append(json.load(f))
-        manifest = {"k": k, "experts": experts}
-        tmp = os.path.join(out, ".manifest.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(manifest, f, indent=2)
-        os.replace(tmp, os.path.join(out, "manifest.json"))
+    return _write_manifest(out, k) if rank == 0 else None
+
+
+def _train_expert(store: Store, members: np.ndarray, i: int, task: str, epochs: int, seed: int):
+    """The expert of partition i (store indices `members` (n,)), trained from `seed`: a SmallCNN
+    predicting rotations, or classifying the partition's labelled examples into (dataset, label)
+    pairs. Returns (net, extra manifest fields: the classes of a classifier)."""
+    X, y = store.get(members)
+    torch.manual_seed(seed)
+    if task == "rotation":
+        net = SmallCNN(in_channels=store.example_shape[0])
+        train_rotation(net, X, epochs=epochs, seed=seed)
+        return net, {}
+    lab = (y >= 0).numpy()
+    if not lab.any():
+        raise ValueError(
+            f"partition {i} has no labelled examples: task='classification' needs labels "
+            "in every partition (use task='rotation')"
+        )
+    keys = store.dataset_ids()[members][lab] * 1_000_000 + y.numpy()[lab]
+    classes, yi = np.unique(keys, return_inverse=True)
+    net = SmallCNN(in_channels=store.example_shape[0], n_outputs=len(classes))
+    _train_classifier(
+        net,
+        X[torch.from_numpy(lab)],
+        torch.from_numpy(yi).long(),
+        epochs,
+        seed,
+    )
+    return net, {"classes": [[int(c // 1_000_000), int(c % 1_000_000)] for c in classes]}
+
+
+def _save_expert(out: str, i: int, net, n_examples: int, task: str, epochs: int, extra: dict) -> None:
+    """expert-<i>.safetensors (the weights) and expert-<i>.json (index, partition, n_examples,
+    task, epochs, the net's config, the weights' file name and sha256, then `extra`) in `out`."""
+    weights = os.path.join(out, f"expert-{i:03d}.safetensors")
+    save_file(net.state_dict(), weights)
+    with open(weights, "rb") as f:
+        digest = sha256_hex(f.read())
+    with open(os.path.join(out, f"expert-{i:03d}.json"), "w") as f:
+        json.dump(
+            {
+                "index": i,
+                "partition": i,
+                "n_examples": n_examples,
+                "task": task,
+                "epochs": epochs,
+                "config": net.config,
+                "file": f"expert-{i:03d}.safetensors",
+                "sha256": digest,
+                **extra,
+            },
+            f,
+        )
+
+
+def _write_manifest(out: str, k: int) -> dict:
+    """Gathers the k experts' JSON files of `out` into manifest.json (written atomically) and
+    returns it: {"k": k, "experts": [...]}."""
+    experts = []
+    for i in range(k):
+        with open(os.path.join(out, f"expert-{i:03d}.json")) as f:
+            experts.append(json.load(f))
+    manifest = {"k": k, "experts": experts}
+    tmp = os.path.join(out, ".manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)
+    os.replace(tmp, os.path.join(out, "manifest.json"))
     return manifest
 
 
