@@ -431,14 +431,15 @@ def test_batchnorm_in_training_mode_is_refused():
 
 
 class OwnMatmul(nn.Module):
-    """A module the capture does not know that multiplies by its own matrix (not a broadcast)."""
+    """A module the capture does not know that multiplies its own matrix from the left (W x^T: not
+    a linear map of the batch's rows the capture can record)."""
 
     def __init__(self, n):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(n, n))
 
     def forward(self, x):
-        return x @ self.weight
+        return (self.weight @ x.T).T
 
 
 def test_unknown_module_without_fallback_is_refused_by_name():

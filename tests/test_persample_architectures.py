@@ -362,7 +362,7 @@ class BareScaleAndMatmul(nn.Module):
 
     def forward(self, x):
         h = self.gamma * self.embed(x)
-        h = h @ self.proj if self.matmul else h + self.proj
+        h = torch.einsum("bti,io->bto", h, self.proj) if self.matmul else h + self.proj
         return self.head(torch.tanh(h).mean(1))
 
 
@@ -394,7 +394,7 @@ def test_bare_parameters_broadcast_natively_others_go_to_the_fallback_announced(
         _assert_close_scaled(g, ref[n])
 
     model = BareScaleAndMatmul(matmul=True).to(DT)
-    with pytest.raises(persample.UnsupportedModuleError, match=r"proj.*matmul.*fallback=True"):
+    with pytest.raises(persample.UnsupportedModuleError, match=r"proj.*einsum.*fallback=True"):
         persample.capture(model, ce, batch, fallback=False)
     ref = reference.model_per_sample_grads_loop(model, ce, batch)
     with pytest.warns(
@@ -787,6 +787,41 @@ def test_conv_norms_and_grams_through_unfolded_patches(chunk, monkeypatch):
     batch = (randn(B, 3, 9, 8), labels())
     ref = reference.model_per_sample_grads_loop(model, ce, batch)
     cap = persample.capture(model, ce, batch, verify=True)
+    flat = torch.cat([g.flatten(1) for g in ref.values()], 1)
+    got = cap.per_sample_grads()
+    _assert_close_scaled(torch.cat([got[n].flatten(1) for n in ref], 1), flat)
+    _assert_close_scaled(cap.norms(), flat.pow(2).sum(1))
+    _assert_close_scaled(cap.gram(), flat @ flat.T)
+
+
+class OwnLinearMaps(nn.Module):
+    """Bare matrices used as linear maps: x @ A (A is (I, O)), x @ W.T, F.linear(x, V, c), x @ U.mT."""
+
+    def __init__(self):
+        super().__init__()
+        self.A = nn.Parameter(torch.randn(5, E) * 0.3)
+        self.W = nn.Parameter(torch.randn(6, E) * 0.3)
+        self.V = nn.Parameter(torch.randn(4, 6) * 0.3)
+        self.c = nn.Parameter(torch.randn(4) * 0.3)
+        self.U = nn.Parameter(torch.randn(4, 4) * 0.3)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(x @ self.A)
+        h = torch.tanh(h @ self.W.T)
+        h = torch.tanh(nn.functional.linear(h, self.V, self.c))
+        h = torch.tanh(torch.matmul(h, self.U.mT))
+        return self.head(h.mean(1))
+
+
+def test_bare_matrices_used_as_linear_maps_are_native_and_exact():
+    torch.manual_seed(0)
+    model = OwnLinearMaps().to(DT)
+    batch = (randn(B, T, 5), labels())
+    ref = reference.model_per_sample_grads_loop(model, ce, batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerSampleFallbackWarning)
+        cap = persample.capture(model, ce, batch, verify=True)
     flat = torch.cat([g.flatten(1) for g in ref.values()], 1)
     got = cap.per_sample_grads()
     _assert_close_scaled(torch.cat([got[n].flatten(1) for n in ref], 1), flat)

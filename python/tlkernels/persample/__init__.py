@@ -15,7 +15,8 @@ output. From these:
 Which layers, and how: one rule per kind of layer (``rules/``), registered in the manner of
 Opacus' grad samplers: Linear (any leading dims), transformers' Conv1D, Conv1d/2d/3d, Embedding,
 LayerNorm, RMSNorm, GroupNorm, eval-mode BatchNorm, nn.MultiheadAttention (decomposed: every
-option), nn.RNN / LSTM / GRU (decomposed: layers, bidirectional, every output), tied weights.
+option), nn.RNN / LSTM / GRU (decomposed: layers, bidirectional, every output), tied weights, and a
+module's own matrices used as linear maps (``x @ W``, ``x @ W.T``, ``F.linear``).
 The batch axis is known from the model (``batch_first`` of torch's sequence modules, or
 ``batch_axes=``), never guessed from sizes; an input of batch size 1 shared by the batch (a
 (1, T) position index) is widened to the batch. Parameters a module uses itself (a ViT's class
@@ -27,7 +28,7 @@ See docs/persample.md.
 """
 
 from . import rules  # noqa: F401  (registers the built-in rules)
-from .capture import Capture, capture
+from .capture import Capture, LossFn, capture
 from .functional import grad_dot, grad_gram, grad_norms
 from .invariant import PerSampleCheckError, PerSampleFallbackWarning, verify
 from .registry import LayerCall, Rule, UnsupportedModuleError, register_rule, rule_for
@@ -35,6 +36,7 @@ from .registry import LayerCall, Rule, UnsupportedModuleError, register_rule, ru
 __all__ = [
     "Capture",
     "LayerCall",
+    "LossFn",
     "PerSampleCheckError",
     "PerSampleFallbackWarning",
     "Rule",

@@ -13,12 +13,14 @@ module to the torch.func fallback (announced), or refuses it when ``fallback=Fal
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from ..engine import own_trainable
-from ..registry import Rule, UnsupportedModuleError
+from ..registry import LayerCall, Rule, UnsupportedModuleError
+from ..reps import LinearRep
 
 _T = torch.Tensor
 # ops that broadcast their tensor arguments elementwise (the parameter may be any argument)
@@ -40,6 +42,10 @@ _INPLACE = {
 }
 # ops that broadcast the parameter itself to a shape
 _EXPAND = {_T.expand, _T.expand_as, _T.broadcast_to, torch.broadcast_to}
+# matrix products that apply a watched matrix to the input as a linear map
+_MATMUL = {torch.matmul, _T.matmul, _T.__matmul__, F.linear}
+# ops that transpose a matrix
+_TRANSPOSE = {_T.t, torch.t, _T.T.__get__, _T.mT.__get__, _T.transpose, torch.transpose}
 # ops giving the parameter's elements in the same order (a view to broadcast later, a cast)
 _SAME_ORDER = {
     _T.reshape, _T.view, _T.unsqueeze, _T.squeeze, _T.flatten, _T.contiguous, _T.to, _T.type_as,
@@ -61,15 +67,40 @@ class BareParameterRule(Rule):
 
     def forward(self, module: nn.Module, recorder, *args, **kwargs):
         own = own_trainable(module)
-        watch = _Watch(module, recorder, {id(p): (n, p) for n, p in own.items()})
+        watch = _Watch(module, recorder, {id(p): (n, p, "same") for n, p in own.items()})
         with watch:
             return type(module).forward(module, *args, **kwargs)
 
 
-class _Watch(TorchFunctionMode):
-    """Replaces the watched parameters by recorded views widened to the batch in broadcasting ops."""
+class MatmulRule(Rule):
+    """A module's own matrix used as a linear map of its input: ``x @ W`` (W of shape (I, O)),
+    ``x @ W.T`` or ``F.linear(x, W, b)`` (W of shape (O, I)); call.info names the weight, its
+    layout and the bias."""
 
-    def __init__(self, module: nn.Module, recorder, params: dict[int, tuple[str, Tensor]]):
+    def representations(self, calls: list[LayerCall], batch_size: int):
+        from .linear import TransposedLinearRep, _bias_rep, _rows
+
+        (call,) = calls
+        m, info = call.module, call.info
+        a, d = _rows(call.args[0], call.grads[0], call.batch_axis, batch_size, m)
+        if info["weight"] is not None:
+            rep = LinearRep(a, d) if info["layout"] == "out_in" else TransposedLinearRep(a, d)
+            yield getattr(m, info["weight"]), rep
+        if info["bias"] is not None:
+            yield getattr(m, info["bias"]), _bias_rep(d)
+
+
+MATMUL = MatmulRule()
+
+
+class _Watch(TorchFunctionMode):
+    """Replaces the watched parameters by recorded views widened to the batch in broadcasting ops,
+    and records the linear maps they define in matrix products.
+
+    params: id -> (parameter name, tensor, layout): the parameter itself and the views derived
+    from it, "same" (its elements in its order) or "transposed" (the transpose of a matrix)."""
+
+    def __init__(self, module: nn.Module, recorder, params: dict[int, tuple[str, Tensor, str]]):
         super().__init__()
         self.module, self.rec, self.params = module, recorder, params
         self.axis = recorder.axis_of(module)
@@ -83,13 +114,13 @@ class _Watch(TorchFunctionMode):
             return func(*args, **kwargs)
         if not torch.is_grad_enabled():
             return func(*args, **kwargs)
-        if not nested and not hit_kw and func in _SAME_ORDER and hits == [0]:
-            out = func(*args, **kwargs)
-            if isinstance(out, Tensor) and out.numel() == args[0].numel():
-                # a view or cast of the parameter: watched as the parameter (same elements, same order)
-                self.params[id(out)] = (self.params[id(args[0])][0], out)
-            return out
-        if nested or hit_kw or not self._supported(func, hits):
+        plain = not nested and not hit_kw
+        if plain and hits == [0] and (func in _SAME_ORDER or func in _TRANSPOSE):
+            return self._derived(func, args, kwargs)
+        if plain and func in _MATMUL and self._linear_map(func, args, hits):
+            return self._record_linear(func, args, kwargs, hits)
+        layouts = [self.params[id(args[i])][2] for i in hits]
+        if not plain or not self._supported(func, hits) or any(lay != "same" for lay in layouts):
             out = func(*args, **kwargs)
             if not any(isinstance(x, Tensor) for x in tree_flatten(out)[0]):
                 return out  # a query of metadata (shape, dtype, dim)
@@ -99,9 +130,49 @@ class _Watch(TorchFunctionMode):
         shape = self._output_shape(func, args, kwargs)
         args = list(args)
         for i in hits:
-            name, p = self.params[id(args[i])]
+            name, p, _ = self.params[id(args[i])]
             args[i] = self._widened(name, p, shape, func)  # p may be a view of the parameter
         return func(*args, **kwargs)
+
+    def _derived(self, func, args, kwargs):
+        """A view or cast of a watched tensor, watched with its layout (elements in the same order,
+        or a matrix transposed; anything else is watched as unusable)."""
+        name, src, layout = self.params[id(args[0])]
+        out = func(*args, **kwargs)
+        if not isinstance(out, Tensor):
+            return out
+        if func in _TRANSPOSE:
+            layout = {"same": "transposed", "transposed": "same"}.get(layout, layout) if src.dim() == 2 else "other"
+        elif out.numel() != src.numel():
+            layout = "other"
+        elif layout == "transposed" and out.shape != src.shape:
+            layout = "other"
+        self.params[id(out)] = (name, out, layout)
+        return out
+
+    def _linear_map(self, func, args, hits: list[int]) -> bool:
+        """x @ W, x @ W.T or linear(x, W[, b]): the input x is not watched, W is a watched matrix."""
+        if 0 in hits or not isinstance(args[0], Tensor) or args[0].dim() < 2 or args[0].dim() <= self.axis:
+            return False
+        if func is F.linear:
+            w = args[1] if len(args) > 1 else None
+            ok_w = w is None or 1 not in hits or (w.dim() == 2 and self.params[id(w)][2] == "same")
+            ok_b = 2 not in hits or self.params[id(args[2])][2] == "same"
+            return ok_w and ok_b and bool(hits)
+        w = args[1]
+        return hits == [1] and w.dim() == 2 and self.params[id(w)][2] in ("same", "transposed")
+
+    def _record_linear(self, func, args, kwargs, hits: list[int]):
+        out = func(*args, **kwargs)
+        if func is F.linear:
+            weight = self.params[id(args[1])][0] if 1 in hits else None
+            bias = self.params[id(args[2])][0] if 2 in hits else None
+            layout = "out_in"
+        else:  # x @ W: W is (I, O), or W.T with the parameter (O, I)
+            weight, bias = self.params[id(args[1])][0], None
+            layout = "out_in" if self.params[id(args[1])][2] == "transposed" else "in_out"
+        info = {"weight": weight, "bias": bias, "layout": layout}
+        return self.rec.record(self.module, MATMUL, (args[0],), {}, out, self.axis, info=info)
 
     def _supported(self, func, hits: list[int]) -> bool:
         if func in _ELEMENTWISE:
