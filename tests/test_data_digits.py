@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+
 from tlkernels.data import (
     SYNDIGITS_FONTS,
     load_mnist,
@@ -59,17 +60,13 @@ def test_standardize_images_per_image():
 
 @pytest.mark.parametrize("style", ["syn", "plain"])
 def test_syndigits_shapes_labels_range(style, no_network):
-    d, meta = make_syndigits(
-        30, digits=range(5), style=style, seed=3, cache=False, return_meta=True
-    )
+    d, meta = make_syndigits(30, digits=range(5), style=style, seed=3, cache=False, return_meta=True)
     assert d.X.shape == (30, 3, 32, 32) and d.X.dtype == torch.float32
     assert d.y.dtype == torch.int64 and d.y.tolist() == [i % 5 for i in range(30)]
     assert 0.0 <= d.X.min() and d.X.max() <= 1.0
     assert d.X.std() > 0.05  # not blank
     assert (
-        meta["font"].shape == (30,)
-        and 0 <= int(meta["font"].min())
-        and int(meta["font"].max()) < len(SYNDIGITS_FONTS)
+        meta["font"].shape == (30,) and 0 <= int(meta["font"].min()) and int(meta["font"].max()) < len(SYNDIGITS_FONTS)
     )
     if style == "plain":  # white on black: the three channels equal, mostly dark
         assert torch.equal(d.X[:, 0], d.X[:, 1]) and d.X.mean() < 0.35
@@ -88,11 +85,7 @@ def test_syndigits_deterministic_and_prefix_stable():
 def test_syndigits_cache_written_atomically_and_reused(tmp_path, monkeypatch):
     a = make_syndigits(12, digits=[3, 7], seed=5, cache_dir=tmp_path)
     files = os.listdir(tmp_path)
-    assert (
-        len(files) == 1
-        and files[0].startswith("syndigits-")
-        and files[0].endswith(".npz")
-    )
+    assert len(files) == 1 and files[0].startswith("syndigits-") and files[0].endswith(".npz")
 
     def fail(*args, **kwargs):
         raise AssertionError("rendered again although cached")
@@ -101,9 +94,7 @@ def test_syndigits_cache_written_atomically_and_reused(tmp_path, monkeypatch):
     b = make_syndigits(12, digits=[3, 7], seed=5, cache_dir=tmp_path)
     assert torch.equal(a.X, b.X) and torch.equal(a.y, b.y)
     assert sorted(set(b.y.tolist())) == [3, 7]
-    with pytest.raises(
-        AssertionError, match="rendered again"
-    ):  # another key is not the cached one
+    with pytest.raises(AssertionError, match="rendered again"):  # another key is not the cached one
         make_syndigits(12, digits=[3, 7], seed=6, cache_dir=tmp_path)
     assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 

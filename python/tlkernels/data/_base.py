@@ -59,11 +59,7 @@ class Dataset:
 
 
 def _rng(random_state) -> np.random.Generator:
-    return (
-        random_state
-        if isinstance(random_state, np.random.Generator)
-        else np.random.default_rng(random_state)
-    )
+    return random_state if isinstance(random_state, np.random.Generator) else np.random.default_rng(random_state)
 
 
 def load_digits(images: bool = False) -> Dataset:
@@ -85,25 +81,15 @@ def load_image_folder(root: str, size: int = 32, grayscale: bool = False) -> Dat
     to size x size, scaled to [0, 1]; classes numbered in sorted order. X (N, C, size, size)."""
     from PIL import Image
 
-    classes = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
-    )
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
     if not classes:
-        raise ValueError(
-            f"root must contain one folder per class, found none in {root!r}"
-        )
+        raise ValueError(f"root must contain one folder per class, found none in {root!r}")
     xs, ys = [], []
     for k, c in enumerate(classes):
         for name in sorted(os.listdir(os.path.join(root, c))):
-            if not name.lower().endswith(
-                (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-            ):
+            if not name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")):
                 continue
-            img = (
-                Image.open(os.path.join(root, c, name))
-                .convert("L" if grayscale else "RGB")
-                .resize((size, size))
-            )
+            img = Image.open(os.path.join(root, c, name)).convert("L" if grayscale else "RGB").resize((size, size))
             arr = np.asarray(img, dtype=np.float32) / 255.0
             xs.append(arr[None] if grayscale else arr.transpose(2, 0, 1))
             ys.append(k)
@@ -130,9 +116,7 @@ def make_noisy_2d(
     Xs, ys = sample(n_source)
     Xt, yt = sample(n_target)
     noisy, flipped = add_label_noise(ys, noise, n_classes=2, random_state=rng)
-    return Dataset(Xs, noisy, flipped), Dataset(
-        Xt, yt, torch.zeros(n_target, dtype=torch.bool)
-    )
+    return Dataset(Xs, noisy, flipped), Dataset(Xt, yt, torch.zeros(n_target, dtype=torch.bool))
 
 
 def add_label_noise(
@@ -183,9 +167,7 @@ def class_split(data: Dataset, classes, relabel: bool = True) -> Dataset:
     return out
 
 
-def stratified_split(
-    data: Dataset, sizes, random_state=None, labels: Tensor | None = None
-) -> list[Dataset]:
+def stratified_split(data: Dataset, sizes, random_state=None, labels: Tensor | None = None) -> list[Dataset]:
     """Splits into parts of the given sizes (ints; the last may be None for "the rest"), each
     stratified by `labels` (default data.y: the clean labels where noise was added separately)."""
     rng = _rng(random_state)
@@ -205,9 +187,7 @@ def stratified_split(
         order.extend(rng.permutation(row))
     parts, start = [], 0
     for s in sizes:
-        parts.append(
-            data.subset(np.sort(np.array(order[start : start + s], dtype=np.int64)))
-        )
+        parts.append(data.subset(np.sort(np.array(order[start : start + s], dtype=np.int64))))
         start += s
     return parts
 
@@ -227,9 +207,7 @@ def shift_images(X: Tensor, kind: str, amount: float, random_state=None) -> Tens
             [[math.cos(t), -math.sin(t), 0.0], [math.sin(t), math.cos(t), 0.0]],
             dtype=X.dtype,
         )
-        grid = F.affine_grid(
-            theta.expand(X.shape[0], 2, 3), list(X.shape), align_corners=False
-        )
+        grid = F.affine_grid(theta.expand(X.shape[0], 2, 3), list(X.shape), align_corners=False)
         return F.grid_sample(X, grid, align_corners=False, padding_mode="zeros")
     if kind == "translation":
         s = round(amount)
@@ -252,11 +230,7 @@ def shift_images(X: Tensor, kind: str, amount: float, random_state=None) -> Tens
         return F.conv2d(Xp, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     if kind == "noise":
         gen = torch.Generator().manual_seed(int(_rng(random_state).integers(2**31)))
-        return (X + amount * torch.randn(X.shape, generator=gen, dtype=X.dtype)).clamp(
-            0, 1
-        )
+        return (X + amount * torch.randn(X.shape, generator=gen, dtype=X.dtype)).clamp(0, 1)
     if kind == "intensity":
         return (X * amount).clamp(0, 1)
-    raise ValueError(
-        f"kind must be one of rotation, translation, inversion, blur, noise, intensity; got {kind!r}"
-    )
+    raise ValueError(f"kind must be one of rotation, translation, inversion, blur, noise, intensity; got {kind!r}")

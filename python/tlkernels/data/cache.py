@@ -15,9 +15,7 @@ __all__ = ["cache_dir", "cache_key", "load_cached", "save_cached"]
 def cache_dir(path: str | os.PathLike | None = None) -> str:
     """The cache directory: `path`, else $TLKERNELS_CACHE, else ~/.cache/tlkernels (created)."""
     if path is None:
-        path = os.environ.get("TLKERNELS_CACHE") or os.path.join(
-            os.path.expanduser("~"), ".cache", "tlkernels"
-        )
+        path = os.environ.get("TLKERNELS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tlkernels")
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     return path

@@ -26,9 +26,7 @@ def standardize_images(X: Tensor) -> Tensor:
     and divided by max(std, 1 / sqrt(pixels)) (as TensorFlow's per_image_standardization: a
     constant image stays ~0 instead of being blown up). X (N, ...) float -> the same shape."""
     if X.dim() < 2 or not X.is_floating_point():
-        raise ValueError(
-            f"X must be a float tensor (N, ...), got {X.dtype} of shape {tuple(X.shape)}"
-        )
+        raise ValueError(f"X must be a float tensor (N, ...), got {X.dtype} of shape {tuple(X.shape)}")
     flat = X.reshape(X.shape[0], -1)
     mean = flat.mean(1, keepdim=True)
     std = flat.std(1, unbiased=False, keepdim=True).clamp_min(flat.shape[1] ** -0.5)

@@ -40,20 +40,14 @@ SYNDIGITS_FONTS = (
 )  # fmt: skip
 SYNDIGITS_STYLES = ("syn", "plain")
 _VERSION = 1  # bump when the rendering changes: it is part of the cache key
-_SUPER = (
-    2  # render at twice the size, then downsample (anti-aliasing of rotated glyphs)
-)
+_SUPER = 2  # render at twice the size, then downsample (anti-aliasing of rotated glyphs)
 
 
 def _font_file(name: str) -> str:
-    matplotlib = require(
-        "matplotlib", "data", "make_syndigits (it renders matplotlib's bundled fonts)"
-    )
+    matplotlib = require("matplotlib", "data", "make_syndigits (it renders matplotlib's bundled fonts)")
     path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name)
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"matplotlib's bundled font {name!r} is missing at {path}"
-        )
+        raise FileNotFoundError(f"matplotlib's bundled font {name!r} is missing at {path}")
     return path
 
 
@@ -67,14 +61,10 @@ def _font(index: int, px: int):
 def _photos() -> tuple[np.ndarray, ...]:
     from sklearn.datasets import load_sample_images
 
-    return tuple(
-        np.asarray(im, dtype=np.float32) / 255.0 for im in load_sample_images().images
-    )
+    return tuple(np.asarray(im, dtype=np.float32) / 255.0 for im in load_sample_images().images)
 
 
-def _glyph_mask(
-    rng: np.random.Generator, digit: int, font: int, side: int, style: str
-) -> np.ndarray:
+def _glyph_mask(rng: np.random.Generator, digit: int, font: int, side: int, style: str) -> np.ndarray:
     """(side, side) float32 in [0, 1]: the digit (and for 'syn' its neighbours) drawn at _SUPER
     times the size, rotated, downsampled."""
     from PIL import Image, ImageDraw
@@ -89,9 +79,7 @@ def _glyph_mask(
     cx = width / 2 + rng.uniform(-0.08, 0.08) * big
     cy = big / 2 + rng.uniform(-0.06, 0.06) * big
 
-    def put(
-        ch: str, x_left_ink: float | None = None, x_right_ink: float | None = None
-    ) -> tuple[float, float]:
+    def put(ch: str, x_left_ink: float | None = None, x_right_ink: float | None = None) -> tuple[float, float]:
         x0, y0, x1, y1 = f.getbbox(ch)
         if x_left_ink is not None:
             ox = x_left_ink - x0
@@ -126,9 +114,7 @@ def _background(rng: np.random.Generator, side: int) -> np.ndarray:
     h, w = im.shape[:2]
     c = int(rng.integers(side, 4 * side))
     y, x = int(rng.integers(h - c)), int(rng.integers(w - c))
-    patch = Image.fromarray((im[y : y + c, x : x + c] * 255).astype(np.uint8)).resize(
-        (side, side), Image.BILINEAR
-    )
+    patch = Image.fromarray((im[y : y + c, x : x + c] * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
     patch = np.asarray(patch, dtype=np.float32) / 255.0
     t = rng.uniform(0.0, 0.7)
     return (1 - t) * patch + t * rng.uniform(0, 1, size=3).astype(np.float32)
@@ -138,9 +124,7 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def _render(
-    rng: np.random.Generator, digit: int, style: str, side: int
-) -> tuple[np.ndarray, int]:
+def _render(rng: np.random.Generator, digit: int, style: str, side: int) -> tuple[np.ndarray, int]:
     """One image (side, side, 3) uint8 and its font index."""
     from scipy.ndimage import gaussian_filter
 
@@ -161,9 +145,7 @@ def _render(
         sigma = rng.uniform(0.0, 1.0)
         if sigma > 0.2:
             img = gaussian_filter(img, sigma=(sigma, sigma, 0))
-        img = img + rng.normal(0, rng.uniform(0.0, 0.06), size=img.shape).astype(
-            np.float32
-        )
+        img = img + rng.normal(0, rng.uniform(0.0, 0.06), size=img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), font
 
 
@@ -195,9 +177,7 @@ def make_syndigits(
         raise ValueError(f"style must be one of {SYNDIGITS_STYLES}, got {style!r}")
     digits = [int(d) for d in digits]
     if not digits or any(d < 0 or d > 9 for d in digits):
-        raise ValueError(
-            f"digits must be a non-empty collection of digits 0-9, got {digits!r}"
-        )
+        raise ValueError(f"digits must be a non-empty collection of digits 0-9, got {digits!r}")
     if not (isinstance(size, int) and size >= 8):
         raise ValueError(f"size must be an int >= 8, got {size!r}")
     params = {
@@ -233,15 +213,7 @@ def make_syndigits(
         if cache:
             save_cached(directory, key, arrays)
     data = Dataset(
-        torch.from_numpy(arrays["X"])
-        .permute(0, 3, 1, 2)
-        .float()
-        .div_(255.0)
-        .contiguous(),
+        torch.from_numpy(arrays["X"]).permute(0, 3, 1, 2).float().div_(255.0).contiguous(),
         torch.from_numpy(arrays["y"].astype(np.int64)),
     )
-    return (
-        (data, {"font": torch.from_numpy(arrays["font"].astype(np.int64))})
-        if return_meta
-        else data
-    )
+    return (data, {"font": torch.from_numpy(arrays["font"].astype(np.int64))}) if return_meta else data

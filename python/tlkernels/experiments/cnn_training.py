@@ -31,9 +31,7 @@ __all__ = [
 ]
 
 
-def augment(
-    X: Tensor, gen: torch.Generator, shift: float = 2.0, degrees: float = 10.0
-) -> Tensor:
+def augment(X: Tensor, gen: torch.Generator, shift: float = 2.0, degrees: float = 10.0) -> Tensor:
     """Random translations (up to `shift` pixels each way) and rotations (up to `degrees`) of
     images X (N, C, H, W), border pixels repeated; one transform per image."""
     n, _, h, w = X.shape
@@ -47,9 +45,7 @@ def augment(
         t.cos(),
     )
     theta[:, 0, 2], theta[:, 1, 2] = u[:, 1] * 2 * shift / w, u[:, 2] * 2 * shift / h
-    grid = F.affine_grid(
-        theta.to(X.device, X.dtype), list(X.shape), align_corners=False
-    )
+    grid = F.affine_grid(theta.to(X.device, X.dtype), list(X.shape), align_corners=False)
     return F.grid_sample(X, grid, align_corners=False, padding_mode="border")
 
 
@@ -91,9 +87,7 @@ def train_steps(
 
 
 @torch.no_grad()
-def evaluate(
-    net: nn.Module, data: Dataset, batch_size: int = 500
-) -> tuple[float, float]:
+def evaluate(net: nn.Module, data: Dataset, batch_size: int = 500) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `net` on `data` (eval mode, in batches)."""
     net.eval()
     correct, loss = 0, 0.0
@@ -105,9 +99,7 @@ def evaluate(
     return correct / len(data), loss / len(data)
 
 
-def select(
-    candidates: list[tuple[dict, nn.Module]], val: Dataset
-) -> tuple[dict, nn.Module, tuple[float, float]]:
+def select(candidates: list[tuple[dict, nn.Module]], val: Dataset) -> tuple[dict, nn.Module, tuple[float, float]]:
     """The candidate (setting, net) with the best (validation accuracy, -validation loss); ties
     after both go to the earlier candidate. Returns (setting, net, (val accuracy, val loss))."""
     best = None
@@ -167,9 +159,7 @@ def tune_target(
     return select(candidates, val)
 
 
-def warm_head(
-    net: nn.Sequential, train: Dataset, steps: int, seed: int, lr: float = 1e-2
-) -> None:
+def warm_head(net: nn.Sequential, train: Dataset, steps: int, seed: int, lr: float = 1e-2) -> None:
     """Trains net[-1] alone (Adam, full batch, `steps` steps) on the features net[:-1] gives the
     un-augmented training images, computed once."""
     feats = features(net[:-1], train.X)
@@ -186,14 +176,10 @@ def warm_head(
 def features(backbone: nn.Module, X: Tensor, batch_size: int = 500) -> Tensor:
     """(N, D) outputs of `backbone` in eval mode, in batches."""
     backbone.eval()
-    return torch.cat(
-        [backbone(X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
-    )
+    return torch.cat([backbone(X[i : i + batch_size]) for i in range(0, len(X), batch_size)])
 
 
-def linear_probe(
-    backbone: nn.Module, train: Dataset, test: Dataset, C: float = 1.0
-) -> float:
+def linear_probe(backbone: nn.Module, train: Dataset, test: Dataset, C: float = 1.0) -> float:
     """Test accuracy of a multinomial logistic regression (scikit-learn, L2, C) on the frozen,
     standardised features of `backbone`: how much of the target task the representation keeps
     linearly separable from the few labelled examples."""
@@ -205,7 +191,5 @@ def linear_probe(
         features(backbone, test.X).cpu().numpy(),
     )
     scaler = StandardScaler().fit(ftr)
-    clf = LogisticRegression(C=C, max_iter=2000).fit(
-        scaler.transform(ftr), train.y.cpu().numpy()
-    )
+    clf = LogisticRegression(C=C, max_iter=2000).fit(scaler.transform(ftr), train.y.cpu().numpy())
     return float(np.mean(clf.predict(scaler.transform(fte)) == test.y.cpu().numpy()))
