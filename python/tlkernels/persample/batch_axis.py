@@ -72,5 +72,11 @@ def to_batch_first(t: Tensor, axis: int, batch_size: int, module: nn.Module, wha
             f"{type(module).__name__} got {what} of shape {tuple(t.shape)} whose {where} is not the batch size "
             f"{batch_size}: per-sample products need to know the batch axis; pass batch_axes={{module name: axis}} "
             "for a module that takes its batch elsewhere"
+            + (
+                " (here a dimension is a multiple of the batch size: the model seems to fold the batch with another "
+                "axis, as window attention does; such layers cannot be split by sample)"
+                if any(d % batch_size == 0 and d > batch_size for d in t.shape)
+                else ""
+            )
         )
     return t if axis == 0 else t.movedim(axis, 0)

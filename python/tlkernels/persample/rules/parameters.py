@@ -28,6 +28,7 @@ _ELEMENTWISE = {
     torch.add, torch.sub, torch.mul, torch.div,
     _T.add, _T.sub, _T.mul, _T.div, _T.__add__, _T.__radd__, _T.__sub__, _T.__rsub__,
     _T.__mul__, _T.__rmul__, _T.__truediv__, _T.__rtruediv__,
+    torch.addcmul, _T.addcmul, torch.addcdiv, _T.addcdiv,
 }  # fmt: skip
 # in-place elementwise ops: the parameter may be an argument, never the tensor modified
 _INPLACE = {
