@@ -142,9 +142,9 @@ inline KMeansGemmMode kmeans_gemm_mode() {
 // Below this many score FLOPs (2·P·N·K·D) the fused SIMT kernel runs: one launch where the GEMM
 // path needs two per chunk, and both are bound by launch latency at that size (docs/gpu.md).
 constexpr double kKMeansSimtMaxFlops = double(int64_t(1) << 22);
-// Score elements in flight per chunk: 16 MiB in float32, under the L2 of an A100 (40 MB) or H100
-// (50 MB), so the epilogue reads the block the GEMM just wrote from L2, and the next chunk's GEMM
-// overwrites it there (docs/gpu.md).
+// Elements of a chunk (its score block and its rows of X) in flight: 16 MiB in float32, under the
+// L2 of an A100 (40 MB) or H100 (50 MB), so the epilogue reads the block the GEMM just wrote, and
+// the rows it rescores, from L2, and the next chunk's GEMM overwrites the block there (docs/gpu.md).
 constexpr int64_t kKMeansGemmChunkElems = int64_t(1) << 22;
 
 inline bool kmeans_use_gemm(KMeansGemmMode mode, const KMeansAssignArgs& a) {
@@ -154,7 +154,7 @@ inline bool kmeans_use_gemm(KMeansGemmMode mode, const KMeansAssignArgs& a) {
   return mode != KMeansGemmMode::Simt;
 }
 
-// TLK_KMEANS_GEMM_CHUNK overrides the score elements in flight (tests cross chunk boundaries).
+// TLK_KMEANS_GEMM_CHUNK overrides the elements in flight (tests cross chunk boundaries).
 inline int64_t kmeans_gemm_chunk_elems() {
   const char* e = std::getenv("TLK_KMEANS_GEMM_CHUNK");
   if (e == nullptr || *e == '\0') return kKMeansGemmChunkElems;
@@ -188,8 +188,7 @@ void kmeans_assign_gemm(const Runner& run, const KMeansAssignArgs& a, const Shif
   const at::Tensor Cm2 = sc.Cs * -2;  // exact scaling by a power of two: G = −2 x·c'
   const at::Tensor Cop = split ? kmeans_bf16x3_operand(Cm2, false) : Cm2;
   const int64_t cols = a.c_shared ? K : M * K;
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, kmeans_gemm_chunk_elems() / cols));
-  const at::Tensor xnorm = a.X.square().sum(-1).sqrt().contiguous();  // (Px, N)
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, kmeans_gemm_chunk_elems() / (cols + D)));
   at::Tensor gbuf = at::empty({cols * chunk}, a.X.options());
   AT_DISPATCH_FLOATING_TYPES(st, "kmeans_assign_gemm", [&] {
     for (int64_t g = 0; g < a.Px; ++g) {
@@ -200,7 +199,7 @@ void kmeans_assign_gemm(const Runner& run, const KMeansAssignArgs& a, const Shif
         at::Tensor G = gbuf.narrow(0, 0, cols * rows).view({cols, rows});
         run.gemm(G, Cg, (split ? kmeans_bf16x3_operand(xs, true) : xs).t());
         run.template scores<scalar_t>(G.const_data_ptr<scalar_t>(), a.X.const_data_ptr<scalar_t>(),
-                                      xnorm.const_data_ptr<scalar_t>(), sc.b.const_data_ptr<scalar_t>(),
+                                      sc.b.const_data_ptr<scalar_t>(),
                                       a.C.const_data_ptr<scalar_t>(), base.const_data_ptr<scalar_t>(),
                                       slope.const_data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
                                       dist2.data_ptr<scalar_t>(), g * M, M, n0, rows, N, K, D, M, a.c_shared);

@@ -56,7 +56,7 @@ def _emu_assign(monkeypatch, X, C, mode: str, emu: str, claim: str | None = None
     return torch.ops.tlkernels_emu.kmeans_assign(X, C)
 
 
-@pytest.mark.parametrize("chunk", ["700", "1000000"])  # 21-63 rows per chunk, or one chunk
+@pytest.mark.parametrize("chunk", ["700", "1000000"])  # 13-23 rows per chunk, or one chunk
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("emu", ["ieee", "tf32", "bf16"])
 @pytest.mark.parametrize("mode", ["gemm", "bf16x3"])

@@ -157,7 +157,6 @@ __global__ void __launch_bounds__(kKMeansRows)
 kmeans_scores_kernel(const T* __restrict__ G,           // (cols, ldg): −2 x·c'
                      int64_t ldg,
                      const T* __restrict__ X,           // (Px, N, D)
-                     const T* __restrict__ xnorm,       // (Px, N): ‖x‖
                      const T* __restrict__ b,           // (Pc, K)
                      const T* __restrict__ C,           // (Pc, K, D)
                      const T* __restrict__ band_base,   // (Pc,)
@@ -176,8 +175,15 @@ kmeans_scores_kernel(const T* __restrict__ G,           // (cols, ldg): −2 x·
   const T* Gq = G + (c_shared ? 0 : q) * K * ldg + r;
   const T* bp = b + cp * K;
   const T* Cp = C + cp * K * D;
-  const T band = ld_global(&band_base[cp]) + ld_global(&band_slope[cp]) * ld_global(&xnorm[(p / M) * N + n]);
-  count_flops(2);
+  // ‖x‖ from the row the GEMM just read (in L2: the chunk is sized for it), as the SIMT kernel
+  // forms it
+  T xsq = T(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const T v = ld_global(&x[d]);
+    xsq += v * v;
+  }
+  const T band = ld_global(&band_base[cp]) + ld_global(&band_slope[cp]) * sqrt(xsq);
+  count_flops(2 * D + 3);
   T m = T(0);
   int64_t best = -1;
   T best_e = T(0);
@@ -285,7 +291,7 @@ void kmeans_assign(Launch&& launch, const T* X, const T* Cs, const T* b, const T
 // labels / dist2 of np problems p0.. of one data set for the chunk rows n0 .. n0 + rows, from the
 // chunk's score block G (cols, ldg). Problems beyond gridDim.y's limit go in several launches.
 template <typename T, typename Launch>
-void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T* xnorm, const T* b, const T* C,
+void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T* b, const T* C,
                    const T* band_base, const T* band_slope, int64_t* labels, T* dist2, int64_t p0, int64_t np,
                    int64_t n0, int64_t rows, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared) {
   if (rows == 0 || np == 0) return;
@@ -293,7 +299,7 @@ void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T
   for (int64_t q0 = 0; q0 < np; q0 += kKMeansMaxGridY) {
     const int64_t nq = np - q0 < kKMeansMaxGridY ? np - q0 : kKMeansMaxGridY;
     const tlk::LaunchPlan plan{dim3(row_tiles, static_cast<unsigned>(nq)), dim3(kKMeansRows), 0};
-    launch(plan, kmeans_scores_kernel<T>, G + (c_shared ? 0 : q0 * K * ldg), ldg, X, xnorm, b, C, band_base,
+    launch(plan, kmeans_scores_kernel<T>, G + (c_shared ? 0 : q0 * K * ldg), ldg, X, b, C, band_base,
            band_slope, labels, dist2, p0 + q0, n0, rows, N, K, D, M, static_cast<int>(c_shared));
   }
 }
