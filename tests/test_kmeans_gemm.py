@@ -142,3 +142,26 @@ def test_bad_settings_name_the_variable(monkeypatch, var, value):
     X, C = _near_ties(1, 10, 3, 2, 0, torch.float32)
     with pytest.raises(ValueError, match=var):
         torch.ops.tlkernels_emu.kmeans_assign(X[0], C)
+
+
+def test_band_follows_torchs_float32_matmul_precision(monkeypatch):
+    """float32_matmul_precision('medium') lets the BLAS use bf16: the emulator reports bf16 and the
+    band widens (more exact distances, same labels)."""
+    monkeypatch.setenv("TLK_KMEANS_GEMM", "gemm")
+    monkeypatch.setenv("TLK_EMU_GEMM", "ieee")
+    X, C = _near_ties(1, 500, 16, 8, 5, torch.float32)
+
+    def run():
+        with emu_profile.profile() as prof:
+            labels, _ = torch.ops.tlkernels_emu.kmeans_assign(X[0], C)
+        return labels, sum(x.flops for x in prof.launches)
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        labels_high, flops_high = run()
+        torch.set_float32_matmul_precision("medium")
+        labels_medium, flops_medium = run()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(labels_high, labels_medium)
+    assert flops_medium > flops_high
