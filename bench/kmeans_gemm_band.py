@@ -92,7 +92,7 @@ def rescoring_table() -> dict[str, float]:
             with emu_profile.profile() as prof:
                 labels, _ = torch.ops.tlkernels_emu.kmeans_assign(X, C)
             flops = sum(x.flops for x in prof.launches if x.short_name.startswith("kmeans_scores_kernel"))
-            per_row = (flops - N * (2 * D + 3 + K)) / (3 * D) / N
+            per_row = (flops - N * (3 * D + 3 + K)) / (3 * D) / N
             name = "bf16x3" if mode == "bf16x3" else emu
             print(f"| {N}, {D}, {K}, {offset:g} | {name} | {per_row:.3f} | {bool(torch.equal(labels, cpu))} |")
             last[name] = per_row
@@ -108,7 +108,7 @@ def roofline_table(per_row: dict[str, float]) -> None:
     (IEEE: FP32 SIMT, torch's default; TF32: 2NKD on TF32 tensor cores; bf16x3: 6NKD on bf16 tensor
     cores, with the split operand written and read, 12ND), X read once, the score block written and
     read (8NK: an upper bound, the chunk is sized to stay in L2) and labels / dist2 (12N) at BW_EFF of
-    HBM; the epilogue's FLOPs (‖x‖, the fold, per_row[precision] exact distances of 3D FLOPs each)
+    HBM; the epilogue's FLOPs (‖x − v‖, the fold, per_row[precision] exact distances of 3D FLOPs each)
     at SIMT_EFF of FP32, its rows of X and C read from L2 (not counted, as for the SIMT kernel)."""
     print(
         f"\n(exact distances per row: {', '.join(f'{k} {v:.2f}' for k, v in per_row.items())})\n"
@@ -123,7 +123,7 @@ def roofline_table(per_row: dict[str, float]) -> None:
             gemm_bytes = (4 * N * D + 4 * N * K) / bw  # X read, score block written
 
             def epilogue(prec: str, N=N, D=D, K=K, bw=bw) -> float:
-                flops = per_row[prec] * 3 * N * D + 2 * N * D + N * K  # distances, ‖x‖, the fold
+                flops = per_row[prec] * 3 * N * D + 3 * N * D + N * K  # distances, ‖x − v‖, the fold
                 return max((4 * N * K + 12 * N) / bw, flops / (SIMT_EFF * p["fp32"]))
 
             paths = {

@@ -1,9 +1,10 @@
 // The k-means assignment on a vendor GEMM, for the backends that run kernels/kmeans.cuh (CUDA:
 // cuBLAS / cuBLASLt on the current stream, tensor cores when torch allows TF32; the emulator: the
 // CPU BLAS, optionally coarsened to TF32 / bf16 inputs). Per chunk of rows one GEMM gives the
-// transposed score block G = (−2C')·Xᵀ (cols × rows), and kernels::kmeans_scores (device code)
-// forms the scores b + G, takes their minimum and rescores exactly inside the rounding band, the
-// decisions of kmeans_assign_kernel: labels are the truly nearest centroids, as on the CPU.
+// transposed score block G = (−2C')·(X − v)ᵀ (cols × rows), and kernels::kmeans_scores (device
+// code) forms the scores b' + G, takes their minimum and rescores exactly inside the rounding
+// band, the decisions of kmeans_assign_kernel: labels are the truly nearest centroids, as on the
+// CPU.
 //
 // The band must cover the GEMM's precision. A GEMM whose inputs are rounded to a unit u (TF32:
 // truncation to 10 explicit bits, u = 2⁻¹⁰; bf16: u = 2⁻⁷ taken for truncation) with exact
@@ -14,7 +15,9 @@
 // has ε = 3.1·u² + 1.05·γ(3D + 2) with u = 2⁻⁸. A score b + G carries twice that (G = −2 x·c'),
 // and a comparison of two scores the sum of two errors: the band's slope grows by 4·ε·max‖c'‖
 // per unit of ‖x‖ (docs/gpu.md, "k-means assignment on the vendor GEMM"). IEEE float32 / float64
-// GEMMs keep the band of shift_centroids (ε = 0 here).
+// GEMMs keep the band of shift_centroids (ε = 0 here). The GEMM multiplies x − v (v the mean of
+// the data set's centroids) rather than x, so ‖x − v‖ stands for ‖x‖ (kmeans_centred_scores):
+// the band no longer grows with the data's distance from the origin.
 //
 // The Runner adds to kmeans_device.h's:
 //   Runner::gemm(out, a, b)                 out = a·b, out float32/float64; a, b float32/64 or bf16
@@ -87,20 +90,43 @@ inline double kmeans_gemm_epsilon(KMeansGemmPrecision p, int64_t D) {
   return 0.0;
 }
 
-// The band (base (Pc,), slope (Pc,) in C's dtype) for scores from a GEMM of precision p: the band
-// of shift_centroids widened by 4·ε·max‖c'‖ per unit of ‖x‖ (a 1 % margin for the float32 ‖x‖),
-// and by absolute terms for flushed denormals (inputs read as zero, each of the ≤ 3D + 2
-// additions flushing ≤ 2⁻¹²⁶), as the CPU AMX path's band.
-inline std::pair<at::Tensor, at::Tensor> kmeans_gemm_band(const ShiftedCentroids& sc, int64_t D,
-                                                          KMeansGemmPrecision p) {
+// The GEMM path multiplies x − v by c' instead of x, v the mean of the centroids of the problems
+// reading a data set (near the data's centre once the centroids are): its error then scales
+// with ‖x − v‖, the data's spread, not with ‖x‖, which grows with the data's distance from the
+// origin. The score keeps its value: b_k − 2 x·c'_k = b'_k − 2 (x − v)·c'_k with b'_k = b_k − 2 v·c'_k.
+struct CentredScores {
+  at::Tensor V;      // (Px, D) contiguous, dtype of X: v of each data set
+  at::Tensor b;      // (Pc, K) contiguous: b'
+  at::Tensor base;   // (Pc,) contiguous
+  at::Tensor slope;  // (Pc,) contiguous, per unit of ‖x − v‖
+};
+
+// b', and the band of shift_centroids formed from b' (|b'| rounding) and widened by
+// 4·ε·max‖c'‖ per unit of ‖x − v‖ (a 1 % margin for the float32 norm) and by absolute terms for
+// flushed denormals (inputs read as zero, each of the ≤ 3D + 2 additions flushing ≤ 2⁻¹²⁶), as
+// the CPU AMX path's band. sc = shift_centroids(a.C).
+inline CentredScores kmeans_centred_scores(const KMeansAssignArgs& a, const ShiftedCentroids& sc,
+                                           KMeansGemmPrecision p) {
+  const auto st = a.C.scalar_type();
+  const int64_t D = a.D;
+  const at::Tensor Cd = a.C.to(at::kDouble);
+  const at::Tensor m = Cd.mean(-2, /*keepdim=*/true);
+  const at::Tensor Csd = sc.Cs.to(at::kDouble);
+  // v per data set, rounded to the dtype the GEMM reads; b' from that rounded v
+  const at::Tensor v = a.c_shared ? Cd.mean(0, true).expand({a.Px, D})
+                                  : Cd.reshape({a.Px, a.per_x() * a.K, D}).mean(1);
+  const at::Tensor V = v.to(st).contiguous();
+  const at::Tensor Vd = V.to(at::kDouble);
+  const at::Tensor vp = a.c_shared ? Vd.narrow(0, 0, 1) : Vd.repeat_interleave(a.per_x(), 0).unsqueeze(1);
+  const at::Tensor bd = Csd.square().sum(-1) + 2.0 * (Csd * (m - vp)).sum(-1);  // (K,) or (P, K)
+  const double e = st == at::kFloat ? 1.1920928955078125e-07 : 2.220446049250313e-16;
+  const double f = 8.0 * static_cast<double>(D + 2) * e;
   const double eps = kmeans_gemm_epsilon(p, D);
-  if (eps == 0.0) return {sc.band_base, sc.band_slope};
-  const double tiny = std::ldexp(1.0, -126), rd = std::sqrt(static_cast<double>(D));
-  const at::Tensor maxc = sc.Cs.to(at::kDouble).square().sum(-1).sqrt().amax(-1).reshape({-1});
-  const auto st = sc.band_base.scalar_type();
-  const at::Tensor base = sc.band_base.to(at::kDouble) + (4.0 * (3.0 * D + 2.0) + 8.0 * rd * maxc) * tiny;
-  const at::Tensor slope = sc.band_slope.to(at::kDouble) + 4.04 * eps * maxc + 4.0 * rd * tiny;
-  return {base.to(st).contiguous(), slope.to(st).contiguous()};
+  const double tiny = eps > 0.0 ? std::ldexp(1.0, -126) : 0.0, rd = std::sqrt(static_cast<double>(D));
+  const at::Tensor maxc = Csd.square().sum(-1).sqrt().amax(-1).reshape({-1});
+  const at::Tensor base = bd.abs().amax(-1).reshape({-1}) * f + (4.0 * (3.0 * D + 2.0) + 8.0 * rd * maxc) * tiny;
+  const at::Tensor slope = maxc * (2.0 * f + 4.04 * eps) + 4.0 * rd * tiny;
+  return {V, bd.to(st).contiguous(), base.to(st).contiguous(), slope.to(st).contiguous()};
 }
 
 // The coarsest precision torch lets a float32 matmul of `backend` use: TF32 where
@@ -184,7 +210,7 @@ void kmeans_assign_gemm(const Runner& run, const KMeansAssignArgs& a, const Shif
   const KMeansGemmPrecision prec =
       st == at::kDouble ? KMeansGemmPrecision::Ieee
                         : (split ? KMeansGemmPrecision::Bf16x3 : run.gemm_precision(st));
-  const auto [base, slope] = kmeans_gemm_band(sc, D, prec);
+  const CentredScores cs = kmeans_centred_scores(a, sc, prec);
   const at::Tensor Cm2 = sc.Cs * -2;  // exact scaling by a power of two: G = −2 x·c'
   const at::Tensor Cop = split ? kmeans_bf16x3_operand(Cm2, false) : Cm2;
   const int64_t cols = a.c_shared ? K : M * K;
@@ -195,13 +221,13 @@ void kmeans_assign_gemm(const Runner& run, const KMeansAssignArgs& a, const Shif
       const at::Tensor Cg = a.c_shared ? Cop : Cop.narrow(0, g * M, M).reshape({cols, Cop.size(-1)});
       for (int64_t n0 = 0; n0 < N; n0 += chunk) {
         const int64_t rows = std::min(chunk, N - n0);
-        const at::Tensor xs = a.X.select(0, g).narrow(0, n0, rows);
+        const at::Tensor xs = a.X.select(0, g).narrow(0, n0, rows) - cs.V.select(0, g);
         at::Tensor G = gbuf.narrow(0, 0, cols * rows).view({cols, rows});
         run.gemm(G, Cg, (split ? kmeans_bf16x3_operand(xs, true) : xs).t());
         run.template scores<scalar_t>(G.const_data_ptr<scalar_t>(), a.X.const_data_ptr<scalar_t>(),
-                                      sc.b.const_data_ptr<scalar_t>(),
-                                      a.C.const_data_ptr<scalar_t>(), base.const_data_ptr<scalar_t>(),
-                                      slope.const_data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
+                                      cs.V.const_data_ptr<scalar_t>(), cs.b.const_data_ptr<scalar_t>(),
+                                      a.C.const_data_ptr<scalar_t>(), cs.base.const_data_ptr<scalar_t>(),
+                                      cs.slope.const_data_ptr<scalar_t>(), labels.data_ptr<int64_t>(),
                                       dist2.data_ptr<scalar_t>(), g * M, M, n0, rows, N, K, D, M, a.c_shared);
       }
     }

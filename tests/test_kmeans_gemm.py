@@ -36,7 +36,9 @@ def _layouts(dtype: torch.dtype, seed: int):
     n_init-style problems (Px data sets, M problems each)."""
     X, C = _near_ties(2, 413, 19, 11, seed, dtype)
     g = torch.Generator().manual_seed(seed + 1)
-    Cp = C.unsqueeze(0) + torch.randn(6, *C.shape, generator=g, dtype=torch.float64).to(dtype) * 0.3
+    # per-problem centroids: C in another order, each nudged, so that every problem keeps the ties
+    Cp = torch.stack([C[torch.randperm(C.shape[0], generator=g)] for _ in range(6)])
+    Cp = Cp + (torch.randn(Cp.shape, generator=g, dtype=torch.float64) * 1e-6).to(dtype)
     return [
         ("single", X[0], C),
         ("shared_x", X[0], Cp[:3]),
@@ -74,8 +76,8 @@ def test_gemm_path_labels_equal_the_cpu(monkeypatch, mode, emu, dtype, chunk):
 
 @pytest.mark.parametrize("emu", ["tf32", "bf16"])
 def test_a_band_too_narrow_for_the_gemm_gives_wrong_labels(monkeypatch, emu):
-    """The same data with the coarsened GEMM but the IEEE band: labels go wrong in every layout
-    (here 48-492 rows of 413-2478), so the test above holds because the band covers the GEMM's
+    """The same data with the coarsened GEMM but the IEEE band: labels go wrong in every layout,
+    so the test above holds because the band covers the GEMM's
     precision, not by luck of the data."""
     for name, X, C in _layouts(torch.float32, seed=3):
         cpu_labels, _ = torch.ops.tlkernels.kmeans_assign(X, C)

@@ -44,10 +44,10 @@ struct CudaRunner {
     }
   }
   template <typename T>
-  void scores(const T* G, const T* X, const T* b, const T* C, const T* base, const T* slope,
+  void scores(const T* G, const T* X, const T* V, const T* b, const T* C, const T* base, const T* slope,
               int64_t* labels, T* dist2, int64_t p0, int64_t np, int64_t n0, int64_t rows, int64_t N, int64_t K,
               int64_t D, int64_t M, bool c_shared) const {
-    C10_CUDA_CHECK(cuda::kmeans_scores<T>(G, rows, X, b, C, base, slope, labels, dist2, p0, np, n0, rows, N, K,
+    C10_CUDA_CHECK(cuda::kmeans_scores<T>(G, rows, X, V, b, C, base, slope, labels, dist2, p0, np, n0, rows, N, K,
                                           D, M, c_shared, stream));
   }
   template <typename T>

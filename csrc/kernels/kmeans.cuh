@@ -146,18 +146,19 @@ kmeans_assign_kernel(const T* __restrict__ X,           // (Px, N, D)
   }
 }
 
-// The epilogue of the GEMM path (kmeans_gemm.h): one row per thread, the scores b + G of a score
-// block G (cols, ldg) = (−2C')·Xᵀ of one chunk read down a column (consecutive threads, consecutive
+// The epilogue of the GEMM path (kmeans_gemm.h): one row per thread, the scores b' + G of a score
+// block G (cols, ldg) = (−2C')·(X − v)ᵀ of one chunk read down a column (consecutive threads, consecutive
 // rows: coalesced), folded into the argmin exactly as kmeans_assign_kernel folds its tiles: scores
 // within the band of the running best are decided by exact distances (ties → lowest index).
 // Grid (row tiles of 128, np problems of one data set); problem p = p0 + blockIdx.y reads the
 // rows q·K.. of G with q = blockIdx.y (q = 0 when C is shared).
 template <typename T>
 __global__ void __launch_bounds__(kKMeansRows)
-kmeans_scores_kernel(const T* __restrict__ G,           // (cols, ldg): −2 x·c'
+kmeans_scores_kernel(const T* __restrict__ G,           // (cols, ldg): −2 (x − v)·c'
                      int64_t ldg,
                      const T* __restrict__ X,           // (Px, N, D)
-                     const T* __restrict__ b,           // (Pc, K)
+                     const T* __restrict__ V,           // (Px, D): v
+                     const T* __restrict__ b,           // (Pc, K): b − 2 v·c'
                      const T* __restrict__ C,           // (Pc, K, D)
                      const T* __restrict__ band_base,   // (Pc,)
                      const T* __restrict__ band_slope,  // (Pc,)
@@ -175,15 +176,15 @@ kmeans_scores_kernel(const T* __restrict__ G,           // (cols, ldg): −2 x·
   const T* Gq = G + (c_shared ? 0 : q) * K * ldg + r;
   const T* bp = b + cp * K;
   const T* Cp = C + cp * K * D;
-  // ‖x‖ from the row the GEMM just read (in L2: the chunk is sized for it), as the SIMT kernel
-  // forms it
+  // ‖x − v‖ from the row the GEMM just read (in L2: the chunk is sized for it)
+  const T* v = V + (p / M) * D;
   T xsq = T(0);
   for (int64_t d = 0; d < D; ++d) {
-    const T v = ld_global(&x[d]);
-    xsq += v * v;
+    const T t = ld_global(&x[d]) - ld_global(&v[d]);
+    xsq += t * t;
   }
   const T band = ld_global(&band_base[cp]) + ld_global(&band_slope[cp]) * sqrt(xsq);
-  count_flops(2 * D + 3);
+  count_flops(3 * D + 3);
   T m = T(0);
   int64_t best = -1;
   T best_e = T(0);
@@ -291,7 +292,7 @@ void kmeans_assign(Launch&& launch, const T* X, const T* Cs, const T* b, const T
 // labels / dist2 of np problems p0.. of one data set for the chunk rows n0 .. n0 + rows, from the
 // chunk's score block G (cols, ldg). Problems beyond gridDim.y's limit go in several launches.
 template <typename T, typename Launch>
-void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T* b, const T* C,
+void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T* V, const T* b, const T* C,
                    const T* band_base, const T* band_slope, int64_t* labels, T* dist2, int64_t p0, int64_t np,
                    int64_t n0, int64_t rows, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared) {
   if (rows == 0 || np == 0) return;
@@ -299,7 +300,7 @@ void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T
   for (int64_t q0 = 0; q0 < np; q0 += kKMeansMaxGridY) {
     const int64_t nq = np - q0 < kKMeansMaxGridY ? np - q0 : kKMeansMaxGridY;
     const tlk::LaunchPlan plan{dim3(row_tiles, static_cast<unsigned>(nq)), dim3(kKMeansRows), 0};
-    launch(plan, kmeans_scores_kernel<T>, G + (c_shared ? 0 : q0 * K * ldg), ldg, X, b, C, band_base,
+    launch(plan, kmeans_scores_kernel<T>, G + (c_shared ? 0 : q0 * K * ldg), ldg, X, V, b, C, band_base,
            band_slope, labels, dist2, p0 + q0, n0, rows, N, K, D, M, static_cast<int>(c_shared));
   }
 }
