@@ -6,6 +6,8 @@
 //   Runner::assign<T>(...)          kernels::kmeans_assign
 //   Runner::update<T>(...)          kernels::kmeans_update
 //   Runner::update_ranges(N, P, K, D)  kernels::kmeans_update_ranges (the partials' row ranges)
+// and kmeans_gemm.h's Runner::gemm / gemm_precision / scores for the assignment on a vendor GEMM
+// (TLK_KMEANS_GEMM; the SIMT kernel below kKMeansSimtMaxFlops).
 // The checks a kernel cannot raise (labels out of range, negative weights, non-finite results)
 // are tensor reductions here (one device sync each); their messages are the CPU backend's.
 #pragma once
@@ -16,6 +18,7 @@
 #include <tuple>
 
 #include "kmeans.h"
+#include "kmeans_gemm.h"
 
 namespace tlk {
 
@@ -35,13 +38,18 @@ std::tuple<at::Tensor, at::Tensor> kmeans_assign_device(const Runner& run, const
   at::Tensor dist2 = new_output(a.out_sizes(), a.X.options());
   if (a.N == 0 || a.P == 0) return {labels, dist2};
   const ShiftedCentroids sc = shift_centroids(a.C);
-  AT_DISPATCH_FLOATING_TYPES(a.X.scalar_type(), "kmeans_assign_device", [&] {
-    run.template assign<scalar_t>(a.X.const_data_ptr<scalar_t>(), sc.Cs.const_data_ptr<scalar_t>(),
-                                  sc.b.const_data_ptr<scalar_t>(), a.C.const_data_ptr<scalar_t>(),
-                                  sc.band_base.const_data_ptr<scalar_t>(), sc.band_slope.const_data_ptr<scalar_t>(),
-                                  labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>(), a.P, a.N, a.K, a.D,
-                                  a.per_x(), a.c_shared);
-  });
+  const KMeansGemmMode mode = kmeans_gemm_mode();
+  if (kmeans_use_gemm(mode, a)) {
+    kmeans_assign_gemm(run, a, sc, mode, labels, dist2);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(a.X.scalar_type(), "kmeans_assign_device", [&] {
+      run.template assign<scalar_t>(a.X.const_data_ptr<scalar_t>(), sc.Cs.const_data_ptr<scalar_t>(),
+                                    sc.b.const_data_ptr<scalar_t>(), a.C.const_data_ptr<scalar_t>(),
+                                    sc.band_base.const_data_ptr<scalar_t>(), sc.band_slope.const_data_ptr<scalar_t>(),
+                                    labels.data_ptr<int64_t>(), dist2.data_ptr<scalar_t>(), a.P, a.N, a.K, a.D,
+                                    a.per_x(), a.c_shared);
+    });
+  }
   const int64_t bad = detail::first_true(at::isfinite(dist2).logical_not());
   TORCH_CHECK_VALUE(bad < 0, "X must be finite: the distance of row ", bad % a.N, " (problem ", bad / a.N,
                     ") to its centroid is not finite (NaN or inf in X, or values too large)");

@@ -1,5 +1,6 @@
 // CUDA backend of batched k-means (host side): the shared host path of kmeans_device.h with a
-// runner that calls the torch-free launchers of kmeans_cuda.cu on the current stream.
+// runner that calls the torch-free launchers of kmeans_cuda.cu on the current stream; the
+// assignment's scores on cuBLAS (kmeans_gemm.h) above kKMeansSimtMaxFlops.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -7,6 +8,7 @@
 
 #include "cuda/launchers.h"
 #include "kmeans_device.h"
+#include "kmeans_gemm.h"
 
 namespace tlk {
 namespace {
@@ -24,6 +26,29 @@ struct CudaRunner {
   void assign(const T* X, const T* Cs, const T* b, const T* C, const T* base, const T* slope, int64_t* labels,
               T* dist2, int64_t P, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared) const {
     C10_CUDA_CHECK(cuda::kmeans_assign<T>(X, Cs, b, C, base, slope, labels, dist2, P, N, K, D, M, c_shared, stream));
+  }
+  // The vendor-GEMM path (kmeans_gemm.h): at::mm_out on torch's current stream (this runner's),
+  // cuBLAS / cuBLASLt; bf16 operands (the bf16x3 split) through the mm.dtype overload, float32
+  // accumulation and result. The precision reported is the coarsest torch's float32 matmul
+  // settings allow cuBLAS (allow_tf32, float32_matmul_precision, fp32_precision): the band is
+  // widened for it.
+  KMeansGemmPrecision gemm_precision(at::ScalarType dtype) const {
+    if (dtype != at::kFloat) return KMeansGemmPrecision::Ieee;
+    return kmeans_torch_matmul_precision(at::Float32Backend::CUDA);
+  }
+  void gemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b) const {
+    if (a.scalar_type() == out.scalar_type()) {
+      at::mm_out(out, a, b);
+    } else {
+      at::mm_out(out, a, b, out.scalar_type());
+    }
+  }
+  template <typename T>
+  void scores(const T* G, const T* X, const T* V, const T* b, const T* C, const T* base, const T* slope,
+              int64_t* labels, T* dist2, int64_t p0, int64_t np, int64_t n0, int64_t rows, int64_t N, int64_t K,
+              int64_t D, int64_t M, bool c_shared) const {
+    C10_CUDA_CHECK(cuda::kmeans_scores<T>(G, rows, X, V, b, C, base, slope, labels, dist2, p0, np, n0, rows, N, K,
+                                          D, M, c_shared, stream));
   }
   template <typename T>
   void update(const T* X, const int64_t* L, const T* W, double* part, T* sums, T* counts, int64_t P, int64_t N,

@@ -27,6 +27,16 @@ cudaError_t kmeans_assign(const T* X, const T* Cs, const T* b, const T* C, const
 }
 
 template <typename T>
+cudaError_t kmeans_scores(const T* G, int64_t ldg, const T* X, const T* V, const T* b, const T* C,
+                          const T* band_base, const T* band_slope, int64_t* labels, T* dist2, int64_t p0, int64_t np,
+                          int64_t n0, int64_t rows, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared,
+                          cudaStream_t stream) {
+  kernels::kmeans_scores<T>(stream_launch(stream), G, ldg, X, V, b, C, band_base, band_slope, labels, dist2, p0, np,
+                            n0, rows, N, K, D, M, c_shared);
+  return cudaGetLastError();
+}
+
+template <typename T>
 cudaError_t kmeans_update(const T* X, const int64_t* L, const T* W, double* part, T* sums, T* counts, int64_t P,
                           int64_t N, int64_t K, int64_t D, int64_t R, int64_t M, int64_t MW, cudaStream_t stream) {
   kernels::kmeans_update<T>(stream_launch(stream), X, L, W, part, sums, counts, P, N, K, D, R, M, MW);
@@ -36,6 +46,9 @@ cudaError_t kmeans_update(const T* X, const int64_t* L, const T* W, double* part
 #define TLK_KMEANS_INSTANTIATE(T)                                                                                \
   template cudaError_t kmeans_assign<T>(const T*, const T*, const T*, const T*, const T*, const T*, int64_t*, T*, \
                                         int64_t, int64_t, int64_t, int64_t, int64_t, bool, cudaStream_t);        \
+  template cudaError_t kmeans_scores<T>(const T*, int64_t, const T*, const T*, const T*, const T*, const T*,         \
+                                        const T*, int64_t*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, \
+                                        int64_t, int64_t, bool, cudaStream_t);                                   \
   template cudaError_t kmeans_update<T>(const T*, const int64_t*, const T*, double*, T*, T*, int64_t, int64_t,  \
                                         int64_t, int64_t, int64_t, int64_t, int64_t, cudaStream_t);
 TLK_KMEANS_INSTANTIATE(float)

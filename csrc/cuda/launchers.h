@@ -47,6 +47,12 @@ template <typename T>
 cudaError_t kmeans_assign(const T* X, const T* Cs, const T* b, const T* C, const T* band_base, const T* band_slope,
                           int64_t* labels, T* dist2, int64_t P, int64_t N, int64_t K, int64_t D, int64_t M,
                           bool c_shared, cudaStream_t stream);
+// The epilogue of the vendor-GEMM assignment (kmeans_gemm.h): G (cols, ldg) one chunk's scores.
+template <typename T>
+cudaError_t kmeans_scores(const T* G, int64_t ldg, const T* X, const T* V, const T* b, const T* C,
+                          const T* band_base, const T* band_slope, int64_t* labels, T* dist2, int64_t p0, int64_t np,
+                          int64_t n0, int64_t rows, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared,
+                          cudaStream_t stream);
 template <typename T>
 cudaError_t kmeans_update(const T* X, const int64_t* L, const T* W, double* part, T* sums, T* counts, int64_t P,
                           int64_t N, int64_t K, int64_t D, int64_t R, int64_t M, int64_t MW, cudaStream_t stream);

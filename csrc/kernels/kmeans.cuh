@@ -9,6 +9,9 @@
 //   band of the running best are decided by exact distances Σ (x − c)² (ties → lowest index),
 //   so the label is the truly nearest centroid, as on the CPU; dist2 is the winner's exact
 //   distance (float32 cancellation does not show).
+// kmeans_scores_kernel: the same decisions from a score block computed by a vendor GEMM
+//   (kmeans_gemm.h; tensor cores on CUDA), one row per thread, within a band that covers the
+//   GEMM's precision.
 // kmeans_partial_kernel + kmeans_reduce_kernel: the update without atomics. Rows are cut into R
 //   ranges (R a function of the shapes only); a block owns (range, 128 features, problem) and
 //   each thread walks its range's rows in order adding its feature of x into the float64
@@ -143,6 +146,75 @@ kmeans_assign_kernel(const T* __restrict__ X,           // (Px, N, D)
   }
 }
 
+// The epilogue of the GEMM path (kmeans_gemm.h): one row per thread, the scores b' + G of a score
+// block G (cols, ldg) = (−2C')·(X − v)ᵀ of one chunk read down a column (consecutive threads, consecutive
+// rows: coalesced), folded into the argmin exactly as kmeans_assign_kernel folds its tiles: scores
+// within the band of the running best are decided by exact distances (ties → lowest index).
+// Grid (row tiles of 128, np problems of one data set); problem p = p0 + blockIdx.y reads the
+// rows q·K.. of G with q = blockIdx.y (q = 0 when C is shared).
+template <typename T>
+__global__ void __launch_bounds__(kKMeansRows)
+kmeans_scores_kernel(const T* __restrict__ G,           // (cols, ldg): −2 (x − v)·c'
+                     int64_t ldg,
+                     const T* __restrict__ X,           // (Px, N, D)
+                     const T* __restrict__ V,           // (Px, D): v
+                     const T* __restrict__ b,           // (Pc, K): b − 2 v·c'
+                     const T* __restrict__ C,           // (Pc, K, D)
+                     const T* __restrict__ band_base,   // (Pc,)
+                     const T* __restrict__ band_slope,  // (Pc,)
+                     int64_t* __restrict__ labels,      // (P, N)
+                     T* __restrict__ dist2,             // (P, N)
+                     int64_t p0, int64_t n0, int64_t rows, int64_t N, int64_t K, int64_t D, int64_t M,
+                     int c_shared) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kKMeansRows + threadIdx.x;
+  if (TLK_BRANCH(r >= rows)) return;
+  const int64_t q = blockIdx.y;
+  const int64_t p = p0 + q;
+  const int64_t cp = c_shared ? 0 : p;
+  const int64_t n = n0 + r;
+  const T* x = X + ((p / M) * N + n) * D;
+  const T* Gq = G + (c_shared ? 0 : q) * K * ldg + r;
+  const T* bp = b + cp * K;
+  const T* Cp = C + cp * K * D;
+  // ‖x − v‖ from the row the GEMM just read (in L2: the chunk is sized for it)
+  const T* v = V + (p / M) * D;
+  T xsq = T(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const T t = ld_global(&x[d]) - ld_global(&v[d]);
+    xsq += t * t;
+  }
+  const T band = ld_global(&band_base[cp]) + ld_global(&band_slope[cp]) * sqrt(xsq);
+  count_flops(3 * D + 3);
+  T m = T(0);
+  int64_t best = -1;
+  T best_e = T(0);
+  bool have_e = false;
+  for (int64_t k = 0; k < K; ++k) {
+    const T bk = ld_global(&bp[k]);
+    const T s = bk + ld_global(&Gq[k * ldg]);
+    count_flops(1);
+    if (best < 0 || s < m - band) {
+      best = k;
+      m = s;
+      have_e = false;
+    } else if (TLK_BRANCH(s <= m + band)) {  // within the rounding band of the best: exact distances decide
+      if (!have_e) {
+        best_e = kmeans_sqdist(x, Cp + best * D, D);
+        have_e = true;
+      }
+      const T e = kmeans_sqdist(x, Cp + k * D, D);
+      if (e < best_e) {
+        best = k;
+        best_e = e;
+      }
+      if (s < m) m = s;
+    }
+  }
+  const T e = have_e ? best_e : kmeans_sqdist(x, Cp + best * D, D);
+  st_global(&labels[p * N + n], best);
+  st_global(&dist2[p * N + n], e);
+}
+
 // Zeroes, then fills, the float64 partials of one (range, feature tile, problem):
 // part (P, R, K, D + 1), column D holding the weights (counts).
 template <typename T>
@@ -214,6 +286,22 @@ void kmeans_assign(Launch&& launch, const T* X, const T* Cs, const T* b, const T
     const tlk::LaunchPlan plan{dim3(row_tiles, static_cast<unsigned>(np)), dim3(kKMeansRows), 0};
     launch(plan, kmeans_assign_kernel<T>, X, Cs, b, C, band_base, band_slope, labels, dist2, p0, N, K, D, M,
            static_cast<int>(c_shared));
+  }
+}
+
+// labels / dist2 of np problems p0.. of one data set for the chunk rows n0 .. n0 + rows, from the
+// chunk's score block G (cols, ldg). Problems beyond gridDim.y's limit go in several launches.
+template <typename T, typename Launch>
+void kmeans_scores(Launch&& launch, const T* G, int64_t ldg, const T* X, const T* V, const T* b, const T* C,
+                   const T* band_base, const T* band_slope, int64_t* labels, T* dist2, int64_t p0, int64_t np,
+                   int64_t n0, int64_t rows, int64_t N, int64_t K, int64_t D, int64_t M, bool c_shared) {
+  if (rows == 0 || np == 0) return;
+  const unsigned row_tiles = static_cast<unsigned>((rows + kKMeansRows - 1) / kKMeansRows);
+  for (int64_t q0 = 0; q0 < np; q0 += kKMeansMaxGridY) {
+    const int64_t nq = np - q0 < kKMeansMaxGridY ? np - q0 : kKMeansMaxGridY;
+    const tlk::LaunchPlan plan{dim3(row_tiles, static_cast<unsigned>(nq)), dim3(kKMeansRows), 0};
+    launch(plan, kmeans_scores_kernel<T>, G + (c_shared ? 0 : q0 * K * ldg), ldg, X, V, b, C, band_base,
+           band_slope, labels, dist2, p0 + q0, n0, rows, N, K, D, M, static_cast<int>(c_shared));
   }
 }
 
