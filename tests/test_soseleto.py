@@ -220,3 +220,15 @@ def test_two_gloo_processes_match_one_process():
     for p_single, p0, p1 in zip(single.source_net.parameters(), out[0][1], out[1][1]):
         assert torch.equal(p0, p1), "ranks must hold identical models"
         torch.testing.assert_close(p0, p_single, rtol=1e-4, atol=1e-5)
+
+
+def test_lr_alpha_zero_keeps_alpha_and_negative_is_refused():
+    torch.manual_seed(0)
+    backbone, head = nn.Linear(4, 6), nn.Linear(6, 3)
+    Xs, ys = torch.randn(24, 4), torch.randint(0, 3, (24,))
+    Xt, yt = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    m = Soseleto(backbone, head, head, 24, lr_alpha=0.0, alpha_init=0.7, batch_size=8, target_batch_size=8, epochs=2)
+    m.fit((Xs, ys), (Xt, yt))
+    assert torch.equal(torch.as_tensor(m.alpha_), torch.full((24,), 0.7))
+    with pytest.raises(ValueError, match="lr_alpha must be >= 0"):
+        Soseleto(backbone, head, head, 24, lr_alpha=-0.1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -53,8 +52,14 @@ def mlp_extractor(in_dim: int = 64, hidden=(128, 64), seed: int = 0) -> nn.Seque
     return nn.Sequential(*layers)
 
 
-def run_shift(shift: str, seed: int = 0, lam_grid=(0.0, 0.1, 0.3, 1.0), epoch_grid=(20, 40),
-              dann_kwargs=None, verbose: bool = False) -> dict:
+def run_shift(
+    shift: str,
+    seed: int = 0,
+    lam_grid=(0.0, 0.1, 0.3, 1.0),
+    epoch_grid=(20, 40),
+    dann_kwargs=None,
+    verbose: bool = False,
+) -> dict:
     """One seed of one shift. Source only (lam_max = 0, the full budget) / DANN with lam_max and
     the stopping epoch chosen by reverse validation (no target label read) / Target oracle
     (trained on the labelled target adaptation set). Also the test accuracy of every grid point,
@@ -70,8 +75,16 @@ def run_shift(shift: str, seed: int = 0, lam_grid=(0.0, 0.1, 0.3, 1.0), epoch_gr
     def make(lam_max):
         return DANN(mlp_extractor(seed=seed), 10, lam_max=lam_max, **kw)
 
-    rv = select_by_reverse_validation(make, [dict(lam_max=l) for l in lam_grid], src.X, src.y, tt.X,
-                                      epochs=epoch_grid, random_state=seed, verbose=verbose)
+    rv = select_by_reverse_validation(
+        make,
+        [dict(lam_max=l) for l in lam_grid],
+        src.X,
+        src.y,
+        tt.X,
+        epochs=epoch_grid,
+        random_state=seed,
+        verbose=verbose,
+    )
     # the final models on the whole source, and every grid point's target test accuracy
     test_acc, dom_acc = {}, {}
     for lam in lam_grid:
@@ -83,18 +96,27 @@ def run_shift(shift: str, seed: int = 0, lam_grid=(0.0, 0.1, 0.3, 1.0), epoch_gr
             dom_acc[_key(lam, e)] = m.history_[e - 1]["domain_acc"]
     best = rv["best"]
     oracle = max(rv["settings"], key=lambda s: test_acc[_key(s["lam_max"], s["epochs"])])
-    source_only = test_acc[_key(0.0, e_max)] if 0.0 in lam_grid else \
-        make(0.0).set_params(epochs=e_max).fit(src.X, src.y, tt.X).score(test.X, test.y)
+    source_only = (
+        test_acc[_key(0.0, e_max)]
+        if 0.0 in lam_grid
+        else make(0.0).set_params(epochs=e_max).fit(src.X, src.y, tt.X).score(test.X, test.y)
+    )
     target_oracle = make(0.0).set_params(epochs=e_max).fit(tt.X, tt.y, tt.X).score(test.X, test.y)
     return dict(
-        shift=shift, seed=seed, lam_grid=list(lam_grid), epoch_grid=epoch_grid,
-        accuracy=dict(source_only=source_only, dann=test_acc[_key(best["lam_max"], best["epochs"])],
-                      target_oracle=target_oracle),
+        shift=shift,
+        seed=seed,
+        lam_grid=list(lam_grid),
+        epoch_grid=epoch_grid,
+        accuracy=dict(
+            source_only=source_only, dann=test_acc[_key(best["lam_max"], best["epochs"])], target_oracle=target_oracle
+        ),
         dann_textbook=test_acc.get(_key(1.0, e_max)),
-        rv_choice=best, oracle_choice=oracle,
+        rv_choice=best,
+        oracle_choice=oracle,
         oracle_choice_accuracy=test_acc[_key(oracle["lam_max"], oracle["epochs"])],
         rv_scores={_key(s["lam_max"], s["epochs"]): v for s, v in zip(rv["settings"], rv["scores"])},
-        test_accuracy_by_setting=test_acc, domain_accuracy_by_setting=dom_acc,
+        test_accuracy_by_setting=test_acc,
+        domain_accuracy_by_setting=dom_acc,
         proxy_a_distance_input=proxy_a_distance(src.X, tt.X, random_state=seed),
         seconds=time.time() - t0,
     )

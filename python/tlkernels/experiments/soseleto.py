@@ -27,8 +27,7 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from ..data import (Dataset, add_label_noise, class_split, load_digits, make_noisy_2d, shift_images,
-                    stratified_split)
+from ..data import Dataset, add_label_noise, class_split, load_digits, make_noisy_2d, shift_images, stratified_split
 from ..selection import Soseleto
 
 __all__ = ["run_synthetic", "run_noisy", "run_disjoint", "run_domain", "DOMAIN_SHIFTS", "mlp", "train"]
@@ -43,8 +42,9 @@ def mlp(in_dim: int, hidden=(128, 64)) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def train(net: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int = 32, seed: int = 0,
-          params=None) -> nn.Module:
+def train(
+    net: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int = 32, seed: int = 0, params=None
+) -> nn.Module:
     """Plain SGD (momentum 0.9) on the mean cross-entropy; `params` restricts what trains."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(params if params is not None else net.parameters(), lr=lr, momentum=0.9)
@@ -53,7 +53,7 @@ def train(net: nn.Module, data: Dataset, epochs: int, lr: float, batch_size: int
     for _ in range(epochs):
         perm = torch.randperm(n, generator=gen)
         for i in range(0, n, batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(net(data.X[idx]), data.y[idx]).backward()
             opt.step()
@@ -105,25 +105,51 @@ def fine_tune_grid(net: nn.Module, tr: Dataset, val: Dataset, seed: int, new_hea
     return _best(cands, val)
 
 
-def _soseleto_grid(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, seed: int, n_classes: int, shared: bool,
-                   epochs: int = 30, verbose: bool = False):
+def _soseleto_grid(
+    source: Dataset,
+    tgt_tr: Dataset,
+    tgt_val: Dataset,
+    seed: int,
+    n_classes: int,
+    shared: bool,
+    epochs: int = 30,
+    verbose: bool = False,
+):
     """SOSELETO with lr_alpha chosen on the target validation split: (model, params, target net)."""
     cands = []
     for lr_alpha in (0.02, 0.1):
         _seed_all(seed)
         backbone, head = mlp(64), nn.Linear(64, n_classes)
         target_head = head if shared else nn.Linear(64, n_classes)
-        model = Soseleto(backbone, head, target_head, len(source), lr=0.05, lr_alpha=lr_alpha, batch_size=64,
-                         target_batch_size=min(32, len(tgt_tr)), random_state=seed, device=source.X.device,
-                         verbose=verbose)
+        model = Soseleto(
+            backbone,
+            head,
+            target_head,
+            len(source),
+            lr=0.05,
+            lr_alpha=lr_alpha,
+            batch_size=64,
+            target_batch_size=min(32, len(tgt_tr)),
+            random_state=seed,
+            device=source.X.device,
+            verbose=verbose,
+        )
         model.set_params(epochs=epochs).fit(source, tgt_tr)
         cands.append(({"lr_alpha": lr_alpha, "model": model}, model.target_net))
     p, net, _ = _best(cands, tgt_val)
     return p.pop("model"), p, net
 
 
-def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: int = 30, kind: str = "symmetric",
-              plot: str | None = None, device="cpu", verbose: bool = False) -> dict:
+def run_noisy(
+    noise: float = 0.4,
+    n_target: int = 100,
+    seed: int = 0,
+    epochs: int = 30,
+    kind: str = "symmetric",
+    plot: str | None = None,
+    device="cpu",
+    verbose: bool = False,
+) -> dict:
     """Experiment (b). Returns accuracies, alpha's AUROC, the chosen hyper-parameters, seconds;
     `plot`: a PNG of alpha's distribution for clean and flipped source labels."""
     t0 = time.perf_counter()
@@ -144,17 +170,32 @@ def run_noisy(noise: float = 0.4, n_target: int = 100, seed: int = 0, epochs: in
     p2, net2, _ = fine_tune_grid(net_seq, tgt_tr, tgt_val, seed)
     acc["soseleto_ft"], chosen["soseleto_ft"] = accuracy(net2, test), p2
     if plot:
-        _plot_alpha_hist(model.alpha_.cpu().numpy(), flipped.numpy(), auroc,
-                         f"digits, {int(noise * 100)}% {kind} noise, {n_target} clean target examples", plot)
-    return {"experiment": "noisy", "noise": noise, "kind": kind, "n_target": n_target, "seed": seed,
-            "epochs": epochs, "accuracy": acc, "auroc": auroc, "chosen": chosen,
-            "alpha_mean_clean": model.alpha_.cpu()[~flipped].mean().item(),
-            "alpha_mean_noisy": model.alpha_.cpu()[flipped].mean().item(),
-            "seconds": time.perf_counter() - t0}
+        _plot_alpha_hist(
+            model.alpha_.cpu().numpy(),
+            flipped.numpy(),
+            auroc,
+            f"digits, {int(noise * 100)}% {kind} noise, {n_target} clean target examples",
+            plot,
+        )
+    return {
+        "experiment": "noisy",
+        "noise": noise,
+        "kind": kind,
+        "n_target": n_target,
+        "seed": seed,
+        "epochs": epochs,
+        "accuracy": acc,
+        "auroc": auroc,
+        "chosen": chosen,
+        "alpha_mean_clean": model.alpha_.cpu()[~flipped].mean().item(),
+        "alpha_mean_noisy": model.alpha_.cpu()[flipped].mean().item(),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str | None = None, device="cpu",
-                 verbose: bool = False) -> dict:
+def run_disjoint(
+    n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str | None = None, device="cpu", verbose: bool = False
+) -> dict:
     """Experiment (c): digits 0-4 (source) -> 5-9 (target) with n_target labelled target examples
     in all. With `shift` (a DOMAIN_SHIFTS name) the labels are disjoint AND the domains differ, as
     in Litany & Freedman 2018's SVHN 0-4 -> MNIST 5-9: the digits are split in halves first, the source is the
@@ -179,17 +220,28 @@ def run_disjoint(n_target: int = 25, seed: int = 0, epochs: int = 30, shift: str
     source, tgt_tr, tgt_val, test = (d.to(device) for d in (source, tgt_tr, tgt_val, test))
     acc, chosen, pre, _ = _baselines(source, tgt_tr, tgt_val, test, 5, seed, epochs, new_head=5)
     _seed_all(seed + 7)
-    probe = {"pretrained": _linear_probe(pre, tgt_tr, test, seed),
-             "random": _linear_probe(nn.Sequential(mlp(64), nn.Linear(64, 5)).to(device), tgt_tr, test, seed)}
+    probe = {
+        "pretrained": _linear_probe(pre, tgt_tr, test, seed),
+        "random": _linear_probe(nn.Sequential(mlp(64), nn.Linear(64, 5)).to(device), tgt_tr, test, seed),
+    }
 
     model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 5, shared=False, epochs=epochs, verbose=verbose)
     acc["soseleto"], chosen["soseleto"] = accuracy(net, test), p
     net_seq = nn.Sequential(*model.backbone, model.target_head)
     p2, net2, _ = fine_tune_grid(net_seq, tgt_tr, tgt_val, seed)
     acc["soseleto_ft"], chosen["soseleto_ft"] = accuracy(net2, test), p2
-    return {"experiment": "disjoint", "shift": shift, "n_target": n_target, "seed": seed, "epochs": epochs,
-            "accuracy": acc, "linear_probe": probe,
-            "chosen": chosen, "alpha_mean": model.alpha_.mean().item(), "seconds": time.perf_counter() - t0}
+    return {
+        "experiment": "disjoint",
+        "shift": shift,
+        "n_target": n_target,
+        "seed": seed,
+        "epochs": epochs,
+        "accuracy": acc,
+        "linear_probe": probe,
+        "chosen": chosen,
+        "alpha_mean": model.alpha_.mean().item(),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # name -> (X (N, 1, 8, 8), seed) -> shifted X; the same shifts as the DANN experiment's
@@ -208,14 +260,14 @@ def _slant(X: torch.Tensor) -> torch.Tensor:
     tot = m.sum((1, 2)).clamp_min(1e-9)
     cx, cy = (m * xx).sum((1, 2)) / tot, (m * yy).sum((1, 2)) / tot
     dx, dy = xx - cx[:, None, None], yy - cy[:, None, None]
-    mxx, myy, mxy = ((m * dx * dx).sum((1, 2)) / tot, (m * dy * dy).sum((1, 2)) / tot,
-                     (m * dx * dy).sum((1, 2)) / tot)
+    mxx, myy, mxy = ((m * dx * dx).sum((1, 2)) / tot, (m * dy * dy).sum((1, 2)) / tot, (m * dx * dy).sum((1, 2)) / tot)
     axis = 0.5 * torch.atan2(2 * mxy, mxx - myy)  # from the horizontal, in (-pi/2, pi/2]
     return (torch.remainder(axis, math.pi) - math.pi / 2).float()
 
 
-def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str = "rotation", device="cpu",
-               verbose: bool = False) -> dict:
+def run_domain(
+    n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str = "rotation", device="cpu", verbose: bool = False
+) -> dict:
     """Experiment (d): same label space across a domain shift. The digits are split first
     (stratified halves) so no target image is a source image; the source half stays clean and
     labelled (10 classes), the target half is shifted (DOMAIN_SHIFTS[shift]) and split into a
@@ -242,8 +294,7 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
 
     alphas = {}
     for key, shared in (("soseleto", False), ("soseleto_shared", True)):
-        model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 10, shared=shared, epochs=epochs,
-                                       verbose=verbose)
+        model, p, net = _soseleto_grid(source, tgt_tr, tgt_val, seed, 10, shared=shared, epochs=epochs, verbose=verbose)
         acc[key], chosen[key] = accuracy(net, test), p
         net_seq = nn.Sequential(*model.backbone, model.target_head)
         p2, net2, _ = fine_tune_grid(net_seq, tgt_tr, tgt_val, seed)
@@ -256,10 +307,15 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
     # target examples recognise it?); (ii) for the rotation, the slant in the direction of the
     # shift, minus its class mean
     from scipy.stats import spearmanr
+
     ys = source.y.cpu().numpy()
     with torch.no_grad():
         net_to.eval()
-        p_true = torch.softmax(net_to(source.X), 1)[torch.arange(len(source), device=source.y.device), source.y].cpu().numpy()
+        p_true = (
+            torch.softmax(net_to(source.X), 1)[torch.arange(len(source), device=source.y.device), source.y]
+            .cpu()
+            .numpy()
+        )
     slant = None
     if shift == "rotation":
         s0, s1 = _slant(src_img), _slant(DOMAIN_SHIFTS[shift](src_img, 0))
@@ -267,15 +323,26 @@ def run_domain(n_target: int = 20, seed: int = 0, epochs: int = 30, shift: str =
         slant = np.sign(direction) * s0.numpy()
         for c in range(10):  # within-class: classes differ in mean slant
             slant[ys == c] -= slant[ys == c].mean()
-    out = {"experiment": "domain", "shift": shift, "n_target": n_target, "seed": seed, "epochs": epochs,
-           "accuracy": acc, "chosen": chosen, "source_only": source_only, "alpha": {}}
+    out = {
+        "experiment": "domain",
+        "shift": shift,
+        "n_target": n_target,
+        "seed": seed,
+        "epochs": epochs,
+        "accuracy": acc,
+        "chosen": chosen,
+        "source_only": source_only,
+        "alpha": {},
+    }
     for key, a in alphas.items():
         const = bool(a.std() == 0)
         out["alpha"][key] = {
-            "mean": float(a.mean()), "frac_below_0.5": float((a < 0.5).mean()),
+            "mean": float(a.mean()),
+            "frac_below_0.5": float((a < 0.5).mean()),
             "mean_per_class": [float(a[ys == c].mean()) for c in range(10)],
             "spearman_target_p_true": None if const else float(spearmanr(a, p_true).statistic),
-            "spearman_slant": None if (const or slant is None) else float(spearmanr(a, slant).statistic)}
+            "spearman_slant": None if (const or slant is None) else float(spearmanr(a, slant).statistic),
+        }
     out["seconds"] = time.perf_counter() - t0
     return out
 
@@ -293,6 +360,7 @@ def _linear_probe(net: nn.Sequential, tr: Dataset, test: Dataset, seed: int, ste
 
 def _plot_alpha_hist(alpha, flipped, auroc: float, title: str, path: str) -> None:
     from .._plots import subplots
+
     fig, ax = subplots(figsize=(6, 3.6))
     bins = np.linspace(0, 1, 26)
     ax.hist(alpha[~flipped], bins=bins, alpha=0.7, label=f"clean labels ({(~flipped).sum()})")
@@ -303,8 +371,16 @@ def _plot_alpha_hist(alpha, flipped, auroc: float, title: str, path: str) -> Non
     fig.savefig(path, dpi=120)
 
 
-def _baselines(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, test: Dataset, n_classes: int, seed: int,
-               epochs: int, new_head: int | None = None):
+def _baselines(
+    source: Dataset,
+    tgt_tr: Dataset,
+    tgt_val: Dataset,
+    test: Dataset,
+    n_classes: int,
+    seed: int,
+    epochs: int,
+    new_head: int | None = None,
+):
     """The rows every experiment shares: Target only, and Fine-tuning of a network pre-trained on
     the whole (unweighted) source. Returns ({method: test accuracy}, {method: chosen setting},
     the pre-trained network, the target-only network)."""
@@ -313,28 +389,47 @@ def _baselines(source: Dataset, tgt_tr: Dataset, tgt_val: Dataset, test: Dataset
     p, net_to, _ = target_only(tgt_tr, tgt_val, 64, n_classes, seed, steps)
     acc["target_only"], chosen["target_only"] = accuracy(net_to, test), p
     _seed_all(seed)
-    pre = train(nn.Sequential(mlp(64), nn.Linear(64, n_classes)).to(source.X.device), source, epochs, lr=0.05,
-                batch_size=64, seed=seed)
+    pre = train(
+        nn.Sequential(mlp(64), nn.Linear(64, n_classes)).to(source.X.device),
+        source,
+        epochs,
+        lr=0.05,
+        batch_size=64,
+        seed=seed,
+    )
     p, net, _ = fine_tune_grid(pre, tgt_tr, tgt_val, seed, new_head=new_head)
     acc["fine_tuning"], chosen["fine_tuning"] = accuracy(net, test), p
     return acc, chosen, pre, net_to
 
 
-def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, device="cpu",
-                  verbose: bool = False) -> dict:
+def run_synthetic(
+    seed: int = 0, epochs: int = 60, plot: str | None = None, device="cpu", verbose: bool = False
+) -> dict:
     """Experiment (a): alpha's clean-vs-noisy AUROC on the 2-D set, optionally a PNG of alpha."""
     t0 = time.perf_counter()
     source, target = make_noisy_2d(random_state=seed)
     _seed_all(seed)
     backbone = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh())
     head = nn.Linear(64, 2)
-    model = Soseleto(backbone, head, head, len(source), lr=0.1, lr_alpha=0.05, batch_size=32,
-                     target_batch_size=25, random_state=seed, device=device, verbose=verbose)
+    model = Soseleto(
+        backbone,
+        head,
+        head,
+        len(source),
+        lr=0.1,
+        lr_alpha=0.05,
+        batch_size=32,
+        target_batch_size=25,
+        random_state=seed,
+        device=device,
+        verbose=verbose,
+    )
     model.set_params(epochs=epochs).fit(source, target)
     alpha = model.alpha_.cpu().numpy()
     auroc = roc_auc_score((~source.flipped).numpy(), alpha)
     if plot:
         from .._plots import subplots
+
         fig, ax = subplots(1, 2, figsize=(10, 4.4))
         X, fl = source.X.numpy(), source.flipped.numpy()
         xs = np.linspace(-1, 1, 200)
@@ -350,5 +445,11 @@ def run_synthetic(seed: int = 0, epochs: int = 60, plot: str | None = None, devi
         fig.colorbar(sc, ax=ax[1], fraction=0.046)
         fig.tight_layout()
         fig.savefig(plot, dpi=120)
-    return {"experiment": "synthetic", "seed": seed, "epochs": epochs, "auroc": auroc,
-            "target_accuracy": model.score(target.X, target.y), "seconds": time.perf_counter() - t0}
+    return {
+        "experiment": "synthetic",
+        "seed": seed,
+        "epochs": epochs,
+        "auroc": auroc,
+        "target_accuracy": model.score(target.X, target.y),
+        "seconds": time.perf_counter() - t0,
+    }

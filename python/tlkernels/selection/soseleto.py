@@ -4,8 +4,8 @@ Every source example j gets a weight alpha_j in [0, 1]. A shared representation 
 source head phi_s) is trained on the alpha-weighted source loss; the weights are moved so that
 the theta step lowers the target loss (a one-step bilevel approximation):
 
-    theta_{m+1} = theta_m - lr_p * Q alpha_m                          (seed eq. 1)
-    alpha_{m+1} = clip_[0,1](alpha_m + lr_alpha * lr_p * Q^T dL_t/dtheta)   (seed eq. 2)
+    theta_{m+1} = theta_m - lr_p * Q alpha_m                          (Litany & Freedman 2018, eq. 1)
+    alpha_{m+1} = clip_[0,1](alpha_m + lr_alpha * lr_p * Q^T dL_t/dtheta)   (Litany & Freedman 2018, eq. 2)
 
 where column j of Q is d l_j / d theta / B for the source batch of size B. Q^T g is computed by
 ``tlkernels.persample`` without per-sample gradients, the alpha step by the fused
@@ -103,8 +103,8 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         groups: optional (n_source,) int group ids: one weight per group (e.g. k-means clusters or
             source-dataset ids); the steps of a group's members are summed.
         alpha_init: initial weights (1.0).
-        lr: learning rate of theta / phi_s (and phi_t); lr_alpha: step of alpha (see alpha_step).
-        alpha_step: 'normalized' (default) or 'raw' (seed eq. 2).
+        lr: learning rate of theta / phi_s (and phi_t); lr_alpha: step of alpha (see alpha_step); 0 keeps alpha at alpha_init (the alpha-frozen control).
+        alpha_step: 'normalized' (default) or 'raw' (Litany & Freedman 2018, eq. 2).
         optimizer: 'sgd' (momentum 0.9, the default) or 'adam'; weight_decay.
         schedule: None or 'cosine': learning rates follow 0.5 (1 + cos(pi step / max_steps)),
             with max_steps given explicitly (so a resumed run follows the same schedule).
@@ -158,9 +158,10 @@ class Soseleto(ClassifierMixin, TorchEstimator):
             raise ValueError(f"n_source must be a positive int, got {n_source!r}")
         if not 0.0 <= alpha_init <= 1.0:
             raise ValueError(f"alpha_init must be in [0, 1], got {alpha_init}")
+        if not (lr_alpha >= 0 and math.isfinite(lr_alpha)):
+            raise ValueError(f"lr_alpha must be >= 0 (0: alpha frozen, the control run), got {lr_alpha}")
         for name, v in (
             ("lr", lr),
-            ("lr_alpha", lr_alpha),
             ("batch_size", batch_size),
             ("target_batch_size", target_batch_size),
         ):
