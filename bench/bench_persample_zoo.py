@@ -55,6 +55,11 @@ class LSTMClassifier(nn.Module):
         return self.head(h_n[-1])
 
 
+def group_norm(channels: int) -> nn.GroupNorm:
+    """ResNet-18's norm layer (a named function: Opacus deep-copies the model, and lambdas do not pickle)."""
+    return nn.GroupNorm(min(32, channels), channels)
+
+
 def ce(model, batch):
     x, y = batch
     return F.cross_entropy(model(x), y, reduction="none")
@@ -117,7 +122,7 @@ def build(name: str):
     if name == "resnet18":
         import torchvision
 
-        model = torchvision.models.resnet18(num_classes=10, norm_layer=lambda c: nn.GroupNorm(min(32, c), c))
+        model = torchvision.models.resnet18(num_classes=10, norm_layer=group_norm)
         return model, ce, (torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,)))
     if name == "lstm":
         return LSTMClassifier(), ce, (torch.randint(0, 1000, (32, 64)), torch.randint(0, 10, (32,)))
