@@ -1,6 +1,6 @@
 """The printed -> handwritten digit tasks: SynDigits (source) -> MNIST (target), offline.
 
-``svhn_mnist_task`` builds the stand-in for the seeds' SVHN 0-4 -> MNIST 5-9: a labelled source
+``svhn_mnist_task`` builds the stand-in for Litany & Freedman's (2018) SVHN 0-4 -> MNIST 5-9: a labelled source
 of rendered digits, a few labelled target MNIST digits split into training and validation
 examples, and a target test set; both domains 32x32x3, standardised per image.
 """

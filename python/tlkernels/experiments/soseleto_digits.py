@@ -1,5 +1,5 @@
 """SOSELETO (c) on real cross-domain digits: SynDigits 0-4 -> MNIST 5-9 with n_t labelled target
-examples (the offline stand-in for the seeds' SVHN 0-4 -> MNIST 5-9), on the ``digits_cnn``
+examples (the offline stand-in for Litany & Freedman's (2018) SVHN 0-4 -> MNIST 5-9), on the ``digits_cnn``
 backbone.
 
 Rows, all selected on the same validation split carved from the target:

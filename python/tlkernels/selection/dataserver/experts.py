@@ -161,7 +161,7 @@ def train_experts(
     verbose: bool = False,
 ) -> dict:
     """Trains one expert per partition and caches it in ``experts/`` as safetensors with its
-    config: task='rotation' (self-supervised, seed eq. 4; the default) or 'classification' (on the
+    config: task='rotation' (self-supervised, Yan et al. 2020, eq. 4; the default) or 'classification' (on the
     partition's labelled examples, classes = (dataset, label) pairs; every partition needs labels).
     Under torch.distributed, pass rank / world_size: rank r trains partitions r, r + world, ...;
     rank 0 writes the manifest after a barrier. Returns the manifest (None on other ranks)."""
