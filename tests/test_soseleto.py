@@ -232,3 +232,25 @@ def test_lr_alpha_zero_keeps_alpha_and_negative_is_refused():
     assert torch.equal(torch.as_tensor(m.alpha_), torch.full((24,), 0.7))
     with pytest.raises(ValueError, match="lr_alpha must be >= 0"):
         Soseleto(backbone, head, head, 24, lr_alpha=-0.1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_source_values_are_the_first_order_change_of_the_target_loss(shared):
+    """One SGD step (momentum's first step is plain SGD): sum_j value_j = <dL_t/dtheta, theta_1 - theta_0>."""
+    gen = torch.Generator().manual_seed(2)
+    xs, ys = torch.randn(6, 2, generator=gen).double(), torch.randint(0, 2, (6,), generator=gen)
+    xt, yt = torch.randn(4, 2, generator=gen).double(), torch.randint(0, 2, (4,), generator=gen)
+    backbone, sh, th = tiny(shared=shared)
+    backbone, sh, th = backbone.double(), sh.double(), th.double()
+    m = Soseleto(backbone, sh, th, 10, lr=0.1, lr_alpha=0.3, alpha_init=0.5, optimizer="sgd")
+    tnet0 = copy.deepcopy(m.target_net)
+    theta = [n for n, _ in tnet0.named_parameters() if n.startswith("backbone") or shared]
+    lt = F.cross_entropy(tnet0(xt), yt)
+    g = torch.autograd.grad(lt, [dict(tnet0.named_parameters())[n] for n in theta])
+    index = torch.tensor([0, 3, 4, 7, 8, 9])
+    m.step((xs, ys), (xt, yt), index)
+    params = dict(m.target_net.named_parameters())
+    delta = sum((gi * (params[n] - dict(tnet0.named_parameters())[n])).sum() for gi, n in zip(g, theta))
+    v = m.source_values_
+    assert v.dtype == torch.float64 and torch.count_nonzero(v[[1, 2, 5, 6]]) == 0
+    torch.testing.assert_close(v.sum(), delta.detach(), rtol=1e-9, atol=1e-14)

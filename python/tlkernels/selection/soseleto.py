@@ -119,7 +119,11 @@ class Soseleto(ClassifierMixin, TorchEstimator):
 
     Attributes after fit: ``alpha_`` (n_source,) float32, ``history_`` (per epoch: source and
     target loss, mean alpha), ``step_``, ``classes_`` (the target head's output indices, when
-    it has an ``out_features``).
+    it has an ``out_features``), ``source_values_`` (n_source,) float64: each source example's
+    summed share of the steps' first-order change of the target loss through theta,
+    -lr alpha_j <dl_j/dtheta, dL_t/dtheta> / B per step (first-order in-run data Shapley,
+    Wang et al. 2024; free: it is the s of the alpha step; exact for plain SGD, the current
+    gradient's share with momentum or Adam; in distributed mode, the examples of this rank).
     """
 
     def __init__(
@@ -205,6 +209,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         else:
             self._groups, n_alpha = None, self.n_source
         self.alpha_ = torch.full((n_alpha,), float(self.alpha_init), dtype=torch.float32, device=device)
+        self.source_values_ = torch.zeros(self.n_source, dtype=torch.float64, device=device)
         # theta = backbone (+ the head in shared mode); phi_s steps with theta on the source
         # theta: the trainable shared parameters (frozen ones get no target gradient and no step)
         self._theta = {n: p for n, p in self.backbone.named_parameters(prefix="backbone") if p.requires_grad}
@@ -334,6 +339,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         b = self._all_sum(torch.tensor(float(cap.batch_size))).item() if self._dist else float(cap.batch_size)
         # 3. s = Q^T g with column j of Q = dl_j/dtheta / B; alpha step fused with the clip
         s = cap.dot(g_theta) / b
+        raw_s = s.detach()
         del g_theta, grads  # the target gradient is not needed any more: free it before step 4
         if self.alpha_step == "normalized":
             rms = (self._all_sum(s.pow(2).sum()) / b).sqrt()
@@ -344,7 +350,12 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         aidx = index if self._groups is None else self._groups[index]
         ops.clip_update_(self.alpha_, aidx, s.float(), float(lr_a))
         # 4. theta and phi_s step on sum_j alpha_j dl_j/dtheta / B (bookkeeping, no second backward)
-        cap.accumulate_grad(self.alpha_.index_select(0, aidx).to(cap.losses.dtype) / b)
+        weights = self.alpha_.index_select(0, aidx).to(cap.losses.dtype)
+        cap.accumulate_grad(weights / b)
+        # each source example's share of the step's first-order change of L_t (in-run data Shapley)
+        self.source_values_.index_add_(
+            0, index.to(self.source_values_.device), -(self.lr * lr_scale) * (weights * raw_s).double()
+        )
         if self._dist:  # the weighted source gradient summed over the shards
             for p in self._source_net.parameters():
                 if p.grad is not None:
@@ -393,6 +404,7 @@ class Soseleto(ClassifierMixin, TorchEstimator):
             "opt_source": self._opt_source.state_dict(),
             "opt_target": None if self._opt_target is None else self._opt_target.state_dict(),
             "alpha": self.alpha_.clone(),
+            "source_values": self.source_values_.clone(),
             "step": self.step_,
             "history": copy.deepcopy(self.history_),
             "gen": self._gen.get_state(),
@@ -411,6 +423,8 @@ class Soseleto(ClassifierMixin, TorchEstimator):
         if self._opt_target is not None:
             self._opt_target.load_state_dict(state["opt_target"])
         self.alpha_.copy_(state["alpha"])
+        if "source_values" in state:
+            self.source_values_.copy_(state["source_values"])
         self.step_, self.history_ = state["step"], copy.deepcopy(state["history"])
         self._gen.set_state(state["gen"])
         self._perm, self._pos, self._tperm, self._tpos = state["perm"], state["pos"], state["tperm"], state["tpos"]
