@@ -42,9 +42,11 @@ def run(args) -> None:
     os.makedirs(RUNS, exist_ok=True)
     torch.set_num_threads(args.threads)
     for seed in args.seeds:
-        r = run_svhn_mnist(args.n_target, seed, source_epochs=args.source_epochs, keep_alpha=True)
+        r = run_svhn_mnist(
+            args.n_target, seed, source_epochs=args.source_epochs, source_style=args.source_style, keep_alpha=True
+        )
         alpha = r.pop("alpha_values")
-        stem = os.path.join(RUNS, f"n{args.n_target}_seed{seed}")
+        stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target)}_seed{seed}")
         np.savez_compressed(stem + "_alpha.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in alpha.items()})
         r["machine"] = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": args.threads,
                         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
@@ -54,9 +56,14 @@ def run(args) -> None:
         print(f"seed {seed}: {acc}; {r['seconds']['total']:.0f} s wall, {r['cpu_seconds']['total']:.0f} s CPU")
 
 
-def _load(n_target: int) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
+def _stem(style: str, n_target: int) -> str:
+    """File stem of a setting: n<N> for the SynDigits source, <style>_n<N> for another style."""
+    return f"n{n_target}" if style == "syn" else f"{style}_n{n_target}"
+
+
+def _load(n_target: int, style: str = "syn") -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
     runs, alphas = [], {}
-    for path in sorted(glob.glob(os.path.join(RUNS, f"n{n_target}_seed*.json"))):
+    for path in sorted(glob.glob(os.path.join(RUNS, f"{_stem(style, n_target)}_seed*.json"))):
         with open(path) as f:
             r = json.load(f)
         runs.append(r)
@@ -70,7 +77,7 @@ def _load(n_target: int) -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
 def report(args) -> None:
     from scipy.stats import spearmanr
 
-    runs, alphas = _load(args.n_target)
+    runs, alphas = _load(args.n_target, args.source_style)
     seeds = [r["seed"] for r in runs]
     acc = {k: np.array([r["accuracy"][k] for r in runs]) * 100 for k in ROW_LABELS}
     probe = {k: np.array([r["linear_probe"][k] for r in runs]) * 100 for k in runs[0]["linear_probe"]}
@@ -95,7 +102,8 @@ def report(args) -> None:
         "seconds_per_seed": [r["seconds"]["total"] for r in runs],
         "cpu_seconds_per_seed": [r["cpu_seconds"]["total"] for r in runs],
     }
-    out = os.path.join(RESULTS, f"soseleto_svhn_mnist_{args.n_target}")
+    suffix = "" if args.source_style == "syn" else f"_{args.source_style}"
+    out = os.path.join(RESULTS, f"soseleto_svhn_mnist_{args.n_target}{suffix}")
     with open(out + ".json", "w") as f:
         json.dump({"summary": summary, "runs": runs}, f, indent=1)
     _plot(runs, alphas, acc, out + ".png")
@@ -152,9 +160,11 @@ def main() -> None:
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     r.add_argument("--source-epochs", type=int, default=3)
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--source-style", default="syn", help="make_syndigits style of the source: syn or plain")
     r.set_defaults(func=run)
     p = sub.add_parser("report")
     p.add_argument("--n-target", type=int, default=20)
+    p.add_argument("--source-style", default="syn")
     p.set_defaults(func=report)
     args = ap.parse_args()
     args.func(args)
