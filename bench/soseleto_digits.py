@@ -43,10 +43,15 @@ def run(args) -> None:
     torch.set_num_threads(args.threads)
     for seed in args.seeds:
         r = run_svhn_mnist(
-            args.n_target, seed, source_epochs=args.source_epochs, source_style=args.source_style, keep_alpha=True
+            args.n_target,
+            seed,
+            source_epochs=args.source_epochs,
+            source_style=args.source_style,
+            keep_alpha=True,
+            **SHIFTS[args.shift],
         )
         alpha = r.pop("alpha_values")
-        stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target)}_seed{seed}")
+        stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target, args.shift)}_seed{seed}")
         np.savez_compressed(stem + "_alpha.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in alpha.items()})
         r["machine"] = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": args.threads,
                         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
@@ -56,14 +61,21 @@ def run(args) -> None:
         print(f"seed {seed}: {acc}; {r['seconds']['total']:.0f} s wall, {r['cpu_seconds']['total']:.0f} s CPU")
 
 
-def _stem(style: str, n_target: int) -> str:
-    """File stem of a setting: n<N> for the SynDigits source, <style>_n<N> for another style."""
-    return f"n{n_target}" if style == "syn" else f"{style}_n{n_target}"
+# --shift: the digits of source and target (new labels: 0-4 -> 5-9; same labels: 0-9 -> 0-9)
+SHIFTS = {"new": {}, "same": {"source_digits": range(10), "target_digits": range(10)}}
 
 
-def _load(n_target: int, style: str = "syn") -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
+def _stem(style: str, n_target: int, shift: str = "new") -> str:
+    """File stem of a setting: n<N> for SynDigits 0-4 -> MNIST 5-9, prefixed by the style and the
+    shift when they differ (plain_n<N>, same_n<N>, ...)."""
+    return "_".join(
+        [p for p in (style if style != "syn" else "", shift if shift != "new" else "") if p] + [f"n{n_target}"]
+    )
+
+
+def _load(n_target: int, style: str = "syn", shift: str = "new") -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
     runs, alphas = [], {}
-    for path in sorted(glob.glob(os.path.join(RUNS, f"{_stem(style, n_target)}_seed*.json"))):
+    for path in sorted(glob.glob(os.path.join(RUNS, f"{_stem(style, n_target, shift)}_seed*.json"))):
         with open(path) as f:
             r = json.load(f)
         runs.append(r)
@@ -77,7 +89,7 @@ def _load(n_target: int, style: str = "syn") -> tuple[list[dict], dict[int, dict
 def report(args) -> None:
     from scipy.stats import spearmanr
 
-    runs, alphas = _load(args.n_target, args.source_style)
+    runs, alphas = _load(args.n_target, args.source_style, args.shift)
     seeds = [r["seed"] for r in runs]
     acc = {k: np.array([r["accuracy"][k] for r in runs]) * 100 for k in ROW_LABELS}
     probe = {k: np.array([r["linear_probe"][k] for r in runs]) * 100 for k in runs[0]["linear_probe"]}
@@ -102,7 +114,7 @@ def report(args) -> None:
         "seconds_per_seed": [r["seconds"]["total"] for r in runs],
         "cpu_seconds_per_seed": [r["cpu_seconds"]["total"] for r in runs],
     }
-    suffix = "" if args.source_style == "syn" else f"_{args.source_style}"
+    suffix = "".join(f"_{p}" for p in (args.source_style, args.shift) if p not in ("syn", "new"))
     out = os.path.join(RESULTS, f"soseleto_svhn_mnist_{args.n_target}{suffix}")
     with open(out + ".json", "w") as f:
         json.dump({"summary": summary, "runs": runs}, f, indent=1)
@@ -161,10 +173,12 @@ def main() -> None:
     r.add_argument("--source-epochs", type=int, default=3)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--source-style", default="syn", help="make_syndigits style of the source: syn or plain")
+    r.add_argument("--shift", choices=sorted(SHIFTS), default="new", help="new labels (0-4 -> 5-9) or same (0-9)")
     r.set_defaults(func=run)
     p = sub.add_parser("report")
     p.add_argument("--n-target", type=int, default=20)
     p.add_argument("--source-style", default="syn")
+    p.add_argument("--shift", choices=sorted(SHIFTS), default="new")
     p.set_defaults(func=report)
     args = ap.parse_args()
     args.func(args)

@@ -88,6 +88,11 @@ def alpha_summary(alpha: np.ndarray, digit: np.ndarray, font: np.ndarray) -> dic
             "mean_per_font": {SYNDIGITS_FONTS[f]: float(alpha[font == f].mean()) for f in np.unique(font)}}  # fmt: skip
 
 
+def _span(digits) -> str:
+    digits = list(digits)
+    return f"{digits[0]}-{digits[-1]}" if digits == list(range(digits[0], digits[-1] + 1)) else str(digits)
+
+
 def run_svhn_mnist(
     n_target: int = 20,
     seed: int = 0,
@@ -99,13 +104,16 @@ def run_svhn_mnist(
     lr: float = 1e-3,
     lr_alphas=(0.1, 0.3),
     source_style: str = "syn",
+    source_digits=range(5),
+    target_digits=range(5, 10),
     target_grid: dict | None = None,
     device="cpu",
     verbose: bool = False,
     keep_alpha: bool = False,
     cache_dir=None,
 ) -> dict:
-    """One seed of SynDigits 0-4 -> MNIST 5-9. Returns {"accuracy": {target_only, fine_tuning,
+    """One seed of SynDigits 0-4 -> MNIST 5-9 (or other `source_digits` -> `target_digits`: range(10)
+    for both is the same-labels shift). Returns {"accuracy": {target_only, fine_tuning,
     soseleto, soseleto_ft, soseleto_frozen, soseleto_frozen_ft}, "linear_probe": {...},
     "chosen": settings per row, "alpha": summaries, "seconds": per phase and total, ...}; with
     keep_alpha=True also "alpha_values" (n_source,) lists of the chosen and the frozen run.
@@ -118,6 +126,8 @@ def run_svhn_mnist(
             n_target,
             seed,
             n_source=n_source,
+            source_digits=source_digits,
+            target_digits=target_digits,
             source_style=source_style,
             cache_dir=cache_dir,
         )
@@ -187,7 +197,8 @@ def run_svhn_mnist(
         probe[name] = linear_probe(m.backbone, tr, test)
         alphas[name] = m.alpha_.detach().cpu().numpy()
     digit, font = task.source_digit.numpy(), task.source_font.numpy()
-    out = {"experiment": "svhn-mnist", "source": f"SynDigits '{source_style}' 0-4", "target": "MNIST 5-9",
+    out = {"experiment": "svhn-mnist", "source": f"SynDigits '{source_style}' {_span(source_digits)}",
+           "target": f"MNIST {_span(target_digits)}",
            "n_target": n_target, "n_train": len(tr), "n_val": len(val), "n_test": len(test),
            "n_source": len(task.source), "source_epochs": source_epochs, "widths": list(widths), "seed": seed,
            "accuracy": acc, "val_accuracy": val_score, "linear_probe": probe, "chosen": chosen,
