@@ -665,6 +665,16 @@ def _zoo():
             ls_init_value=0.5,
         )
 
+    def timm_small(name, **kw):
+        import timm
+
+        return lambda: timm.create_model(name, pretrained=False, num_classes=3, **kw)
+
+    def timm_mixer():
+        from timm.models.mlp_mixer import MlpMixer
+
+        return MlpMixer(num_classes=3, img_size=32, patch_size=8, embed_dim=16, num_blocks=2)
+
     def hf_vit():
         import transformers
 
@@ -736,6 +746,26 @@ def _zoo():
             (images, y),
             True,
         ),  # tokens on ViTEmbeddings
+        # a distillation token beside the class token
+        "timm_deit_distilled": (
+            "timm",
+            timm_small(
+                "deit_tiny_distilled_patch16_224", img_size=32, patch_size=8, embed_dim=16, depth=2, num_heads=2
+            ),
+            ce,
+            (images, y),
+            True,
+        ),
+        # token-mixing MLPs: Linear layers applied along the patch axis
+        "timm_mlp_mixer": ("timm", timm_mixer, ce, (images, y), True),
+        # GlobalResponseNorm: addcmul of its own parameters
+        "timm_convnextv2_grn": (
+            "timm",
+            timm_small("convnextv2_atto", dims=(8, 16, 16, 16), depths=(1, 1, 1, 1)),
+            ce,
+            (images, y),
+            True,
+        ),
     }
 
 
