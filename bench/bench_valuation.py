@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import best_time, interleaved_median_times, machine, write_results
+from common import best_time, cpu_model, interleaved_median_times, machine, write_results
 from tlkernels import valuation
 from tlkernels.reference import model_per_sample_grads
 
@@ -169,17 +169,6 @@ def check(name: str, val_fraction: float) -> None:
             want = got
         else:
             torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-3 * want.abs().max().item())
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def main(argv=None) -> int:

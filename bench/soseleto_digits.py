@@ -15,7 +15,7 @@ import argparse
 import glob
 import json
 import os
-import platform
+import sys
 import time
 
 import numpy as np
@@ -23,19 +23,11 @@ import torch
 
 from tlkernels.experiments.soseleto_digits import ROW_LABELS, run_svhn_mnist
 
+sys.path.insert(0, os.path.dirname(__file__))
+from common import cpu_model  # noqa: E402
+
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 RUNS = os.path.join(RESULTS, "svhn_mnist")
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run(args) -> None:
@@ -53,7 +45,7 @@ def run(args) -> None:
         alpha = r.pop("alpha_values")
         stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target, args.shift)}_seed{seed}")
         np.savez_compressed(stem + "_alpha.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in alpha.items()})
-        r["machine"] = {"cpu": _cpu(), "cores": os.cpu_count(), "torch_threads": args.threads,
+        r["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads,
                         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
         with open(stem + ".json", "w") as f:
             json.dump(r, f, indent=1)
