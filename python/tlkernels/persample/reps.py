@@ -273,39 +273,21 @@ class ConvRep:
         xg = x.reshape(1, b * x.shape[1], *x.shape[2:])
         dyg = self.dy.reshape(1, b * o, *self.dy.shape[2:])
         wg = m.weight.new_empty((b * o, cg, *m.weight.shape[2:]))  # only its shape is read
-        _, gw, _ = torch.ops.aten.convolution_backward(
-            dyg,
-            xg,
-            wg,
-            None,
-            m.stride,
-            self._numeric_padding(),
-            m.dilation,
-            False,
-            [0] * (x.dim() - 2),
-            m.groups * b,
-            [False, True, False],
-        )
-        return gw.reshape(b, o, cg, *m.weight.shape[2:])
+        return self._weight_gradient(dyg, xg, wg, m.groups * b).reshape(b, o, cg, *m.weight.shape[2:])
 
     def weighted(self, w: Tensor) -> Tensor:
         m = self.module
         scaled = self.dy * w.view(-1, *([1] * (self.dy.dim() - 1)))
-        x = self._padded_input()
-        _, gw, _ = torch.ops.aten.convolution_backward(
-            scaled,
-            x,
-            m.weight,
-            None,
-            m.stride,
-            self._numeric_padding(),
-            m.dilation,
-            False,
-            [0] * (x.dim() - 2),
-            m.groups,
+        return self._weight_gradient(scaled, self._padded_input(), m.weight, m.groups)
+
+    def _weight_gradient(self, dy: Tensor, x: Tensor, weight: Tensor, groups: int) -> Tensor:
+        """The layer's weight gradient for output gradient dy and (padded) input x, with `groups`
+        groups and a weight of weight's shape (only its shape is read)."""
+        m = self.module
+        return torch.ops.aten.convolution_backward(
+            dy, x, weight, None, m.stride, self._numeric_padding(), m.dilation, False, [0] * (x.dim() - 2), groups,
             [False, True, False],
-        )
-        return gw
+        )[1]  # fmt: skip
 
     # 'same' padding and non-zero padding modes, turned into an explicitly padded input
     def _padded_input(self) -> Tensor:
