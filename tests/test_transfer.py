@@ -227,10 +227,44 @@ def test_progressive_old_columns_frozen_new_column_uses_laterals(digits):
     x = digits["te"].X[:16]
     out = trained(x)
     with torch.no_grad():
-        trained.columns[0].linears[0].weight.mul_(-1.0)  # change only the old column's activations
+        trained.columns[0].layers[0].weight.mul_(-1.0)  # change only the old column's activations
     assert not torch.allclose(trained(x), out)  # ... and the new column's output moves
     with pytest.raises(ValueError, match="column"):
         net.add_column(mlp(hidden=(8,)))
+
+
+def test_progressive_cnn_columns_conv_laterals_keep_the_source_column():
+    from tlkernels.backbones import digits_cnn
+
+    torch.manual_seed(0)
+    src = nn.Sequential(digits_cnn(widths=(8, 8, 8), features=16), nn.Linear(16, 3))
+    net = ProgressiveNet(src)
+    net.add_column(nn.Sequential(digits_cnn(widths=(8, 16, 8), features=12), nn.Linear(12, 4)))
+    # 3 convolutions, the 128-wide Linear and the head: laterals into the last four
+    kinds = [[type(a).__name__ for a in ads] for ads in net.adapters[1]]
+    assert kinds == [[], ["Conv2d"], ["Conv2d"], ["Linear"], ["Linear"]]
+    conv = net.adapters[1][1][0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (8, 16, (5, 5), (2, 2))
+    x = torch.randn(6, 3, 32, 32)
+    alone = nn.Sequential(*net.columns[1].prefix, *[m for i in range(5) for m in (net.columns[1].layers[i],
+                          *net.columns[1].posts[i])])  # fmt: skip
+    assert torch.allclose(net(x), alone(x), atol=1e-6)  # zero laterals: the new column as if alone
+    assert torch.allclose(net(x, column=0), src(x), atol=1e-6)
+    before = snapshot(net.columns[0])
+    y = torch.arange(6) % 4
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        opt.step()
+    assert all(torch.equal(before[k], v) for k, v in net.columns[0].state_dict().items())
+    assert all(a.weight.abs().sum() > 0 for ads in list(net.adapters[1])[1:] for a in ads)
+    with pytest.raises(ValueError, match="main"):
+        net.add_column(mlp())  # 3 Linear layers
+    with pytest.raises(ValueError, match="layer kinds"):
+        net.add_column(nn.Sequential(nn.Flatten(), *[nn.Linear(3072 if i == 0 else 8, 8) for i in range(5)]))
+    with pytest.raises(ValueError, match="before the first"):
+        ProgressiveNet(nn.Sequential(nn.GroupNorm(1, 3), nn.Conv2d(3, 4, 3)))
 
 
 # -- self-supervised / self-taught ---------------------------------------------------------------------
