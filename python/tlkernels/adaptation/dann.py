@@ -101,6 +101,32 @@ class DomainAdversarialLoss(nn.Module):
         self.last_accuracy = acc / max(parts, 1)
         return f_task, loss / max(parts, 1)
 
+    def per_example(
+        self, features: Tensor, domain: Tensor, progress: float | Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``forward`` with the loss split by example: ``(features_task (N, F), shares (N,))``, the
+        shares summing to forward's loss (example r's share is w_r BCE_r / (parts * Σ_{its
+        domain} w)), so per-sample products (``tlkernels.persample``) can tell the examples apart."""
+        domain = torch.as_tensor(domain, device=features.device)
+        if features.dim() < 2 or domain.shape != features.shape[:1]:
+            raise ValueError(
+                f"features must be (N, F) and domain (N,), got {tuple(features.shape)} and {tuple(domain.shape)}"
+            )
+        lam = dann_lambda(progress, self.lam_max, self.gamma)
+        f_task, f_adv = grad_reverse_branch(features, lam)
+        logits = self.head(f_adv).reshape(features.shape[0])
+        d = domain.to(logits.dtype)
+        per = F.binary_cross_entropy_with_logits(logits, d, reduction="none")
+        w = torch.ones_like(per) if weight is None else torch.as_tensor(weight, dtype=per.dtype, device=per.device)
+        is_t = d > 0.5
+        correct = ((logits > 0) == is_t).to(per.dtype).detach()
+        masks = [m for m in (~is_t, is_t) if bool(m.any())]
+        coef = torch.zeros_like(per)
+        for mask in masks:
+            coef = torch.where(mask, w / (w[mask].sum().clamp_min(1e-12) * len(masks)), coef)
+        self.last_accuracy = sum(float(correct[m].mean()) for m in masks) / max(len(masks), 1)
+        return f_task, coef.detach() * per
+
 
 class _Model(nn.Module):
     def __init__(self, extractor: nn.Module, classifier: nn.Module, adversary: DomainAdversarialLoss):
@@ -127,6 +153,36 @@ class _TargetCycle:
         idx = self.perm[self.pos : self.pos + min(size, self.n)]
         self.pos += len(idx)
         return idx
+
+
+class _StepShares:
+    """loss_fn of value_examples' per-sample capture: per-example shares (B + B',) of DANN's step
+    loss CE + domain loss, summing to the loss ``_train_step`` differentiates. batch = (x (B + B',
+    *) source rows then target rows, ys (B,), ws (B,) | None, progress). ``last`` holds the
+    step's class and domain losses."""
+
+    def __init__(self):
+        self.last = {"class_loss": float("nan"), "domain_loss": float("nan")}
+
+    def __call__(self, model: _Model, batch) -> Tensor:
+        x, ys, ws, progress = batch
+        b, bt = ys.shape[0], x.shape[0] - ys.shape[0]
+        f = model.extractor(x)
+        dom = torch.cat([torch.zeros(b), torch.ones(bt)]).to(x.device)
+        bw = None if ws is None else torch.cat([ws, torch.ones(bt, device=ws.device)])
+        f_task, d_shares = model.adversary.per_example(f, dom, progress, bw)
+        # the label head sees every row (per-sample products need the whole batch at each layer);
+        # the target rows' logits get no loss, so they add nothing to any gradient
+        ce = F.cross_entropy(model.classifier(f_task)[:b], ys, reduction="none")
+        c_shares = (ce if ws is None else ws * ce) / b
+        self.last = {"class_loss": float(c_shares.detach().sum()), "domain_loss": float(d_shares.detach().sum())}
+        return d_shares + torch.cat([c_shares, c_shares.new_zeros(bt)])
+
+
+def _val_losses(model: _Model, batch) -> Tensor:
+    """(V,) cross-entropy of the validation batch (X_val (V, *), y_val (V,))."""
+    x, y = batch
+    return F.cross_entropy(model(x), y, reduction="none")
 
 
 def default_extractor(n_features: int, hidden: int = 64) -> nn.Sequential:
@@ -161,11 +217,18 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         grad_clip: max global gradient norm (None: no clipping).
         snapshot_epochs: epochs after which the parameters are kept in ``snapshots_`` (for a
             label-free choice of the stopping epoch; ``use_snapshot(e)`` restores one).
+        value_examples: value every source and target example during training on a labelled
+            validation set (``fit(..., X_val=, y_val=)``): ``source_values_`` (N,) and
+            ``target_values_`` (M,) float64, each example's first-order in-run data Shapley value
+            (Wang et al. 2024) on the validation cross-entropy, summed over the steps that used it:
+            -η <g_i, ∇L_val>, g_i the example's share of the step's gradient (its class loss and,
+            through the reversal, its domain loss). Negative = it lowered the validation loss. The
+            step's backward then runs through ``tlkernels.valuation.InRun`` (no second backward).
         device, random_state, verbose (a tqdm progress bar).
 
     Learned: ``model_`` (extractor_, classifier_, adversary_), ``history_`` (one dict per epoch:
     class_loss, domain_loss, domain_acc, lam, lr), ``snapshots_``, ``classes_`` (0..C-1),
-    ``n_classes_``, ``n_epochs_``.
+    ``n_classes_``, ``n_epochs_``; with value_examples, ``source_values_`` and ``target_values_``.
     """
 
     def __init__(
@@ -186,6 +249,7 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         lr_anneal: bool = True,
         grad_clip: float | None = None,
         snapshot_epochs=None,
+        value_examples: bool = False,
         epochs: int = 30,
         device=None,
         random_state=None,
@@ -207,6 +271,7 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         self.lr, self.optimizer, self.weight_decay, self.batch_size = lr, optimizer, weight_decay, batch_size
         self.lr_anneal, self.grad_clip = lr_anneal, grad_clip
         self.snapshot_epochs, self.epochs = snapshot_epochs, epochs
+        self.value_examples = value_examples
         self.device = device
         self.random_state, self.verbose = random_state, verbose
 
@@ -246,9 +311,10 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         return self.model_.extractor
 
     # -- training -----------------------------------------------------------------------------
-    def fit(self, Xs, ys, Xt, epochs: int | None = None, source_weights=None) -> DANN:
+    def fit(self, Xs, ys, Xt, epochs: int | None = None, source_weights=None, *, X_val=None, y_val=None) -> DANN:
         """Xs (N, *), ys (N,) class indices, Xt (M, *) unlabeled, source_weights (N,) >= 0 or
-        None; returns self. epochs: deprecated here (the constructor's ``epochs``).
+        None; returns self. epochs: deprecated here (the constructor's ``epochs``). X_val (V, *),
+        y_val (V,): the labelled validation set of ``value_examples`` (required with it).
 
         Each epoch is one pass over a shuffled source set in batches of ``batch_size``, each
         batch paired with as many target examples (drawn without replacement, reshuffled when
@@ -259,6 +325,7 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         self._build_for(Xs, n_classes)
         params = list(self.model_.parameters())
         opt = self._make_optimizer(params)
+        valuer = self._valuer(X_val, y_val, Xs, opt, source_weights)
         gen = torch_generator(self.random_state, default=0)
         total = epochs * max(1, math.ceil(Xs.shape[0] / self.batch_size))
         self.history_, self.snapshots_ = [], {}
@@ -270,7 +337,7 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
             bar = tqdm(total=total, desc="DANN", unit="step")
         target, step = _TargetCycle(Xt.shape[0], gen), 0
         for epoch in range(1, epochs + 1):
-            sums, lr, step = self._train_epoch(Xs, ys, Xt, w, opt, params, gen, target, step, total, bar)
+            sums, lr, step = self._train_epoch(Xs, ys, Xt, w, opt, params, gen, target, step, total, bar, valuer)
             rec = self._epoch_record(epoch, sums / math.ceil(Xs.shape[0] / self.batch_size), step / total, lr)
             self.history_.append(rec)
             if bar is not None:
@@ -282,7 +349,37 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         if bar is not None:
             bar.close()
         self.n_epochs_ = epochs
+        if valuer is not None:
+            n, m = Xs.shape[0], Xt.shape[0]
+            values = torch.cat([valuer.values, valuer.values.new_zeros(max(0, n + m - len(valuer.values)))])
+            self.source_values_, self.target_values_ = values[:n].numpy(), values[n : n + m].numpy()
         return self
+
+    def _valuer(self, X_val, y_val, Xs: Tensor, opt, source_weights):
+        """The ``InRun`` of value_examples on (X_val (V, *), y_val (V,)), or None without it."""
+        if not self.value_examples:
+            if X_val is not None or y_val is not None:
+                raise ValueError("X_val / y_val are only used with value_examples=True")
+            return None
+        if X_val is None or y_val is None:
+            raise ValueError(
+                "value_examples=True values the examples on a labelled validation set: pass X_val and y_val"
+            )
+        if self.grad_clip is not None:
+            raise ValueError("value_examples=True needs grad_clip=None (a clipped step is not the sum of the shares)")
+        from ..valuation import InRun
+
+        Xv = as_tensor(X_val, "X_val", min_ndim=2)
+        if Xv.shape[1:] != Xs.shape[1:]:
+            raise ValueError(
+                f"X_val must have the feature shape of Xs {tuple(Xs.shape[1:])}, got {tuple(Xv.shape[1:])}"
+            )
+        yv = as_labels(y_val, Xv.shape[0], "y_val", "X_val")
+        if int(yv.min()) < 0 or int(yv.max()) >= self.n_classes_:
+            raise ValueError(f"y_val must lie in [0, {self.n_classes_}), got [{int(yv.min())}, {int(yv.max())}]")
+        device = self._device()
+        return InRun(self.model_, _StepShares(), (Xv.to(device, Xs.dtype), yv.to(device)), optimizer=opt,
+                     reduction="sum", val_loss_fn=_val_losses)  # fmt: skip
 
     def _fit_inputs(self, Xs, ys, Xt, source_weights, epochs) -> tuple[Tensor, Tensor, Tensor, Tensor | None, int]:
         """Checks fit's arguments; returns Xs (N, *), ys (N,), Xt (M, *), the weights (N,) or None
@@ -325,10 +422,13 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
         """Ganin's annealed rate lr / (1 + 10 p)^0.75 at progress p in [0, 1], or lr."""
         return self.lr / (1 + 10 * progress) ** 0.75 if self.lr_anneal else self.lr
 
-    def _train_epoch(self, Xs, ys, Xt, w, opt, params, gen, target, step, total, bar) -> tuple[np.ndarray, float, int]:
+    def _train_epoch(
+        self, Xs, ys, Xt, w, opt, params, gen, target, step, total, bar, valuer=None
+    ) -> tuple[np.ndarray, float, int]:
         """One pass over the shuffled source set Xs (N, *), ys (N,), w (N,) | None, each batch
         paired with target examples from `target`; returns the summed (class_loss, domain_loss,
-        domain_acc) over the batches (3,), the last step's learning rate and the next step."""
+        domain_acc) over the batches (3,), the last step's learning rate and the next step.
+        valuer: the ``InRun`` of value_examples (source example i has id i, target j has N + j)."""
         self.model_.train()
         n, b = Xs.shape[0], self.batch_size
         perm = torch.randperm(n, generator=gen)
@@ -340,7 +440,11 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
             lr = self._lr(p)
             for g in opt.param_groups:
                 g["lr"] = lr
-            sums += self._train_step(Xs[idx], ys[idx], Xt[tidx], None if w is None else w[idx], p, opt, params)
+            ws = None if w is None else w[idx]
+            if valuer is None:
+                sums += self._train_step(Xs[idx], ys[idx], Xt[tidx], ws, p, opt, params)
+            else:
+                sums += self._valued_step(Xs[idx], ys[idx], Xt[tidx], ws, p, opt, valuer, torch.cat([idx, n + tidx]))
             step += 1
             if bar is not None:
                 bar.update(1)
@@ -362,6 +466,15 @@ class DANN(TorchClassifierMixin, ClassifierMixin, TorchEstimator):
             nn.utils.clip_grad_norm_(params, self.grad_clip)
         opt.step()
         return float(c_loss.detach()), float(d_loss.detach()), m.adversary.last_accuracy
+
+    def _valued_step(self, xs, ys, xt, ws, progress: float, opt, valuer, ids: Tensor) -> tuple[float, float, float]:
+        """``_train_step`` with the backward through ``valuer`` (an InRun): the same gradient,
+        and each example's value added at its id (ids (B + B',), source then target)."""
+        opt.zero_grad(set_to_none=True)
+        valuer.step((torch.cat([xs, xt]), ys, ws, progress), ids)
+        opt.step()
+        shares = valuer.loss_fn.last
+        return shares["class_loss"], shares["domain_loss"], self.model_.adversary.last_accuracy
 
     def _epoch_record(self, epoch: int, means: np.ndarray, progress: float, lr: float) -> dict[str, float]:
         """history_'s entry: the epoch's mean class / domain loss and domain accuracy (means (3,)),

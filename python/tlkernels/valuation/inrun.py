@@ -38,6 +38,9 @@ class InRun:
         model: the model being trained.
         loss_fn: loss_fn(model, batch) -> per-sample losses (B,) (as for ``tlkernels.persample``).
         val_batch: the validation (target) batch whose mean loss the values refer to.
+        val_loss_fn: val_loss_fn(model, val_batch) -> per-sample losses (B_val,) when the validation
+            batch needs another loss than the training batch (default: loss_fn). Parameters it does
+            not reach have a zero validation gradient (their share of every value is 0).
         optimizer: where the learning rates are read from at every step (each parameter's group lr;
             a scheduler's changes are seen). Values are exact first-order changes for plain SGD; with
             momentum or Adam they are the current gradient's share, -η <∇l_i, ∇L_val>, as in the paper.
@@ -61,17 +64,21 @@ class InRun:
         optimizer: torch.optim.Optimizer | None = None,
         lr: float | None = None,
         reduction: str = "mean",
+        val_loss_fn: LossFn | None = None,
         **persample_options,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(model, batch) -> per-sample losses (B,)")
+        if val_loss_fn is not None and not callable(val_loss_fn):
+            raise TypeError("val_loss_fn must be None or callable as val_loss_fn(model, val_batch) -> losses (B_val,)")
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         if optimizer is None and lr is None:
             raise ValueError("InRun needs the step's learning rate: pass optimizer=... or lr=...")
         self.model, self.loss_fn = model, loss_fn
+        self.val_loss_fn = loss_fn if val_loss_fn is None else val_loss_fn
         self.val_batch = val_batch
         self.val_size = batch_size(val_batch, "val_batch")
         self.optimizer, self.lr = optimizer, lr
@@ -98,7 +105,7 @@ class InRun:
         cap = persample.capture(self.model, self.loss_fn, batch, **self.options)
         if cap.batch_size != b:
             raise ValueError(f"loss_fn returned {cap.batch_size} losses for a batch of {b} examples")
-        cap_val = persample.capture(self.model, self.loss_fn, self.val_batch, **self.options)
+        cap_val = persample.capture(self.model, self.val_loss_fn, self.val_batch, **self.options)
         s = val_products(cap, cap_val, rates)
         cap.accumulate_grad(torch.full_like(cap.losses, w))
         losses, val_loss = cap.losses, cap_val.losses.mean()
