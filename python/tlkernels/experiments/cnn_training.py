@@ -60,12 +60,21 @@ def train_steps(
     seed: int = 0,
     params=None,
     checkpoints=(),
+    loss_fn=None,
 ) -> dict[int, dict]:
     """Adam on the mean cross-entropy for `steps` minibatch steps (reshuffled each pass; a
-    target smaller than batch_size is one full batch). params: what trains (default all).
-    Returns {step: state_dict copy} for each step in `checkpoints` (the final step always)."""
+    target smaller than batch_size is one full batch). params: what trains (default all, a
+    parameter with requires_grad=False stays fixed). loss_fn(net, x (B, ...), y (B,)) -> scalar:
+    another training loss (a penalty added to the cross-entropy, L2-SP or LwF); default the mean
+    cross-entropy of net(x). Returns {step: state_dict copy} for each step in `checkpoints` (the
+    final step always)."""
     gen = torch.Generator().manual_seed(int(seed))
     opt = torch.optim.Adam(params if params is not None else net.parameters(), lr=lr)
+    if loss_fn is None:
+
+        def loss_fn(m, xb, yb):
+            return F.cross_entropy(m(xb), yb)
+
     n = len(data)
     keep = sorted({int(c) for c in checkpoints if 0 < c <= steps} | {steps})
     saved, perm, pos = {}, torch.randperm(n, generator=gen), 0
@@ -79,7 +88,7 @@ def train_steps(
         if aug:
             x = augment(x, gen)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(net(x), data.y[idx]).backward()
+        loss_fn(net, x, data.y[idx]).backward()
         opt.step()
         if step in keep:
             saved[step] = copy.deepcopy(net.state_dict())
@@ -121,11 +130,13 @@ def tune_target(
     augs=(False, True),
     checkpoints=(150, 400),
     head_warmup: int = 0,
+    loss_fn=None,
 ) -> tuple[dict, nn.Module, tuple[float, float]]:
     """Trains make_net() on the labelled target for each lr x augmentation, keeps the networks
     at the step checkpoints, and returns the best on `val` (see ``select``). head_warmup > 0:
     first that many steps of the last module alone (lr 1e-2, the linear probe before
-    fine-tuning of Kumar et al. 2022; see ``warm_head``), then the whole network."""
+    fine-tuning of Kumar et al. 2022; see ``warm_head``), then the whole network (its parameters
+    with requires_grad=False stay fixed). loss_fn: the training loss (see ``train_steps``)."""
     candidates = []
     for aug in augs:
         for lr in lrs:
@@ -141,6 +152,7 @@ def tune_target(
                 aug=aug,
                 seed=seed,
                 checkpoints=checkpoints,
+                loss_fn=loss_fn,
             )
             for step, state in saved.items():
                 m = copy.deepcopy(net)
