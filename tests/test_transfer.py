@@ -301,6 +301,17 @@ def test_rotation_and_autoencoder_pretraining(digits):
     assert probe.score(digits["te"].X, digits["te"].y) > 0.4
 
 
+def test_cnn_autoencoder_needs_its_decoder(digits):
+    cnn = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 16), nn.ReLU())
+    X = digits["src"].X[:64]
+    with pytest.raises(ValueError, match="decoder="):
+        Autoencoder(cnn, epochs=1, random_state=0).fit(X)
+    dec = nn.Sequential(nn.Linear(16, 64))
+    ae0 = Autoencoder(cnn, dec, epochs=0, random_state=0).fit(X)
+    ae = Autoencoder(cnn, dec, epochs=20, lr=3e-3, random_state=0).fit(X)
+    assert ae.score(X) > ae0.score(X) and ae.transform(X[:3]).shape == (3, 16)
+
+
 def test_self_taught(digits):
     st = SelfTaught(32, random_state=0).fit(digits["tr"].X, digits["tr"].y, X_unlabeled=digits["src"].X)
     assert st.components_.shape == (32, 64)

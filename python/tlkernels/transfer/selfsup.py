@@ -115,7 +115,14 @@ class RotationPretrainer(TorchTransformerMixin, TorchEstimator):
 def mirror_decoder(encoder: nn.Module) -> nn.Sequential:
     """Lampert 2019's "mirrored copy of the feature layers": for an encoder made of nn.Linear layers
     (+ parameter-free modules), Linear layers in reverse order with ReLU between them (and none
-    at the output). Output (N, input width of the encoder's first Linear)."""
+    at the output). Output (N, input width of the encoder's first Linear). An encoder with
+    convolutions is refused (a ValueError naming decoder=): its mirror would not be an image."""
+    convs = [type(m).__name__ for m in encoder.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    if convs:
+        raise ValueError(
+            f"encoder has convolutions ({', '.join(sorted(set(convs)))}); mirror_decoder mirrors only nn.Linear "
+            "layers and would not reach the input's shape: pass decoder= explicitly (code -> flattened input)"
+        )
     lins = [m for m in encoder.modules() if isinstance(m, nn.Linear)]
     if not lins:
         raise ValueError("encoder has no nn.Linear layer to mirror; pass decoder= explicitly")
