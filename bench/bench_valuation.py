@@ -4,8 +4,8 @@ Each method does one training step on a batch of B examples (gradient of the mea
 update) and computes every example's first-order in-run value -η/B <∇l_i, ∇L_val> against a
 validation batch of B_val examples:
   - plain       : the training step alone (no values), the yardstick
-  - tlkernels   : tlkernels.valuation.InRun.step (one forward/backward of batch + validation
-                  batch joined; products and the training gradient from one persample capture)
+  - tlkernels   : tlkernels.valuation.InRun.step (one persample capture of the batch and one of
+                  the validation batch; products and the training gradient from what they record)
   - torch.func  : vmap(grad(functional_call)) per-sample gradients of the batch, the validation
                   gradient by autograd, values = per-sample gradients @ it, gradient = their mean
   - loop        : one backward per example and one for the validation batch
