@@ -188,27 +188,52 @@ def rotation_history(
 
 
 class SmallCNN(nn.Module):
-    """conv(C->width, 3) - ReLU - conv(width->feature_dim, 3) - ReLU - global average pool -
-    linear head. ``features(x)`` gives (B, feature_dim), ``forward(x)`` the head's outputs."""
+    """conv(C->width, 3) - ReLU - conv(width->feature_dim, 3) - ReLU - average pool to a
+    grid x grid map - flatten - linear head. pool > 1 max-pools by that factor after each ReLU
+    (for images larger than 8x8: 32x32 inputs with pool=2 and grid=2 reach a 14-pixel receptive
+    field and keep which quadrant holds what, which rotation prediction needs); the defaults
+    (pool=1, grid=1: global average pooling) are the 8x8 networks'. Input (B, C, H, W) with H, W
+    >= grid * pool**2; ``features(x)`` gives (B, feature_dim * grid**2), ``forward(x)`` the head's
+    (B, n_outputs)."""
 
-    def __init__(self, in_channels: int = 1, width: int = 16, feature_dim: int = 32, n_outputs: int = 4):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        width: int = 16,
+        feature_dim: int = 32,
+        n_outputs: int = 4,
+        pool: int = 1,
+        grid: int = 1,
+    ):
         super().__init__()
+        for name, v in (("in_channels", in_channels), ("width", width), ("feature_dim", feature_dim),
+                        ("n_outputs", n_outputs), ("pool", pool), ("grid", grid)):  # fmt: skip
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.config = {
             "arch": "small_cnn",
             "in_channels": in_channels,
             "width": width,
             "feature_dim": feature_dim,
             "n_outputs": n_outputs,
+            "pool": pool,
+            "grid": grid,
         }
+
+        def down():
+            return [nn.MaxPool2d(pool)] if pool > 1 else []
+
         self.body = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1),
             nn.ReLU(),
+            *down(),
             nn.Conv2d(width, feature_dim, 3, padding=1),
             nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
+            *down(),
+            nn.AdaptiveAvgPool2d(grid),
             nn.Flatten(),
         )
-        self.head = nn.Linear(feature_dim, n_outputs)
+        self.head = nn.Linear(feature_dim * grid * grid, n_outputs)
 
     def features(self, x: Tensor) -> Tensor:
         return self.body(x)

@@ -27,7 +27,7 @@ from ..adaptation import proxy_a_distance
 from ..data import Dataset
 from ..selection.dataserver import Store, fast_adapt_scores, output_data
 from ..selection.dataserver.experts import load_expert
-from .dataserver_recipe import Recipe, fine_tune, ngiam_selection, pretrain
+from .dataserver_recipe import Recipe, fine_tune, linear_probe, ngiam_selection, pretrain
 
 __all__ = ["METHODS", "compare_methods", "select"]
 
@@ -98,6 +98,7 @@ def compare_methods(
     seed: int = 0,
     methods=METHODS,
     pad_per_partition: int = 300,
+    probe: bool = False,
     verbose: bool = False,
 ) -> dict:
     """Runs every method on a partitioned store with experts (``partition_store``,
@@ -108,7 +109,9 @@ def compare_methods(
     Returns {"accuracy": {method: test accuracy}, "selection_precision": {method: share from
     the relevant sources}, "selection_shares": {method: {dataset: share}}, "selected": {method:
     count}, "expert_scores", "expert_probe_scores", "proxy_a_distance", "pad_score_correlation",
-    "chosen": {method: fine-tuning choice}, "seconds" / "cpu_seconds": {phase: time}}."""
+    "chosen": {method: fine-tuning choice}, "seconds" / "cpu_seconds": {phase: time}}; with
+    probe=True also "linear_probe": {method: test accuracy of a logistic regression on the
+    pre-trained network's features of tr} (are the features better before fine-tuning?)."""
     names = [d.name for d in store.datasets]
     missing = sorted(set(relevant_sources) - set(names))
     if missing:
@@ -133,11 +136,13 @@ def compare_methods(
     # the paper's domain-confusion check (Fig. 3)
     pad, corr = _pad_check(store, k, tr.X, scores, rng, seed, pad_per_partition)
     clock.lap("proxy_a_distance")
-    acc, chosen, precision, shares, count = {}, {}, {}, {}, {}
+    acc, chosen, precision, shares, count, probes = {}, {}, {}, {}, {}, {}
     for name, sel in selections.items():
         X = None if sel is None else store.get(sel)[0]
         net = pretrain(recipe, X, seed)
         clock.lap(f"pretrain_{name}")
+        if probe:
+            probes[name] = linear_probe(net, tr, test)
         acc[name], chosen[name] = fine_tune(recipe, net, tr, val, test, n_classes, seed)
         clock.lap(f"fine_tune_{name}")
         if sel is not None:
@@ -158,6 +163,7 @@ def compare_methods(
         "proxy_a_distance": pad,
         "pad_score_correlation": corr,
         "chosen": chosen,
+        **({"linear_probe": probes} if probe else {}),
         "seconds": clock.wall,
         "cpu_seconds": clock.cpu,
     }

@@ -19,7 +19,7 @@ from ..data import Dataset
 from ..selection.dataserver import Store
 from ..selfsup import train_rotation
 
-__all__ = ["BodyHead", "Recipe", "accuracy", "fine_tune", "ngiam_selection", "pretrain"]
+__all__ = ["BodyHead", "Recipe", "accuracy", "fine_tune", "linear_probe", "ngiam_selection", "pretrain"]
 
 
 class BodyHead(nn.Module):
@@ -122,6 +122,20 @@ def fine_tune(
                     best = (v, accuracy(m, test), {"lr": lr, "steps": step, "val_accuracy": v})
                 m.train()
     return best[1], best[2]
+
+
+@torch.no_grad()
+def linear_probe(net: nn.Module, tr: Dataset, test: Dataset) -> float:
+    """Test accuracy of a logistic regression (scikit-learn, features standardised on tr) on
+    net.features(x) (B, F) of tr, evaluated on test: how good the features are before fine-tuning."""
+    from sklearn.linear_model import LogisticRegression
+
+    net.eval()
+    a = torch.cat([net.features(tr.X[i : i + 512]) for i in range(0, len(tr), 512)]).double().numpy()
+    b = torch.cat([net.features(test.X[i : i + 512]) for i in range(0, len(test), 512)]).double().numpy()
+    mean, std = a.mean(0), a.std(0) + 1e-8
+    clf = LogisticRegression(max_iter=3000).fit((a - mean) / std, tr.y.numpy())
+    return float(clf.score((b - mean) / std, test.y.numpy()))
 
 
 def ngiam_selection(recipe: Recipe, store: Store, target_X: Tensor, budget: int, seed: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from .store import CorruptFileError, Store
 
 __all__ = [
     "build_expert",
+    "expert_network",
     "feature_network",
     "load_expert",
     "load_expert_bytes",
@@ -57,7 +58,23 @@ def build_expert(config: dict) -> torch.nn.Module:
         config["width"],
         config["feature_dim"],
         config["n_outputs"],
+        pool=config.get("pool", 1),  # manifests written before these keys existed: the 8x8 network
+        grid=config.get("grid", 1),
     )
+
+
+EXPERT_OPTIONS = ("width", "feature_dim", "pool", "grid")
+
+
+def expert_network(in_channels: int, n_outputs: int = 4, expert_config: dict | None = None) -> SmallCNN:
+    """The SmallCNN of the experts and of the partitioning's feature network. expert_config:
+    None (the defaults, made for 8x8 images) or SmallCNN options among EXPERT_OPTIONS, e.g.
+    {"pool": 2, "grid": 2} for 32x32 images."""
+    options = dict(expert_config or {})
+    unknown = sorted(set(options) - set(EXPERT_OPTIONS))
+    if unknown:
+        raise ValueError(f"expert_config takes keys among {EXPERT_OPTIONS}, got unknown {unknown}")
+    return SmallCNN(in_channels, n_outputs=n_outputs, **options)
 
 
 def feature_network(
@@ -66,14 +83,15 @@ def feature_network(
     max_examples: int = 20000,
     seed: int = 0,
     verbose: bool = False,
+    expert_config: dict | None = None,
 ) -> SmallCNN:
-    """A rotation-pretrained network on a sample of the whole store: the features the
-    unsupervised partitioning clusters."""
+    """A rotation-pretrained network (``expert_network(C, 4, expert_config)``) on a sample of
+    the whole store: the features the unsupervised partitioning clusters."""
     rng = np.random.default_rng(seed)
     idx = np.sort(rng.choice(store.size, size=min(max_examples, store.size), replace=False))
     X, _ = store.get(idx)
     torch.manual_seed(seed)
-    net = SmallCNN(in_channels=store.example_shape[0])
+    net = expert_network(store.example_shape[0], 4, expert_config)
     return train_rotation(net, X, epochs=epochs, seed=seed, verbose=verbose)
 
 
@@ -90,20 +108,22 @@ def partition_store(
     seed: int = 0,
     epochs: int = 5,
     verbose: bool = False,
+    expert_config: dict | None = None,
 ) -> np.ndarray:
     """Assigns every example to one of k partitions and saves them in the store.
 
     'unsupervised': KMeans on the features of a rotation-pretrained network;
     'superclass': KMeans over the class-mean features of the labelled datasets (each class one
     point), every labelled example takes its class's cluster, unlabelled ones the nearest center.
-    Returns the (N,) ids."""
+    The feature network is ``feature_network(store, epochs, seed=seed, expert_config=...)``
+    (see ``expert_network``). Returns the (N,) ids."""
     from ...cluster import KMeans
 
     if method not in ("unsupervised", "superclass"):
         raise ValueError(f"method must be 'unsupervised' or 'superclass', got {method!r}")
     if not (isinstance(k, int) and 1 <= k <= store.size):
         raise ValueError(f"k must be an int in [1, {store.size}], got {k!r}")
-    net = feature_network(store, epochs=epochs, seed=seed, verbose=verbose)
+    net = feature_network(store, epochs=epochs, seed=seed, verbose=verbose, expert_config=expert_config)
     X, y = store.all()
     F = _features(net, X)
     if method == "unsupervised":
@@ -159,12 +179,15 @@ def train_experts(
     world_size: int = 1,
     task: str = "rotation",
     verbose: bool = False,
+    expert_config: dict | None = None,
 ) -> dict:
     """Trains one expert per partition and caches it in ``experts/`` as safetensors with its
     config: task='rotation' (self-supervised, Yan et al. 2020, eq. 4; the default) or 'classification' (on the
     partition's labelled examples, classes = (dataset, label) pairs; every partition needs labels).
     Under torch.distributed, pass rank / world_size: rank r trains partitions r, r + world, ...;
-    rank 0 writes the manifest after a barrier. Returns the manifest (None on other ranks)."""
+    rank 0 writes the manifest after a barrier. expert_config: the experts' SmallCNN options
+    (``expert_network``; None for the 8x8 defaults), recorded in each expert's config.
+    Returns the manifest (None on other ranks)."""
     if task not in ("rotation", "classification"):
         raise ValueError(f"task must be 'rotation' or 'classification', got {task!r}")
     parts = store.partitions
@@ -180,7 +203,7 @@ def train_experts(
         mine = tqdm(mine, desc="experts", unit="expert")
     for i in mine:
         members = np.flatnonzero(parts == i)
-        net, extra = _train_expert(store, members, i, task, epochs, seed + i)
+        net, extra = _train_expert(store, members, i, task, epochs, seed + i, expert_config)
         _save_expert(out, i, net, int(members.size), task, epochs, extra)
     if world_size > 1:
         import torch.distributed as dist
@@ -189,14 +212,16 @@ def train_experts(
     return _write_manifest(out, k) if rank == 0 else None
 
 
-def _train_expert(store: Store, members: np.ndarray, i: int, task: str, epochs: int, seed: int):
+def _train_expert(
+    store: Store, members: np.ndarray, i: int, task: str, epochs: int, seed: int, expert_config: dict | None = None
+):
     """The expert of partition i (store indices `members` (n,)), trained from `seed`: a SmallCNN
     predicting rotations, or classifying the partition's labelled examples into (dataset, label)
     pairs. Returns (net, extra manifest fields: the classes of a classifier)."""
     X, y = store.get(members)
     torch.manual_seed(seed)
     if task == "rotation":
-        net = SmallCNN(in_channels=store.example_shape[0])
+        net = expert_network(store.example_shape[0], 4, expert_config)
         train_rotation(net, X, epochs=epochs, seed=seed)
         return net, {}
     lab = (y >= 0).numpy()
@@ -207,7 +232,7 @@ def _train_expert(store: Store, members: np.ndarray, i: int, task: str, epochs: 
         )
     keys = store.dataset_ids()[members][lab] * 1_000_000 + y.numpy()[lab]
     classes, yi = np.unique(keys, return_inverse=True)
-    net = SmallCNN(in_channels=store.example_shape[0], n_outputs=len(classes))
+    net = expert_network(store.example_shape[0], len(classes), expert_config)
     _train_classifier(
         net,
         X[torch.from_numpy(lab)],
