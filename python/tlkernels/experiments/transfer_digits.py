@@ -68,11 +68,11 @@ TARGET_GRID = {"lrs": (1e-3,), "augs": (False, True), "checkpoints": (150, 400)}
 HEAD_WARMUP = 100  # steps of a new head alone on frozen features before fine-tuning
 PROBE_CS = (0.01, 0.1, 1.0, 10.0)
 KNN_KS = (1, 3, 5)
-L2SP_ALPHAS = (0.01, 0.1, 1.0)
+L2SP_ALPHAS = (0.1, 1.0)
 L2SP_BETA = 1e-3
-LWF_LAMBDAS = (0.1, 1.0)
+LWF_LAMBDAS = (1.0,)  # Li & Hoiem's (2016) lambda_o = 1
 LWF_TEMPERATURE = 2.0
-LAYER_TRANSFER = ((1, True), (2, True), (3, True), (1, False), (2, False), (3, False))  # (blocks, frozen)
+LAYER_TRANSFER = ((1, True), (2, True), (3, True), (1, False), (3, False))  # (blocks, frozen)
 SELF_TAUGHT_ALPHAS = (0.5,)
 
 
@@ -171,7 +171,7 @@ def run_transfer_digits(
     source_epochs: int = 3,
     rotation_epochs: int = 1,
     autoencoder_epochs: int = 3,
-    n_self_taught: int = 2000,
+    n_self_taught: int = 1000,
     widths=(16, 32, 64),
     features: int = 128,
     target_grid: dict | None = None,
