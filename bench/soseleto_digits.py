@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from tlkernels.experiments.soseleto_digits import ROW_LABELS, run_svhn_mnist
+from tlkernels.experiments.soseleto_digits import ROW_LABELS, TARGET_GRID, run_svhn_mnist
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import cpu_model  # noqa: E402
@@ -40,10 +40,11 @@ def run(args) -> None:
             source_epochs=args.source_epochs,
             source_style=args.source_style,
             keep_alpha=True,
+            target_grid={**TARGET_GRID, "lrs": tuple(args.lrs)},
             **SHIFTS[args.shift],
         )
         alpha = r.pop("alpha_values")
-        stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target, args.shift)}_seed{seed}")
+        stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target, args.shift, args.lrs)}_seed{seed}")
         np.savez_compressed(stem + "_alpha.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in alpha.items()})
         r["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads,
                         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
@@ -57,17 +58,19 @@ def run(args) -> None:
 SHIFTS = {"new": {}, "same": {"source_digits": range(10), "target_digits": range(10)}}
 
 
-def _stem(style: str, n_target: int, shift: str = "new") -> str:
+def _stem(style: str, n_target: int, shift: str = "new", lrs=None) -> str:
     """File stem of a setting: n<N> for SynDigits 0-4 -> MNIST 5-9, prefixed by the style and the
-    shift when they differ (plain_n<N>, same_n<N>, ...)."""
-    return "_".join(
-        [p for p in (style if style != "syn" else "", shift if shift != "new" else "") if p] + [f"n{n_target}"]
-    )
+    shift when they differ (plain_n<N>, same_n<N>, ...), suffixed by _lr<K> when the target-side
+    grid has K learning rates instead of TARGET_GRID's."""
+    parts = [p for p in (style if style != "syn" else "", shift if shift != "new" else "") if p] + [f"n{n_target}"]
+    if lrs is not None and tuple(lrs) != tuple(TARGET_GRID["lrs"]):
+        parts.append(f"lr{len(lrs)}")
+    return "_".join(parts)
 
 
-def _load(n_target: int, style: str = "syn", shift: str = "new") -> tuple[list[dict], dict[int, dict[str, np.ndarray]]]:
+def _load(n_target: int, style: str = "syn", shift: str = "new", lrs=None) -> tuple[list[dict], dict]:
     runs, alphas = [], {}
-    for path in sorted(glob.glob(os.path.join(RUNS, f"{_stem(style, n_target, shift)}_seed*.json"))):
+    for path in sorted(glob.glob(os.path.join(RUNS, f"{_stem(style, n_target, shift, lrs)}_seed*.json"))):
         with open(path) as f:
             r = json.load(f)
         runs.append(r)
@@ -81,7 +84,7 @@ def _load(n_target: int, style: str = "syn", shift: str = "new") -> tuple[list[d
 def report(args) -> None:
     from scipy.stats import spearmanr
 
-    runs, alphas = _load(args.n_target, args.source_style, args.shift)
+    runs, alphas = _load(args.n_target, args.source_style, args.shift, args.lrs)
     seeds = [r["seed"] for r in runs]
     acc = {k: np.array([r["accuracy"][k] for r in runs]) * 100 for k in ROW_LABELS}
     probe = {k: np.array([r["linear_probe"][k] for r in runs]) * 100 for k in runs[0]["linear_probe"]}
@@ -107,6 +110,8 @@ def report(args) -> None:
         "cpu_seconds_per_seed": [r["cpu_seconds"]["total"] for r in runs],
     }
     suffix = "".join(f"_{p}" for p in (args.source_style, args.shift) if p not in ("syn", "new"))
+    if tuple(args.lrs) != tuple(TARGET_GRID["lrs"]):
+        suffix += f"_lr{len(args.lrs)}"
     out = os.path.join(RESULTS, f"soseleto_svhn_mnist_{args.n_target}{suffix}")
     with open(out + ".json", "w") as f:
         json.dump({"summary": summary, "runs": runs}, f, indent=1)
@@ -166,11 +171,14 @@ def main() -> None:
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--source-style", default="syn", help="make_syndigits style of the source: syn or plain")
     r.add_argument("--shift", choices=sorted(SHIFTS), default="new", help="new labels (0-4 -> 5-9) or same (0-9)")
+    r.add_argument("--lrs", type=float, nargs="+", default=list(TARGET_GRID["lrs"]),
+                   help="learning rates of every target-side row's grid (default: TARGET_GRID's)")  # fmt: skip
     r.set_defaults(func=run)
     p = sub.add_parser("report")
     p.add_argument("--n-target", type=int, default=20)
     p.add_argument("--source-style", default="syn")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="new")
+    p.add_argument("--lrs", type=float, nargs="+", default=list(TARGET_GRID["lrs"]))
     p.set_defaults(func=report)
     args = ap.parse_args()
     args.func(args)
