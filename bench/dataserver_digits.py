@@ -4,8 +4,10 @@ per seed, then a report over the seeds (accuracy and selection precision per met
     OMP_NUM_THREADS=1 python bench/dataserver_digits.py run --seeds 0 1 2
     python bench/dataserver_digits.py report
 
-`run` writes bench/results/dataserver_digits/seed<S>.json; `report` gathers them into
-bench/results/dataserver_digits.json (every seed and the summary) and prints the markdown tables.
+`run` writes bench/results/dataserver_digits/n<N>_seed<S>.json (N labelled images per class;
+n<N>_ep<E> with --pretrain-epochs E other than 3); `report` gathers them into
+bench/results/dataserver_digits.json (n20; dataserver_digits_<stem>.json for the others: every
+seed and the summary) and prints the markdown tables.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def run(args) -> None:
         r = run_dataserver_digits(seed, config, recipe, methods=args.methods, n_train_per_class=args.n_train_per_class)
         r["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads,
                         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
-        with open(os.path.join(RUNS, f"{_stem(args.n_train_per_class)}_seed{seed}.json"), "w") as f:
+        with open(
+            os.path.join(RUNS, f"{_stem(args.n_train_per_class, args.pretrain_epochs)}_seed{seed}.json"), "w"
+        ) as f:
             json.dump(r, f, indent=1)
         acc = " ".join(f"{k} {v * 100:.1f}" for k, v in r["accuracy"].items())
         print(
@@ -64,12 +68,14 @@ def run(args) -> None:
         )
 
 
-def _stem(n_train_per_class: int) -> str:
-    return f"n{n_train_per_class}"
+def _stem(n_train_per_class: int, pretrain_epochs: int = 3) -> str:
+    """n<labelled per class>, with _ep<E> when the pre-training epochs are not the default 3."""
+    return f"n{n_train_per_class}" + (f"_ep{pretrain_epochs}" if pretrain_epochs != 3 else "")
 
 
 def report(args) -> None:
-    paths = sorted(glob.glob(os.path.join(RUNS, f"{_stem(args.n_train_per_class)}_seed*.json")))
+    stem = _stem(args.n_train_per_class, args.pretrain_epochs)
+    paths = sorted(glob.glob(os.path.join(RUNS, f"{stem}_seed*.json")))
     if not paths:
         raise SystemExit(f"no runs under {RUNS} for {args.n_train_per_class} labelled per class: run first")
     runs = []
@@ -105,8 +111,7 @@ def report(args) -> None:
         "cpu_seconds_per_seed": [r["cpu_seconds"]["total"] for r in runs],
         "machine": runs[0].get("machine"),
     }
-    out = os.path.join(RESULTS, "dataserver_digits.json" if args.n_train_per_class == 20
-                       else f"dataserver_digits_n{args.n_train_per_class}.json")  # fmt: skip
+    out = os.path.join(RESULTS, "dataserver_digits.json" if stem == "n20" else f"dataserver_digits_{stem}.json")
     with open(out, "w") as f:
         json.dump({"summary": summary, "runs": runs}, f, indent=1)
     print(f"wrote {out} (CPU of the runs: {summary['machine'] and summary['machine']['cpu']})\n")
@@ -144,6 +149,7 @@ def main(argv=None) -> None:
     r.set_defaults(func=run)
     p = sub.add_parser("report", help="table over the seeds run")
     p.add_argument("--n-train-per-class", type=int, default=20)
+    p.add_argument("--pretrain-epochs", type=int, default=3)
     p.set_defaults(func=report)
     args = ap.parse_args(argv)
     args.func(args)
