@@ -59,6 +59,17 @@ def test_run_dann_digits_tiny(tmp_path):
     assert r["n_adapt"] == 40 and r["n_test"] == 50
 
 
+def test_dann_alignment_diagnostic_tiny(tmp_path):
+    from tlkernels.experiments.dann_digits import dann_alignment_diagnostic
+
+    r = dann_alignment_diagnostic(0, epochs=2, lam_grid=(0.0, 1.0), n_source=40, n_test=60, n_adapt=50,
+                                  widths=(8, 8, 8), cache_dir=tmp_path)  # fmt: skip
+    assert set(r["by_lam"]) == {"0", "1"}
+    for v in r["by_lam"].values():
+        assert len(v["test_by_epoch"]) == 2 and v["test"] == v["test_by_epoch"][-1]
+        assert all(0.0 <= x <= 1.0 for x in (*v["test_by_epoch"], v["domain_accuracy"], v["target_probe"]))
+
+
 def test_run_noisy_digits_tiny(tmp_path):
     from tlkernels.experiments.soseleto_noisy_digits import run_noisy_digits
 
