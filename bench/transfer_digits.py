@@ -83,7 +83,7 @@ def report(args) -> None:
     for base in ("target_only", "probe_random"):
         if base not in acc:
             continue
-        print(f"\n| minus {LABELS[base].lower()} (points) | mean | per seed | seeds above |\n|---|---|---|---|")
+        print(f"\n| minus {LABELS[base]} (points) | mean | per seed | seeds above |\n|---|---|---|---|")
         for m in methods:
             if m == base:
                 continue
