@@ -81,3 +81,9 @@ def test_run_noisy_digits_tiny(tmp_path):
     assert 0.0 <= r["auroc"]["soseleto"] <= 1.0 and r["auroc"]["soseleto_frozen"] is None
     assert r["alpha_mean_clean"]["soseleto_frozen"] == 1.0 == r["alpha_mean_noisy"]["soseleto_frozen"]
     assert r["n_train"] == 15 and r["n_val"] == 5
+    m = run_noisy_digits(0, n_target=20, n_source=64, n_test=50, source_epochs=1, widths=(8, 8, 8),
+                         lr_alphas=(0.3,), target_grid=grid, target_domain="mnist", cache_dir=tmp_path)  # fmt: skip
+    assert m["target"] == "MNIST 0-9" and m["n_train"] == 15 and m["n_test"] == 50
+    assert all(0.0 <= v <= 1.0 for v in m["accuracy"].values())
+    with pytest.raises(ValueError, match="target_domain"):
+        run_noisy_digits(0, target_domain="svhn", n_source=64, cache_dir=tmp_path)

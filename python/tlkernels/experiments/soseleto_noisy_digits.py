@@ -1,5 +1,6 @@
 """SOSELETO (b) on rendered digits: SynDigits 0-9 with symmetric label noise as the source, a few
-clean SynDigits as the target (same domain, same labels), on the ``digits_cnn`` backbone.
+clean SynDigits (same domain, same labels) or MNIST images (printed -> handwritten) as the target,
+on the ``digits_cnn`` backbone.
 
 Rows, target-side ones chosen from the same grid on a validation split carved from the clean
 target: target only, fine-tuning (pre-trained on the noisy source), SOSELETO (shared head: the
@@ -18,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from ..backbones import digits_cnn
-from ..data import Dataset, add_label_noise, make_syndigits, standardize_images, stratified_split
+from ..data import Dataset, add_label_noise, load_mnist, make_syndigits, standardize_images, stratified_split
 from .cnn_training import evaluate, train_steps, tune_target
 from .soseleto_digits import FROZEN_LR_ALPHA, TARGET_GRID, _Clock, fit_soseleto
 
@@ -32,11 +33,14 @@ def _std(d: Dataset) -> Dataset:
 def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, n_source: int = 5000,
                      n_test: int = 1500, source_epochs: int = 3, widths=(16, 32, 64), features: int = 128,
                      lr: float = 1e-3,
-                     lr_alphas=(0.1, 0.3), target_grid: dict | None = None, device="cpu", cache_dir=None) -> dict:  # fmt: skip
+                     lr_alphas=(0.1, 0.3), target_grid: dict | None = None, target_domain: str = "syndigits",
+                     device="cpu", cache_dir=None) -> dict:  # fmt: skip
     """One seed. Source: make_syndigits(n_source, seed 0) with round(noise * n_source) labels
     flipped (symmetric, by `seed`); target: n_target clean images of a second rendering (seed
     1; n_target // 4 of them the validation split), test: n_test of a third (seed 2).
-    target_grid: tune_target's grid (default soseleto_digits.TARGET_GRID).
+    target_domain="mnist": the target and the test set are disjoint stratified draws (by `seed`)
+    from MNIST's 5,000 images instead. target_grid: tune_target's grid (default
+    soseleto_digits.TARGET_GRID).
     Returns {"accuracy": {...}, "auroc": {soseleto}, "alpha_mean_clean", "alpha_mean_noisy",
     "chosen", "seconds", "cpu_seconds", ...}."""
     t0, c0 = time.perf_counter(), time.process_time()
@@ -45,10 +49,16 @@ def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, 
         src = make_syndigits(n_source, range(10), "syn", 0, cache_dir=cache_dir)
         noisy, flipped = add_label_noise(src.y, noise, n_classes=10, random_state=seed)
         source = _std(Dataset(src.X, noisy, flipped)).to(device)
-        pool = make_syndigits(max(n_target * 4, 500), range(10), "syn", 1, cache_dir=cache_dir)
-        (target,) = stratified_split(pool, [n_target], random_state=seed)
+        if target_domain == "syndigits":
+            pool = make_syndigits(max(n_target * 4, 500), range(10), "syn", 1, cache_dir=cache_dir)
+            (target,) = stratified_split(pool, [n_target], random_state=seed)
+            test = _std(make_syndigits(n_test, range(10), "syn", 2, cache_dir=cache_dir)).to(device)
+        elif target_domain == "mnist":
+            target, test = stratified_split(load_mnist(), [n_target, n_test], random_state=seed)
+            test = _std(test).to(device)
+        else:
+            raise ValueError(f"target_domain must be 'syndigits' or 'mnist', got {target_domain!r}")
         val, tr = (d.to(device) for d in stratified_split(_std(target), [n_target // 4, None], random_state=seed + 1))
-        test = _std(make_syndigits(n_test, range(10), "syn", 2, cache_dir=cache_dir)).to(device)
     d = int(features)
     grid = dict(TARGET_GRID if target_grid is None else target_grid)
     acc, chosen = {}, {}
@@ -94,7 +104,7 @@ def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, 
         alpha_clean[name], alpha_noisy[name] = float(a[~fl].mean()), float(a[fl].mean())
         auroc[name] = None if a.std() == 0 else float(roc_auc_score(~fl, a))
     return {"experiment": "noisy-digits", "source": f"SynDigits 0-9, {noise:.0%} symmetric noise",
-            "target": "clean SynDigits 0-9", "seed": seed, "noise": noise, "n_source": n_source,
+            "target": "clean SynDigits 0-9" if target_domain == "syndigits" else "MNIST 0-9", "seed": seed, "noise": noise, "n_source": n_source,
             "n_target": n_target, "n_train": len(tr), "n_val": len(val), "n_test": n_test,
             "source_epochs": source_epochs, "accuracy": acc, "chosen": chosen, "auroc": auroc,
             "alpha_mean_clean": alpha_clean, "alpha_mean_noisy": alpha_noisy,
