@@ -44,7 +44,9 @@ def run(args) -> None:
             **SHIFTS[args.shift],
         )
         alpha = r.pop("alpha_values")
-        stem = os.path.join(RUNS, f"{_stem(args.source_style, args.n_target, args.shift, args.lrs)}_seed{seed}")
+        stem = os.path.join(
+            RUNS, f"{_stem(args.source_style, args.n_target, args.shift, args.lrs, args.source_epochs)}_seed{seed}"
+        )
         np.savez_compressed(stem + "_alpha.npz", **{k: np.asarray(v, dtype=np.float32) for k, v in alpha.items()})
         r["machine"] = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": args.threads,
                         "date": time.strftime("%Y-%m-%d")}  # fmt: skip
@@ -58,19 +60,23 @@ def run(args) -> None:
 SHIFTS = {"new": {}, "same": {"source_digits": range(10), "target_digits": range(10)}}
 
 
-def _stem(style: str, n_target: int, shift: str = "new", lrs=None) -> str:
+def _stem(style: str, n_target: int, shift: str = "new", lrs=None, source_epochs: int = 3) -> str:
     """File stem of a setting: n<N> for SynDigits 0-4 -> MNIST 5-9, prefixed by the style and the
     shift when they differ (plain_n<N>, same_n<N>, ...), suffixed by _lr<K> when the target-side
-    grid has K learning rates instead of TARGET_GRID's."""
+    grid has K learning rates instead of TARGET_GRID's and by _ep<E> for E source epochs (not 3)."""
     parts = [p for p in (style if style != "syn" else "", shift if shift != "new" else "") if p] + [f"n{n_target}"]
     if lrs is not None and tuple(lrs) != tuple(TARGET_GRID["lrs"]):
         parts.append(f"lr{len(lrs)}")
+    if source_epochs != 3:
+        parts.append(f"ep{source_epochs}")
     return "_".join(parts)
 
 
-def _load(n_target: int, style: str = "syn", shift: str = "new", lrs=None) -> tuple[list[dict], dict]:
+def _load(n_target: int, style: str = "syn", shift: str = "new", lrs=None, source_epochs: int = 3) -> tuple[list, dict]:
     runs, alphas = [], {}
-    for path in sorted(glob.glob(os.path.join(RUNS, f"{_stem(style, n_target, shift, lrs)}_seed*.json"))):
+    for path in sorted(
+        glob.glob(os.path.join(RUNS, f"{_stem(style, n_target, shift, lrs, source_epochs)}_seed*.json"))
+    ):
         with open(path) as f:
             r = json.load(f)
         runs.append(r)
@@ -84,7 +90,7 @@ def _load(n_target: int, style: str = "syn", shift: str = "new", lrs=None) -> tu
 def report(args) -> None:
     from scipy.stats import spearmanr
 
-    runs, alphas = _load(args.n_target, args.source_style, args.shift, args.lrs)
+    runs, alphas = _load(args.n_target, args.source_style, args.shift, args.lrs, args.source_epochs)
     seeds = [r["seed"] for r in runs]
     acc = {k: np.array([r["accuracy"][k] for r in runs]) * 100 for k in ROW_LABELS}
     probe = {k: np.array([r["linear_probe"][k] for r in runs]) * 100 for k in runs[0]["linear_probe"]}
@@ -112,6 +118,8 @@ def report(args) -> None:
     suffix = "".join(f"_{p}" for p in (args.source_style, args.shift) if p not in ("syn", "new"))
     if tuple(args.lrs) != tuple(TARGET_GRID["lrs"]):
         suffix += f"_lr{len(args.lrs)}"
+    if args.source_epochs != 3:
+        suffix += f"_ep{args.source_epochs}"
     out = os.path.join(RESULTS, f"soseleto_svhn_mnist_{args.n_target}{suffix}")
     with open(out + ".json", "w") as f:
         json.dump({"summary": summary, "runs": runs}, f, indent=1)
@@ -179,6 +187,7 @@ def main() -> None:
     p.add_argument("--source-style", default="syn")
     p.add_argument("--shift", choices=sorted(SHIFTS), default="new")
     p.add_argument("--lrs", type=float, nargs="+", default=list(TARGET_GRID["lrs"]))
+    p.add_argument("--source-epochs", type=int, default=3)
     p.set_defaults(func=report)
     args = ap.parse_args()
     args.func(args)
