@@ -16,7 +16,6 @@ Rows, all selected on the same validation split carved from the target:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import math
@@ -29,6 +28,7 @@ from torch import nn
 from ..backbones import digits_cnn
 from ..data import SYNDIGITS_FONTS
 from ..selection import Soseleto
+from ._clock import PhaseClock
 from .cnn_training import evaluate, linear_probe, train_steps, tune_target
 from .digit_tasks import svhn_mnist_task
 
@@ -39,25 +39,6 @@ __all__ = ["FROZEN_LR_ALPHA", "alpha_summary", "fit_soseleto", "run_svhn_mnist"]
 FROZEN_LR_ALPHA = 0.0
 # every target-side row (target only, fine-tuning, SOSELETO + fine-tuning) is chosen from this grid
 TARGET_GRID = {"lrs": (1e-3,), "augs": (False, True), "checkpoints": (150, 400)}
-
-
-class _Clock:
-    """with clock(name): adds the block's wall time to clock.seconds[name] and the process's CPU
-    time to clock.cpu_seconds[name] (on a shared machine the CPU time is the steadier measure of
-    the work: with one thread it is the wall time the block takes alone)."""
-
-    def __init__(self):
-        self.seconds: dict[str, float] = {}
-        self.cpu_seconds: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        t, c = time.perf_counter(), time.process_time()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
-            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - c
 
 
 def fit_soseleto(
@@ -120,7 +101,7 @@ def run_svhn_mnist(
     target_grid: tune_target's lrs / augs / checkpoints (default TARGET_GRID), the same for
     every target-side row."""
     t_start, c_start = time.perf_counter(), time.process_time()
-    clock = _Clock()
+    clock = PhaseClock()
     with clock("data"):
         task = svhn_mnist_task(
             n_target,

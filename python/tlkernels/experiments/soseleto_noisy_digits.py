@@ -20,8 +20,9 @@ from torch import nn
 
 from ..backbones import digits_cnn
 from ..data import Dataset, add_label_noise, load_mnist, make_syndigits, standardize_images, stratified_split
+from ._clock import PhaseClock
 from .cnn_training import evaluate, train_steps, tune_target
-from .soseleto_digits import FROZEN_LR_ALPHA, TARGET_GRID, _Clock, fit_soseleto
+from .soseleto_digits import FROZEN_LR_ALPHA, TARGET_GRID, fit_soseleto
 
 __all__ = ["run_noisy_digits"]
 
@@ -44,7 +45,7 @@ def run_noisy_digits(seed: int = 0, *, noise: float = 0.4, n_target: int = 100, 
     Returns {"accuracy": {...}, "auroc": {soseleto}, "alpha_mean_clean", "alpha_mean_noisy",
     "chosen", "seconds", "cpu_seconds", ...}."""
     t0, c0 = time.perf_counter(), time.process_time()
-    clock = _Clock()
+    clock = PhaseClock()
     with clock("data"):
         src = make_syndigits(n_source, range(10), "syn", 0, cache_dir=cache_dir)
         noisy, flipped = add_label_noise(src.y, noise, n_classes=10, random_state=seed)

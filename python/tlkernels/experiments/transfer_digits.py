@@ -15,7 +15,6 @@ Test accuracy is measured once, on the chosen candidate.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -39,6 +38,7 @@ from ..transfer import (
     param_layers,
     transfer_layers,
 )
+from ._clock import PhaseClock
 from .cnn_training import evaluate, train_steps, tune_target, warm_head
 from .digit_tasks import svhn_mnist_task
 
@@ -74,23 +74,6 @@ LWF_LAMBDAS = (1.0,)  # Li & Hoiem's (2016) lambda_o = 1
 LWF_TEMPERATURE = 2.0
 LAYER_TRANSFER = ((1, True), (2, True), (3, True), (1, False), (3, False))  # (blocks, frozen)
 SELF_TAUGHT_ALPHAS = (0.5,)
-
-
-class _Clock:
-    """with clock(name): adds the block's CPU time (process_time) and wall time under name."""
-
-    def __init__(self):
-        self.cpu: dict[str, float] = {}
-        self.wall: dict[str, float] = {}
-
-    @contextlib.contextmanager
-    def __call__(self, name: str):
-        c, t = time.process_time(), time.perf_counter()
-        try:
-            yield
-        finally:
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - c
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - t
 
 
 def conv_decoder(features: int = 128, channels: int = 3, width: int = 64) -> nn.Sequential:
@@ -204,7 +187,7 @@ def run_transfer_digits(
     if "self_taught" in methods and not 2 <= n_self_taught <= n_source:
         raise ValueError(f"n_self_taught must be in [2, n_source = {n_source}], got {n_self_taught}")
     t_start, c_start = time.perf_counter(), time.process_time()
-    clock = _Clock()
+    clock = PhaseClock()
     with clock("data"):
         task = svhn_mnist_task(n_target, seed, n_source=n_source, n_test=n_test, cache_dir=cache_dir).to(device)
     d, cs, ct = int(features), task.n_source_classes, task.n_target_classes
@@ -367,8 +350,8 @@ def run_transfer_digits(
         "autoencoder_epochs": autoencoder_epochs, "n_self_taught": n_self_taught,
         "target_grid": {k: list(v) for k, v in grid.items()}, "head_warmup": HEAD_WARMUP,
         "methods": methods, "accuracy": acc, "val_accuracy": val_acc, "chosen": chosen, "pretraining": info,
-        "cpu_seconds": {**clock.cpu, "total": time.process_time() - c_start},
-        "seconds": {**clock.wall, "total": time.perf_counter() - t_start}, "threads": torch.get_num_threads(),
+        "cpu_seconds": {**clock.cpu_seconds, "total": time.process_time() - c_start},
+        "seconds": {**clock.seconds, "total": time.perf_counter() - t_start}, "threads": torch.get_num_threads(),
     }  # fmt: skip
 
 
