@@ -74,9 +74,9 @@ class DomainAdversarialLoss(nn.Module):
         self.lam_max, self.gamma = float(lam_max), float(gamma)
         self.last_accuracy = float("nan")
 
-    def forward(
-        self, features: Tensor, domain: Tensor, progress: float | Tensor, weight: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
+    def _domain_terms(self, features: Tensor, domain: Tensor, progress, weight: Tensor | None):
+        """The fork and the domain head on features (N, F): (features_task (N, F), logits (N,),
+        per-example BCE (N,), weights (N,), is-target mask (N,))."""
         domain = torch.as_tensor(domain, device=features.device)
         if features.dim() < 2 or domain.shape != features.shape[:1]:
             raise ValueError(
@@ -88,7 +88,12 @@ class DomainAdversarialLoss(nn.Module):
         d = domain.to(logits.dtype)
         per = F.binary_cross_entropy_with_logits(logits, d, reduction="none")
         w = torch.ones_like(per) if weight is None else torch.as_tensor(weight, dtype=per.dtype, device=per.device)
-        is_t = d > 0.5
+        return f_task, logits, per, w, d > 0.5
+
+    def forward(
+        self, features: Tensor, domain: Tensor, progress: float | Tensor, weight: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        f_task, logits, per, w, is_t = self._domain_terms(features, domain, progress, weight)
         loss = per.new_zeros(())
         correct = ((logits > 0) == is_t).to(per.dtype)
         acc, parts = 0.0, 0
@@ -107,18 +112,7 @@ class DomainAdversarialLoss(nn.Module):
         """``forward`` with the loss split by example: ``(features_task (N, F), shares (N,))``, the
         shares summing to forward's loss (example r's share is w_r BCE_r / (parts * Σ_{its
         domain} w)), so per-sample products (``tlkernels.persample``) can tell the examples apart."""
-        domain = torch.as_tensor(domain, device=features.device)
-        if features.dim() < 2 or domain.shape != features.shape[:1]:
-            raise ValueError(
-                f"features must be (N, F) and domain (N,), got {tuple(features.shape)} and {tuple(domain.shape)}"
-            )
-        lam = dann_lambda(progress, self.lam_max, self.gamma)
-        f_task, f_adv = grad_reverse_branch(features, lam)
-        logits = self.head(f_adv).reshape(features.shape[0])
-        d = domain.to(logits.dtype)
-        per = F.binary_cross_entropy_with_logits(logits, d, reduction="none")
-        w = torch.ones_like(per) if weight is None else torch.as_tensor(weight, dtype=per.dtype, device=per.device)
-        is_t = d > 0.5
+        f_task, logits, per, w, is_t = self._domain_terms(features, domain, progress, weight)
         correct = ((logits > 0) == is_t).to(per.dtype).detach()
         masks = [m for m in (~is_t, is_t) if bool(m.any())]
         coef = torch.zeros_like(per)
